@@ -1,0 +1,1 @@
+//! PyTorch `.pth` (torch.save zip): data-only reader and writer.

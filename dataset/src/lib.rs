@@ -1,0 +1,1 @@
+//! Training data loaders (jsonl formats of upstream minimind): filled by the training issue.

@@ -1,0 +1,1 @@
+//! Deployment targets (llama.cpp, ollama, vllm, MNN): filled by the export issues.

@@ -1,0 +1,3 @@
+//! mm: the MiniMind toolchain.
+
+pub mod chat;
