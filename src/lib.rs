@@ -1,3 +1,8 @@
-//! mm: the MiniMind toolchain.
+//! mm: the MiniMind toolchain. The model, generation and the CLI live here; formats in
+//! `mm-converters`, deployment targets in `mm-export`, data loaders in `mm-dataset`.
 
 pub mod chat;
+pub mod generate;
+pub mod model;
+
+pub use mm_converters as converters;

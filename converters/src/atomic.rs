@@ -13,7 +13,7 @@ where
     F: FnOnce(&mut BufWriter<File>) -> Result<()>,
 {
     let tmp = temp_path_beside(path);
-    let result = (|| {
+    let result: Result<()> = (|| {
         let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut writer = BufWriter::new(file);
         fill(&mut writer)?;
@@ -36,7 +36,7 @@ where
 {
     let tmp = temp_path_beside(dir);
     let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| {
+    let result: Result<()> = (|| {
         std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         fill(&tmp)?;
         if dir.exists() {

@@ -1,0 +1,528 @@
+//! `MiniMindConfig`: the model shape, read from and written to upstream MiniMind and HF Llama
+//! `config.json` files.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// The rope scaling upstream sets when `inference_rope_scaling` is on (model_minimind.py @5959396).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    pub factor: f64,
+    pub original_max_position_embeddings: usize,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl RopeScaling {
+    /// Upstream hard-codes these numbers whenever `inference_rope_scaling` is true.
+    pub fn upstream_yarn() -> Self {
+        Self {
+            beta_fast: 4.0,
+            beta_slow: 1.0,
+            factor: 4.0,
+            original_max_position_embeddings: 2048,
+            kind: "yarn".into(),
+        }
+    }
+}
+
+/// Every field of upstream `MiniMindConfig` at 5959396, with `intermediate_size` resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MiniMindConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub vocab_size: usize,
+    pub intermediate_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub inference_rope_scaling: bool,
+    pub rope_scaling: Option<RopeScaling>,
+    pub dropout: f64,
+    pub bos_token_id: u32,
+    pub eos_token_id: u32,
+    pub hidden_act: String,
+    pub flash_attn: bool,
+    pub tie_word_embeddings: bool,
+    pub use_moe: bool,
+    pub num_experts_per_tok: usize,
+    pub n_routed_experts: usize,
+    pub n_shared_experts: usize,
+    pub scoring_func: String,
+    pub aux_loss_alpha: f64,
+    pub seq_aux: bool,
+    pub norm_topk_prob: bool,
+}
+
+/// Upstream's default FFN width: 8h/3 rounded up to a multiple of 64.
+pub fn default_intermediate_size(hidden_size: usize) -> usize {
+    let raw = hidden_size * 8 / 3;
+    64 * raw.div_ceil(64)
+}
+
+impl Default for MiniMindConfig {
+    /// Upstream `MiniMindConfig()` with no arguments (MiniMind2-small).
+    fn default() -> Self {
+        Self {
+            hidden_size: 512,
+            num_hidden_layers: 8,
+            num_attention_heads: 8,
+            num_key_value_heads: 2,
+            vocab_size: 6400,
+            intermediate_size: default_intermediate_size(512),
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e6,
+            max_position_embeddings: 32768,
+            inference_rope_scaling: false,
+            rope_scaling: None,
+            dropout: 0.0,
+            bos_token_id: 1,
+            eos_token_id: 2,
+            hidden_act: "silu".into(),
+            flash_attn: true,
+            tie_word_embeddings: true,
+            use_moe: false,
+            num_experts_per_tok: 2,
+            n_routed_experts: 4,
+            n_shared_experts: 1,
+            scoring_func: "softmax".into(),
+            aux_loss_alpha: 0.1,
+            seq_aux: true,
+            norm_topk_prob: true,
+        }
+    }
+}
+
+/// Which `config.json` dialect a file speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFlavor {
+    MiniMind,
+    Llama,
+}
+
+impl MiniMindConfig {
+    /// The named shapes of the MiniMind2 family.
+    pub fn preset(name: &str) -> Result<Self> {
+        let base = Self::default();
+        let cfg = match name {
+            "small" => base,
+            "base" => Self::with_hidden(768, 16),
+            "moe" => Self { use_moe: true, ..Self::with_hidden(640, 8) },
+            other => bail!("unknown preset `{other}` (known: small, base, moe)"),
+        };
+        Ok(cfg)
+    }
+
+    /// Upstream defaults with another width and depth, FFN width derived like upstream.
+    pub fn with_hidden(hidden_size: usize, num_hidden_layers: usize) -> Self {
+        Self {
+            hidden_size,
+            num_hidden_layers,
+            intermediate_size: default_intermediate_size(hidden_size),
+            ..Self::default()
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Sets `inference_rope_scaling` the way upstream's constructor does.
+    pub fn set_inference_rope_scaling(&mut self, on: bool) {
+        self.inference_rope_scaling = on;
+        self.rope_scaling = on.then(RopeScaling::upstream_yarn);
+    }
+
+    /// Rejects shapes the model cannot be built with.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("vocab_size", self.vocab_size),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                bail!("{name} must be positive");
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "num_attention_heads ({}) does not divide hidden_size ({})",
+                self.num_attention_heads,
+                self.hidden_size
+            );
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            bail!(
+                "num_key_value_heads ({}) does not divide num_attention_heads ({})",
+                self.num_key_value_heads,
+                self.num_attention_heads
+            );
+        }
+        if self.head_dim() % 2 != 0 {
+            bail!("head_dim {} is odd; rotary embeddings need an even head_dim", self.head_dim());
+        }
+        if self.hidden_act != "silu" {
+            bail!("hidden_act `{}` is not supported (MiniMind uses silu)", self.hidden_act);
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
+            bail!("rms_norm_eps and rope_theta must be positive");
+        }
+        if self.use_moe {
+            if self.scoring_func != "softmax" {
+                bail!("scoring_func `{}` is not supported (upstream supports softmax only)", self.scoring_func);
+            }
+            if self.n_routed_experts == 0 || self.num_experts_per_tok == 0 {
+                bail!("a MoE config needs n_routed_experts and num_experts_per_tok > 0");
+            }
+            if self.num_experts_per_tok > self.n_routed_experts {
+                bail!(
+                    "num_experts_per_tok ({}) exceeds n_routed_experts ({})",
+                    self.num_experts_per_tok,
+                    self.n_routed_experts
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a `config.json` of either dialect and validates it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let value: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        Self::from_json(&value).with_context(|| format!("{}: unusable config", path.display()))
+    }
+
+    /// Parses the JSON of an upstream MiniMind or HF Llama config.
+    pub fn from_json(value: &Value) -> Result<Self> {
+        let obj = value.as_object().context("config is not a JSON object")?;
+        let cfg = match Self::flavor_of(obj)? {
+            ConfigFlavor::MiniMind => Self::from_minimind_fields(obj)?,
+            ConfigFlavor::Llama => Self::from_llama_fields(obj)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn flavor_of(obj: &Map<String, Value>) -> Result<ConfigFlavor> {
+        match obj.get("model_type").and_then(Value::as_str) {
+            Some("minimind") => Ok(ConfigFlavor::MiniMind),
+            Some("llama") => Ok(ConfigFlavor::Llama),
+            Some(other) => bail!("model_type `{other}` is not a MiniMind or Llama model"),
+            None if obj.contains_key("use_moe") => Ok(ConfigFlavor::MiniMind),
+            None => bail!("config has no model_type"),
+        }
+    }
+
+    fn from_minimind_fields(obj: &Map<String, Value>) -> Result<Self> {
+        let d = Self::default();
+        let f = Fields(obj);
+        let hidden_size = f.usize("hidden_size", d.hidden_size)?;
+        let mut cfg = Self {
+            hidden_size,
+            num_hidden_layers: f.usize("num_hidden_layers", d.num_hidden_layers)?,
+            num_attention_heads: f.usize("num_attention_heads", d.num_attention_heads)?,
+            num_key_value_heads: f.usize("num_key_value_heads", d.num_key_value_heads)?,
+            vocab_size: f.usize("vocab_size", d.vocab_size)?,
+            intermediate_size: f.usize("intermediate_size", default_intermediate_size(hidden_size))?,
+            rms_norm_eps: f.f64("rms_norm_eps", d.rms_norm_eps)?,
+            rope_theta: f.f64("rope_theta", d.rope_theta)?,
+            max_position_embeddings: f.usize("max_position_embeddings", d.max_position_embeddings)?,
+            inference_rope_scaling: false,
+            rope_scaling: None,
+            dropout: f.f64("dropout", d.dropout)?,
+            bos_token_id: f.usize("bos_token_id", d.bos_token_id as usize)? as u32,
+            eos_token_id: f.usize("eos_token_id", d.eos_token_id as usize)? as u32,
+            hidden_act: f.string("hidden_act", &d.hidden_act)?,
+            flash_attn: f.bool("flash_attn", d.flash_attn)?,
+            tie_word_embeddings: f.bool("tie_word_embeddings", true)?,
+            use_moe: f.bool("use_moe", d.use_moe)?,
+            num_experts_per_tok: f.usize("num_experts_per_tok", d.num_experts_per_tok)?,
+            n_routed_experts: f.usize("n_routed_experts", d.n_routed_experts)?,
+            n_shared_experts: f.usize("n_shared_experts", d.n_shared_experts)?,
+            scoring_func: f.string("scoring_func", &d.scoring_func)?,
+            aux_loss_alpha: f.f64("aux_loss_alpha", d.aux_loss_alpha)?,
+            seq_aux: f.bool("seq_aux", d.seq_aux)?,
+            norm_topk_prob: f.bool("norm_topk_prob", d.norm_topk_prob)?,
+        };
+        // Upstream derives rope_scaling from the flag alone; a file's own copy is informational.
+        cfg.set_inference_rope_scaling(f.bool("inference_rope_scaling", false)?);
+        Ok(cfg)
+    }
+
+    fn from_llama_fields(obj: &Map<String, Value>) -> Result<Self> {
+        let f = Fields(obj);
+        let hidden_size = f.required_usize("hidden_size")?;
+        let num_attention_heads = f.required_usize("num_attention_heads")?;
+        let rope_theta = match obj.get("rope_parameters") {
+            Some(Value::Object(p)) => {
+                if let Some(kind) = p.get("rope_type").and_then(Value::as_str) {
+                    if kind != "default" {
+                        bail!("Llama rope_type `{kind}` is not supported (MiniMind uses plain RoPE)");
+                    }
+                }
+                Fields(p).f64("rope_theta", 10000.0)?
+            }
+            _ => f.f64("rope_theta", 10000.0)?,
+        };
+        if !matches!(obj.get("rope_scaling"), None | Some(Value::Null)) {
+            bail!("Llama rope_scaling is not supported (MiniMind uses plain RoPE)");
+        }
+        for flag in ["attention_bias", "mlp_bias"] {
+            if f.bool(flag, false)? {
+                bail!("{flag}: true is not supported (MiniMind has no biases)");
+            }
+        }
+        if let Some(head_dim) = obj.get("head_dim").filter(|v| !v.is_null()) {
+            let head_dim = head_dim.as_u64().context("head_dim is not an integer")? as usize;
+            if num_attention_heads == 0 || head_dim * num_attention_heads != hidden_size {
+                bail!(
+                    "head_dim {head_dim} × {num_attention_heads} heads != hidden_size {hidden_size} \
+                     (MiniMind needs head_dim = hidden_size / num_attention_heads)"
+                );
+            }
+        }
+        Ok(Self {
+            hidden_size,
+            num_hidden_layers: f.required_usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads: f.usize("num_key_value_heads", num_attention_heads)?,
+            vocab_size: f.required_usize("vocab_size")?,
+            intermediate_size: f.required_usize("intermediate_size")?,
+            rms_norm_eps: f.f64("rms_norm_eps", 1e-6)?,
+            rope_theta,
+            max_position_embeddings: f.usize("max_position_embeddings", 2048)?,
+            inference_rope_scaling: false,
+            rope_scaling: None,
+            dropout: f.f64("attention_dropout", 0.0)?,
+            bos_token_id: f.usize("bos_token_id", 1)? as u32,
+            eos_token_id: f.usize("eos_token_id", 2)? as u32,
+            hidden_act: f.string("hidden_act", "silu")?,
+            flash_attn: true,
+            tie_word_embeddings: f.bool("tie_word_embeddings", false)?,
+            use_moe: false,
+            ..Self::default()
+        })
+    }
+
+    /// The `config.json` that upstream `convert_torch2transformers_minimind` writes.
+    pub fn to_minimind_json(&self, dtype: &str) -> Value {
+        let mut v = json!({
+            "architectures": ["MiniMindForCausalLM"],
+            "auto_map": {
+                "AutoConfig": "model_minimind.MiniMindConfig",
+                "AutoModelForCausalLM": "model_minimind.MiniMindForCausalLM"
+            },
+            "aux_loss_alpha": self.aux_loss_alpha,
+            "bos_token_id": self.bos_token_id,
+            "dropout": self.dropout,
+            "dtype": dtype,
+            "eos_token_id": self.eos_token_id,
+            "flash_attn": self.flash_attn,
+            "hidden_act": self.hidden_act,
+            "hidden_size": self.hidden_size,
+            "inference_rope_scaling": self.inference_rope_scaling,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "model_type": "minimind",
+            "n_routed_experts": self.n_routed_experts,
+            "n_shared_experts": self.n_shared_experts,
+            "norm_topk_prob": self.norm_topk_prob,
+            "num_attention_heads": self.num_attention_heads,
+            "num_experts_per_tok": self.num_experts_per_tok,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_scaling": self.rope_scaling,
+            "rope_theta": self.rope_theta,
+            "scoring_func": self.scoring_func,
+            "seq_aux": self.seq_aux,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_moe": self.use_moe,
+            "vocab_size": self.vocab_size
+        });
+        if self.rope_scaling.is_none() {
+            v.as_object_mut().map(|o| o.remove("rope_scaling"));
+        }
+        v
+    }
+
+    /// The `config.json` that upstream `convert_torch2transformers_llama` writes.
+    pub fn to_llama_json(&self, dtype: &str) -> Result<Value> {
+        if self.use_moe {
+            bail!("a MoE model has no Llama layout (use the MiniMind layout)");
+        }
+        if self.inference_rope_scaling {
+            bail!("the YaRN variant of upstream MiniMind has no Llama equivalent");
+        }
+        Ok(json!({
+            "architectures": ["LlamaForCausalLM"],
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "dtype": dtype,
+            "eos_token_id": self.eos_token_id,
+            "head_dim": self.head_dim(),
+            "hidden_act": self.hidden_act,
+            "hidden_size": self.hidden_size,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "mlp_bias": false,
+            "model_type": "llama",
+            "num_attention_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "pretraining_tp": 1,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "default"},
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "use_cache": true,
+            "vocab_size": self.vocab_size
+        }))
+    }
+
+    /// Parameters counted once (tied embeddings share one matrix).
+    pub fn parameter_count(&self) -> usize {
+        let h = self.hidden_size;
+        let kv = self.num_key_value_heads * self.head_dim();
+        let attn = 2 * h * h + 2 * h * kv;
+        let ffn = 3 * h * self.intermediate_size;
+        let mlp = if self.use_moe {
+            ffn * (self.n_routed_experts + self.n_shared_experts) + self.n_routed_experts * h
+        } else {
+            ffn
+        };
+        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        self.vocab_size * h + self.num_hidden_layers * (attn + mlp + 2 * h) + h + head
+    }
+}
+
+/// Typed access to JSON fields with defaults; errors name the field.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn present(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize(&self, key: &str, default: usize) -> Result<usize> {
+        match self.present(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .map(|n| n as usize)
+                .with_context(|| format!("`{key}` must be a non-negative integer, got {v}")),
+        }
+    }
+
+    fn required_usize(&self, key: &str) -> Result<usize> {
+        match self.present(key) {
+            None => bail!("missing `{key}`"),
+            Some(_) => self.usize(key, 0),
+        }
+    }
+
+    fn f64(&self, key: &str, default: f64) -> Result<f64> {
+        match self.present(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().with_context(|| format!("`{key}` must be a number, got {v}")),
+        }
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool> {
+        match self.present(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().with_context(|| format!("`{key}` must be true or false, got {v}")),
+        }
+    }
+
+    fn string(&self, key: &str, default: &str) -> Result<String> {
+        match self.present(key) {
+            None => Ok(default.to_string()),
+            Some(v) => v.as_str().map(str::to_string).with_context(|| format!("`{key}` must be a string, got {v}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_upstream_sizes() {
+        let small = MiniMindConfig::preset("small").unwrap();
+        assert_eq!(small.intermediate_size, 1408);
+        assert_eq!(small.parameter_count(), 25_829_888);
+        let base = MiniMindConfig::preset("base").unwrap();
+        assert_eq!(base.intermediate_size, 2048);
+        assert_eq!((base.parameter_count() as f64 / 1e6).round(), 104.0);
+        let moe = MiniMindConfig::preset("moe").unwrap();
+        assert!(moe.use_moe);
+        assert_eq!(moe.intermediate_size, 1728);
+        assert!(MiniMindConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn parameter_count_matches_the_fixture_models() {
+        // shared/fixtures/minimind2/README.md: unique parameters of the dense and moe fixtures.
+        let dense = MiniMindConfig { num_attention_heads: 4, ..MiniMindConfig::with_hidden(256, 2) };
+        assert_eq!(dense.parameter_count(), 3_114_240);
+        let moe = MiniMindConfig { use_moe: true, ..dense };
+        assert_eq!(moe.parameter_count(), 7_441_664);
+    }
+
+    #[test]
+    fn intermediate_size_rounds_like_upstream() {
+        assert_eq!(default_intermediate_size(256), 704);
+        assert_eq!(default_intermediate_size(512), 1408);
+        assert_eq!(default_intermediate_size(640), 1728);
+    }
+
+    #[test]
+    fn minimind_json_round_trips() {
+        let mut cfg = MiniMindConfig::preset("moe").unwrap();
+        cfg.set_inference_rope_scaling(true);
+        let back = MiniMindConfig::from_json(&cfg.to_minimind_json("float16")).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn llama_json_round_trips_dense() {
+        let cfg = MiniMindConfig::preset("small").unwrap();
+        let back = MiniMindConfig::from_json(&cfg.to_llama_json("float16").unwrap()).unwrap();
+        assert_eq!(back.hidden_size, cfg.hidden_size);
+        assert_eq!(back.intermediate_size, cfg.intermediate_size);
+        assert_eq!(back.rope_theta, cfg.rope_theta);
+        assert!(back.tie_word_embeddings);
+    }
+
+    #[test]
+    fn heads_not_dividing_hidden_is_rejected() {
+        let mut v = MiniMindConfig::default().to_minimind_json("float32");
+        v["num_attention_heads"] = json!(7);
+        let err = MiniMindConfig::from_json(&v).unwrap_err().to_string();
+        assert!(err.contains("does not divide hidden_size"), "{err}");
+    }
+
+    #[test]
+    fn wrong_field_type_names_the_field() {
+        let mut v = MiniMindConfig::default().to_minimind_json("float32");
+        v["hidden_size"] = json!("big");
+        let err = format!("{:#}", MiniMindConfig::from_json(&v).unwrap_err());
+        assert!(err.contains("hidden_size"), "{err}");
+    }
+}

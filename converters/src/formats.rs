@@ -1,0 +1,70 @@
+//! Format detection and the one entry point to read or write any checkpoint.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::checkpoint::Checkpoint;
+use crate::hf::{self, HfLayout, DEFAULT_MAX_SHARD_BYTES};
+use crate::pth_model::{self, PthHints};
+
+/// The formats mm writes a checkpoint in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Upstream `torch.save(state_dict)`.
+    Pth,
+    /// HF directory, `MiniMindForCausalLM` config.
+    HfMiniMind,
+    /// HF directory, `LlamaForCausalLM` config (dense only).
+    HfLlama,
+}
+
+impl Format {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "pth" => Self::Pth,
+            "hf" | "hf-minimind" => Self::HfMiniMind,
+            "hf-llama" | "llama" => Self::HfLlama,
+            other => bail!("unknown format `{other}` (use pth, hf, hf-llama)"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pth => "pth",
+            Self::HfMiniMind => "hf",
+            Self::HfLlama => "hf-llama",
+        }
+    }
+}
+
+/// Reads a checkpoint from a `.pth` file or an HF directory (or a `.safetensors` file
+/// inside one).
+pub fn read_checkpoint(path: &Path, hints: &PthHints) -> Result<Checkpoint> {
+    if !path.exists() {
+        bail!("{}: no such file or directory", path.display());
+    }
+    if path.is_dir() {
+        if path.join("config.json").exists() {
+            return hf::read(path);
+        }
+        bail!("{}: a directory without config.json is not an HF model", path.display());
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "pth" | "pt" | "bin" => pth_model::read(path, hints),
+        "safetensors" | "json" => match path.parent() {
+            Some(dir) if dir.join("config.json").exists() => hf::read(dir),
+            _ => bail!("{}: needs a config.json in the same directory", path.display()),
+        },
+        _ => bail!("{}: unknown format (expected .pth or an HF model directory)", path.display()),
+    }
+}
+
+pub fn write_checkpoint(ckpt: &Checkpoint, path: &Path, format: Format) -> Result<()> {
+    match format {
+        Format::Pth => pth_model::write(ckpt, path),
+        Format::HfMiniMind => hf::write(ckpt, path, HfLayout::MiniMind, DEFAULT_MAX_SHARD_BYTES),
+        Format::HfLlama => hf::write(ckpt, path, HfLayout::Llama, DEFAULT_MAX_SHARD_BYTES),
+    }
+}

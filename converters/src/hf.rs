@@ -1,0 +1,133 @@
+//! HF model directories in the MiniMind layout (`MiniMindForCausalLM`, what upstream
+//! `convert_torch2transformers_minimind` writes) and the Llama layout (`LlamaForCausalLM`,
+//! tied, what `convert_torch2transformers_llama` writes). Dense models use the same tensor
+//! names in both; only config.json differs.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::atomic::{write_dir_atomically, write_file_atomically};
+use crate::checkpoint::{hf_dtype_name, Checkpoint, Provenance, TokenizerFiles};
+use crate::config::{ConfigFlavor, MiniMindConfig};
+use crate::safetensors_file;
+
+/// HF writes single files up to this size before it shards (transformers' default 5 GB;
+/// MiniMind models never reach it, but users may ask for smaller shards).
+pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// Reads an HF directory of either layout.
+pub fn read(dir: &Path) -> Result<Checkpoint> {
+    let config_path = dir.join("config.json");
+    let config = MiniMindConfig::from_file(&config_path)?;
+    let format = match detect_flavor(&config_path)? {
+        ConfigFlavor::MiniMind => "hf-minimind",
+        ConfigFlavor::Llama => "hf-llama",
+    };
+    let tensors = safetensors_file::read_dir(dir)?;
+    let tokenizer = read_tokenizer_files(dir)?;
+    let mut provenance = Provenance::new(format, dir);
+    if tokenizer.is_empty() {
+        provenance.notes.push("no tokenizer.json in the directory".into());
+    }
+    Checkpoint::new(config, tensors, tokenizer, provenance).with_context(|| format!("{}", dir.display()))
+}
+
+fn detect_flavor(config_path: &Path) -> Result<ConfigFlavor> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(config_path)?)?;
+    Ok(match v.get("model_type").and_then(Value::as_str) {
+        Some("llama") => ConfigFlavor::Llama,
+        _ => ConfigFlavor::MiniMind,
+    })
+}
+
+/// Tokenizer files of a model directory; the chat template may live in
+/// `chat_template.jinja` (transformers 5) or inside `tokenizer_config.json` (4.x).
+pub fn read_tokenizer_files(dir: &Path) -> Result<TokenizerFiles> {
+    let read_opt = |name: &str| -> Result<Option<String>> {
+        let p = dir.join(name);
+        if p.exists() {
+            Ok(Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?))
+        } else {
+            Ok(None)
+        }
+    };
+    let tokenizer_json = read_opt("tokenizer.json")?;
+    let tokenizer_config = match read_opt("tokenizer_config.json")? {
+        Some(text) => Some(
+            serde_json::from_str::<Value>(&text)
+                .with_context(|| format!("{}: invalid JSON", dir.join("tokenizer_config.json").display()))?,
+        ),
+        None => None,
+    };
+    let chat_template = match read_opt("chat_template.jinja")? {
+        Some(t) => Some(t),
+        None => tokenizer_config.as_ref().and_then(template_from_config),
+    };
+    Ok(TokenizerFiles { tokenizer_json, tokenizer_config, chat_template })
+}
+
+/// The `chat_template` of a tokenizer_config: a string, or the `default` of a named list.
+fn template_from_config(config: &Value) -> Option<String> {
+    match config.get("chat_template")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => list
+            .iter()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|e| e.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    }
+}
+
+/// Which config.json an HF directory gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfLayout {
+    MiniMind,
+    Llama,
+}
+
+/// Writes an HF directory atomically: config.json, generation_config.json, safetensors,
+/// and the tokenizer files (chat template inside tokenizer_config.json, which transformers
+/// 4.x and 5.x both read).
+pub fn write(ckpt: &Checkpoint, dir: &Path, layout: HfLayout, max_shard_bytes: usize) -> Result<()> {
+    let dtype = hf_dtype_name(ckpt.uniform_dtype().unwrap_or(candle_core::DType::F32));
+    let config = match layout {
+        HfLayout::MiniMind => ckpt.config.to_minimind_json(dtype),
+        HfLayout::Llama => ckpt.config.to_llama_json(dtype)?,
+    };
+    write_dir_atomically(dir, |tmp| {
+        write_json(&tmp.join("config.json"), &config)?;
+        let generation = json!({
+            "bos_token_id": ckpt.config.bos_token_id,
+            "eos_token_id": ckpt.config.eos_token_id,
+        });
+        write_json(&tmp.join("generation_config.json"), &generation)?;
+        safetensors_file::write_dir(tmp, ckpt.tensors(), max_shard_bytes)?;
+        write_tokenizer_files(&ckpt.tokenizer, tmp)
+    })
+}
+
+/// Writes tokenizer.json and tokenizer_config.json (with the chat template inside).
+pub fn write_tokenizer_files(tok: &TokenizerFiles, dir: &Path) -> Result<()> {
+    if let Some(text) = &tok.tokenizer_json {
+        write_file_atomically(&dir.join("tokenizer.json"), |w| Ok(w.write_all(text.as_bytes())?))?;
+    }
+    let mut config = tok.tokenizer_config.clone().unwrap_or_else(|| json!({}));
+    if let (Some(obj), Some(template)) = (config.as_object_mut(), &tok.chat_template) {
+        obj.insert("chat_template".into(), Value::String(template.clone()));
+        // transformers 5's `TokenizersBackend` class is unknown to 4.x; the fast class loads in both.
+        if obj.get("tokenizer_class").and_then(Value::as_str) == Some("TokenizersBackend") {
+            obj.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+        }
+    }
+    if tok.tokenizer_config.is_some() || tok.chat_template.is_some() {
+        write_json(&dir.join("tokenizer_config.json"), &config)?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    write_file_atomically(path, |w| Ok(w.write_all(serde_json::to_string_pretty(value)?.as_bytes())?))
+}

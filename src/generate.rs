@@ -1,0 +1,215 @@
+//! Token generation with a KV cache: greedy, or sampling with the logits processors of HF
+//! `generate` in its order (repetition penalty, temperature, top-k, top-p), seedable.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::model::{KvCache, MiniMind};
+
+/// Sampling settings; the defaults are upstream `eval_llm.py`'s (temperature 0.85,
+/// top-p 0.85, HF's top-k 50, no repetition penalty).
+#[derive(Debug, Clone)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 disables top-k.
+    pub top_k: usize,
+    pub repetition_penalty: f64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    /// Generation stops after emitting any of these.
+    pub stop_ids: Vec<u32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.85,
+            top_p: 0.85,
+            top_k: 50,
+            repetition_penalty: 1.0,
+            max_new_tokens: 8192,
+            seed: 2026,
+            stop_ids: vec![2],
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self { temperature: 0.0, max_new_tokens, stop_ids: Vec::new(), ..Self::default() }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!("temperature must be >= 0, got {}", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("top_p must be in (0, 1], got {}", self.top_p);
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            bail!("repetition_penalty must be > 0, got {}", self.repetition_penalty);
+        }
+        Ok(())
+    }
+}
+
+/// Picks the next token from one row of logits.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let rng = StdRng::seed_from_u64(params.seed);
+        Ok(Self { params, rng })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// `seen` are all tokens so far (prompt included), for the repetition penalty.
+    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> u32 {
+        let mut scores = logits.to_vec();
+        let p = self.params.repetition_penalty as f32;
+        if p != 1.0 {
+            let mut unique: Vec<u32> = seen.to_vec();
+            unique.sort_unstable();
+            unique.dedup();
+            for id in unique {
+                if let Some(s) = scores.get_mut(id as usize) {
+                    *s = if *s < 0.0 { *s * p } else { *s / p };
+                }
+            }
+        }
+        if self.params.temperature == 0.0 {
+            return argmax(&scores);
+        }
+        let t = self.params.temperature as f32;
+        scores.iter_mut().for_each(|s| *s /= t);
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        if self.params.top_k > 0 {
+            order.truncate(self.params.top_k.max(1));
+        }
+        // Softmax over the survivors, then the smallest head whose mass reaches top_p.
+        let max = scores[order[0]];
+        let weights: Vec<f64> = order.iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut keep = weights.len();
+        let mut cumulative = 0.0;
+        for (i, w) in weights.iter().enumerate() {
+            cumulative += w / total;
+            if cumulative >= self.params.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        let kept_total: f64 = weights[..keep].iter().sum();
+        let mut r = self.rng.random::<f64>() * kept_total;
+        for (i, w) in weights[..keep].iter().enumerate() {
+            r -= w;
+            if r <= 0.0 {
+                return order[i] as u32;
+            }
+        }
+        order[keep - 1] as u32
+    }
+}
+
+pub fn argmax(scores: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &s) in scores.iter().enumerate() {
+        if s > scores[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Generates after `prompt`, calling `on_token` for each new token as it is produced
+/// (return `false` to stop). Returns the new tokens; a stop token is included.
+pub fn generate(
+    model: &MiniMind,
+    prompt: &[u32],
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(u32) -> Result<bool>,
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        bail!("empty prompt");
+    }
+    let limit = model.config.max_position_embeddings;
+    if prompt.len() >= limit {
+        bail!("prompt of {} tokens fills the model's {limit}-position context", prompt.len());
+    }
+    let mut cache = KvCache::new(&model.config);
+    let mut seen = prompt.to_vec();
+    let mut new_tokens = Vec::new();
+    let mut input = prompt.to_vec();
+    let max_new = sampler.params().max_new_tokens.min(limit - prompt.len());
+    while new_tokens.len() < max_new {
+        let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
+        let logits = model.forward_last(&ids, &mut cache)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let token = sampler.sample(&logits, &seen);
+        new_tokens.push(token);
+        seen.push(token);
+        let keep_going = on_token(token)?;
+        if !keep_going || sampler.params().stop_ids.contains(&token) {
+            break;
+        }
+        input = vec![token];
+    }
+    Ok(new_tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(temperature: f64, top_k: usize, top_p: f64, penalty: f64) -> Sampler {
+        Sampler::new(SamplingParams { temperature, top_k, top_p, repetition_penalty: penalty, ..SamplingParams::default() })
+            .unwrap()
+    }
+
+    #[test]
+    fn greedy_takes_argmax() {
+        assert_eq!(sampler(0.0, 50, 1.0, 1.0).sample(&[0.1, 3.0, -1.0], &[]), 1);
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative() {
+        // 3.0/4 = 0.75 < 1.0, so the penalised token loses to token 2.
+        assert_eq!(sampler(0.0, 0, 1.0, 4.0).sample(&[-1.0, 3.0, 1.0], &[1]), 2);
+        // -1 * 4 = -4 stays the smallest.
+        assert_eq!(sampler(0.0, 0, 1.0, 4.0).sample(&[-1.0, -0.5, -0.6], &[0]), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_p_cuts_the_tail() {
+        let logits = [1.0, 5.0, 4.9, -3.0];
+        let mut s = sampler(1.0, 1, 1.0, 1.0);
+        assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
+        // top_p tiny keeps only the most likely token.
+        let mut s = sampler(1.0, 0, 0.01, 1.0);
+        assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
+        // With everything allowed both near-equal tokens appear.
+        let mut s = sampler(1.0, 0, 1.0, 1.0);
+        let picks: Vec<u32> = (0..200).map(|_| s.sample(&logits, &[])).collect();
+        assert!(picks.contains(&1) && picks.contains(&2));
+    }
+
+    #[test]
+    fn same_seed_same_samples() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = || {
+            let mut s = sampler(1.0, 0, 0.95, 1.0);
+            (0..20).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+}

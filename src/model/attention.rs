@@ -1,0 +1,127 @@
+//! Grouped-query self-attention with rotate-half RoPE and an append-only KV cache.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use super::linear::Linear;
+
+/// Keys and values seen so far by one layer, [batch, kv_heads, positions, head_dim].
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl LayerCache {
+    pub fn len(&self) -> usize {
+        self.kv.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Applies the rotation to x [b, h, t, d] with cos/sin [t, d/2].
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Result<Tensor> {
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    if differentiable {
+        candle_nn::rotary_emb::rope_slow(x, &cos, &sin)
+    } else {
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    }
+}
+
+/// Repeats each KV head `n_rep` times in place (torch.repeat_interleave on the head axis).
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kvh, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, kvh, n_rep, t, d))?.reshape((b, kvh * n_rep, t, d))
+}
+
+impl Attention {
+    /// x [b, t, hidden]; positions start at `cache.len()`. `mask` is an additive
+    /// [b or 1, 1, t, total] bias built by the caller.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let q = self.q_proj.forward(x)?.reshape((b, t, self.n_heads, self.head_dim))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        let q = rotate(&q, cos, sin, differentiable)?;
+        let mut k = rotate(&k, cos, sin, differentiable)?;
+        let mut v = v.contiguous()?;
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = &cache.kv {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            cache.kv = Some((k.clone(), v.clone()));
+        }
+        let n_rep = self.n_heads / self.n_kv_heads;
+        let k = repeat_kv(&k, n_rep)?;
+        let v = repeat_kv(&v, n_rep)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+        }
+        // Softmax in f32 like upstream, back to the compute dtype for the value product.
+        let dtype = scores.dtype();
+        let scores = scores.to_dtype(DType::F32)?;
+        let probs = if differentiable {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let out = probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// The additive attention bias for `t` new positions after `past` cached ones: causal
+/// (-inf above the diagonal) plus upstream's `(1 - mask) * -1e9` for padding, where
+/// `padding` is [b, past + t] with 1 for real tokens.
+pub fn attention_bias(t: usize, past: usize, padding: Option<&Tensor>, device: &candle_core::Device) -> Result<Option<Tensor>> {
+    let total = past + t;
+    let causal = if t > 1 {
+        let data: Vec<f32> = (0..t)
+            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        Some(Tensor::from_vec(data, (1, 1, t, total), device)?)
+    } else {
+        None
+    };
+    let pad = match padding {
+        None => None,
+        Some(m) => {
+            let (b, len) = m.dims2()?;
+            if len != total {
+                candle_core::bail!("attention mask covers {len} positions, the sequence has {total}");
+            }
+            let m = m.to_dtype(DType::F32)?;
+            Some(((1.0 - m)? * -1e9)?.reshape((b, 1, 1, total))?)
+        }
+    };
+    Ok(match (causal, pad) {
+        (None, None) => None,
+        (Some(c), None) => Some(c),
+        (None, Some(p)) => Some(p),
+        (Some(c), Some(p)) => Some(c.broadcast_add(&p)?),
+    })
+}

@@ -1,0 +1,279 @@
+//! The MiniMind decoder (`MiniMindForCausalLM` of upstream model_minimind.py @5959396).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use mm_converters::config::MiniMindConfig;
+use mm_converters::lora::Lora;
+use mm_converters::Checkpoint;
+
+use super::attention::{attention_bias, Attention, LayerCache};
+use super::linear::Linear;
+use super::mlp::{FeedForward, Mlp, MoeFeedForward};
+use super::norm::RmsNorm;
+use super::rope::RopeTables;
+
+/// Inference uses candle's fused kernels; training uses differentiable ops and upstream's
+/// train-mode MoE path (fp16 expert buffer, aux loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Inference,
+    Training,
+}
+
+/// Per-layer KV caches of one batch of sequences. Kept outside the model so one loaded
+/// model can serve many conversations.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(cfg: &MiniMindConfig) -> Self {
+        Self { layers: vec![LayerCache::default(); cfg.num_hidden_layers] }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerCache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Output of a forward pass: logits [b, t, vocab] and, in training mode for MoE models,
+/// the summed aux loss.
+pub struct ModelOutput {
+    pub logits: Tensor,
+    pub aux_loss: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MiniMind {
+    pub config: MiniMindConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: RopeTables,
+}
+
+fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> Result<Linear> {
+    Ok(Linear::new(vb.get((out, inp), &format!("{name}.weight"))?))
+}
+
+fn feed_forward(vb: &VarBuilder, cfg: &MiniMindConfig, prefix: &str) -> Result<FeedForward> {
+    let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+    Ok(FeedForward {
+        gate_proj: linear(vb, f, h, &format!("{prefix}.gate_proj"))?,
+        up_proj: linear(vb, f, h, &format!("{prefix}.up_proj"))?,
+        down_proj: linear(vb, h, f, &format!("{prefix}.down_proj"))?,
+    })
+}
+
+impl MiniMind {
+    /// Builds the model from tensors named like upstream's state dict. With a `VarMap`
+    /// behind `vb` the same code builds a trainable model; the tied head is the embedding
+    /// tensor itself, so its gradient sums both uses.
+    pub fn new(cfg: &MiniMindConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::wrap)?;
+        let h = cfg.hidden_size;
+        let kv = cfg.num_key_value_heads * cfg.head_dim();
+        let embed_tokens = vb.get((cfg.vocab_size, h), "model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let self_attn = Attention {
+                q_proj: linear(&vb, h, h, &format!("{p}.self_attn.q_proj"))?,
+                k_proj: linear(&vb, kv, h, &format!("{p}.self_attn.k_proj"))?,
+                v_proj: linear(&vb, kv, h, &format!("{p}.self_attn.v_proj"))?,
+                o_proj: linear(&vb, h, h, &format!("{p}.self_attn.o_proj"))?,
+                n_heads: cfg.num_attention_heads,
+                n_kv_heads: cfg.num_key_value_heads,
+                head_dim: cfg.head_dim(),
+            };
+            let mlp = if cfg.use_moe {
+                Mlp::Moe(MoeFeedForward {
+                    experts: (0..cfg.n_routed_experts)
+                        .map(|e| feed_forward(&vb, cfg, &format!("{p}.mlp.experts.{e}")))
+                        .collect::<Result<_>>()?,
+                    shared_experts: (0..cfg.n_shared_experts)
+                        .map(|e| feed_forward(&vb, cfg, &format!("{p}.mlp.shared_experts.{e}")))
+                        .collect::<Result<_>>()?,
+                    gate: vb.get((cfg.n_routed_experts, h), &format!("{p}.mlp.gate.weight"))?,
+                    top_k: cfg.num_experts_per_tok,
+                    norm_topk_prob: cfg.norm_topk_prob,
+                    aux_loss_alpha: cfg.aux_loss_alpha,
+                    seq_aux: cfg.seq_aux,
+                })
+            } else {
+                Mlp::Dense(feed_forward(&vb, cfg, &format!("{p}.mlp"))?)
+            };
+            layers.push(Block {
+                input_layernorm: RmsNorm::new(vb.get(h, &format!("{p}.input_layernorm.weight"))?, cfg.rms_norm_eps),
+                self_attn,
+                post_attention_layernorm: RmsNorm::new(
+                    vb.get(h, &format!("{p}.post_attention_layernorm.weight"))?,
+                    cfg.rms_norm_eps,
+                ),
+                mlp,
+            });
+        }
+        let norm = RmsNorm::new(vb.get(h, "model.norm.weight")?, cfg.rms_norm_eps);
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            vb.get((cfg.vocab_size, h), "lm_head.weight")?
+        };
+        let rope = RopeTables::new(cfg, vb.device())?;
+        Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
+    }
+
+    /// Loads a checkpoint's tensors in `dtype` on `device`.
+    pub fn from_checkpoint(ckpt: &Checkpoint, dtype: DType, device: &Device) -> Result<Self> {
+        let tensors: HashMap<String, Tensor> = ckpt.tensors().iter().cloned().collect();
+        Self::new(&ckpt.config, VarBuilder::from_tensors(tensors, dtype, device))
+    }
+
+    /// Attaches upstream LoRA adapters, applied on the fly (`W x + B(A x)`).
+    pub fn attach_lora(&mut self, lora: &Lora) -> Result<()> {
+        for ad in &lora.adapters {
+            let dtype = self.embed_tokens.dtype();
+            let device = self.embed_tokens.device().clone();
+            let target = self.linear_mut(&ad.module).ok_or_else(|| {
+                candle_core::Error::Msg(format!("LoRA targets `{}`, which is not a linear layer of this model", ad.module))
+            })?;
+            let (out, inp) = target.weight.dims2()?;
+            if ad.a.dims() != [lora.rank, inp] || ad.b.dims() != [out, lora.rank] {
+                candle_core::bail!("LoRA for `{}` does not fit a {out}x{inp} weight", ad.module);
+            }
+            target.lora = Some((ad.a.to_dtype(dtype)?.to_device(&device)?, ad.b.to_dtype(dtype)?.to_device(&device)?));
+        }
+        Ok(())
+    }
+
+    fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
+        let rest = module.strip_prefix("model.layers.")?;
+        let (layer, path) = rest.split_once('.')?;
+        let block = self.layers.get_mut(layer.parse::<usize>().ok()?)?;
+        let attn = &mut block.self_attn;
+        match path {
+            "self_attn.q_proj" => Some(&mut attn.q_proj),
+            "self_attn.k_proj" => Some(&mut attn.k_proj),
+            "self_attn.v_proj" => Some(&mut attn.v_proj),
+            "self_attn.o_proj" => Some(&mut attn.o_proj),
+            _ => {
+                let ffn_path = path.strip_prefix("mlp.")?;
+                let (ffn, proj) = match &mut block.mlp {
+                    Mlp::Dense(f) => (f, ffn_path),
+                    Mlp::Moe(m) => {
+                        let (group, rest) = ffn_path.split_once('.')?;
+                        let (idx, proj) = rest.split_once('.')?;
+                        let list = match group {
+                            "experts" => &mut m.experts,
+                            "shared_experts" => &mut m.shared_experts,
+                            _ => return None,
+                        };
+                        (list.get_mut(idx.parse::<usize>().ok()?)?, proj)
+                    }
+                };
+                match proj {
+                    "gate_proj" => Some(&mut ffn.gate_proj),
+                    "up_proj" => Some(&mut ffn.up_proj),
+                    "down_proj" => Some(&mut ffn.down_proj),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// Final hidden states [b, t, hidden] for `input_ids` [b, t] placed after the cached
+    /// positions; `padding` [b, past + t] marks real tokens with 1.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        padding: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (_b, t) = input_ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let (cos, sin) = self.rope.slice(past, t)?;
+        let bias = attention_bias(t, past, padding, self.device())?;
+        let differentiable = mode == Mode::Training;
+        let mut x = self.embed_tokens.embedding(&input_ids.flatten_all()?)?.reshape((input_ids.dim(0)?, t, ()))?;
+        let mut aux: Option<Tensor> = None;
+        for (i, block) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let h = block.self_attn.forward(
+                &block.input_layernorm.forward(&x)?,
+                &cos,
+                &sin,
+                bias.as_ref(),
+                layer_cache,
+                differentiable,
+            )?;
+            x = (x + h)?;
+            let normed = block.post_attention_layernorm.forward(&x)?;
+            let y = match &block.mlp {
+                Mlp::Dense(ffn) => ffn.forward(&normed)?,
+                Mlp::Moe(moe) => {
+                    let out = moe.forward(&normed, mode == Mode::Training)?;
+                    if let Some(a) = out.aux_loss {
+                        aux = Some(match aux {
+                            None => a,
+                            Some(prev) => (prev + a)?,
+                        });
+                    }
+                    out.y
+                }
+            };
+            x = (x + y)?;
+        }
+        Ok((self.norm.forward(&x)?, aux))
+    }
+
+    /// Logits for hidden states [.., hidden].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden.broadcast_matmul(&self.lm_head.t()?)
+    }
+
+    /// Logits [b, t, vocab] for every position (and the MoE aux loss in training mode).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        padding: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<ModelOutput> {
+        let (hidden, aux_loss) = self.forward_hidden(input_ids, cache, padding, mode)?;
+        Ok(ModelOutput { logits: self.logits(&hidden)?, aux_loss })
+    }
+
+    /// Logits of the last position only, [b, vocab]: what generation needs.
+    pub fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (hidden, _) = self.forward_hidden(input_ids, Some(cache), None, Mode::Inference)?;
+        let t = hidden.dim(1)?;
+        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+}

@@ -1,0 +1,78 @@
+//! Rotary position tables, computed in f32 step by step as upstream `precompute_freqs_cis`
+//! does, including its YaRN-style frequency rescaling.
+
+use candle_core::{Device, Result, Tensor};
+
+use mm_converters::config::{MiniMindConfig, RopeScaling};
+
+/// cos/sin tables of shape [positions, head_dim / 2] (the halves upstream duplicates).
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+/// The per-pair inverse frequencies, rescaled when `rope_scaling` is set and the table is
+/// longer than the original context.
+pub fn inverse_frequencies(dim: usize, end: usize, base: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
+    let half = dim / 2;
+    let base = base as f32;
+    let mut freqs: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
+    if let Some(s) = scaling {
+        let orig_max = s.original_max_position_embeddings as f32;
+        if end as f64 / s.original_max_position_embeddings as f64 > 1.0 {
+            // The first pair whose wavelength exceeds the original context; pairs below it
+            // are blended by beta, the rest are divided by the factor.
+            let two_pi = (2.0 * std::f64::consts::PI) as f32;
+            let corr_dim = (0..half).find(|&i| two_pi / freqs[i] > orig_max).unwrap_or(half);
+            let (factor, fast, slow) = (s.factor as f32, s.beta_fast as f32, s.beta_slow as f32);
+            let denom = (half.saturating_sub(1)).max(1) as f32;
+            for (i, f) in freqs.iter_mut().enumerate() {
+                let power = i as f32 / denom;
+                let beta = slow + (fast - slow) * power;
+                let scale = if i < corr_dim { (beta * factor - beta + 1.0) / (beta * factor) } else { 1.0 / factor };
+                *f *= scale;
+            }
+        }
+    }
+    freqs
+}
+
+impl RopeTables {
+    pub fn new(cfg: &MiniMindConfig, device: &Device) -> Result<Self> {
+        Self::with_length(cfg, cfg.max_position_embeddings, device)
+    }
+
+    /// Tables for `len` positions. The YaRN switch depends on max_position_embeddings
+    /// (upstream's `end`), not on `len`.
+    pub fn with_length(cfg: &MiniMindConfig, len: usize, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim() / 2;
+        let freqs = inverse_frequencies(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for t in 0..len {
+            for &f in &freqs {
+                // The angle is rounded to f32 as torch.outer does; cos/sin of it are exact.
+                let angle = (t as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (len, half), device)?,
+            sin: Tensor::from_vec(sin, (len, half), device)?,
+        })
+    }
+
+    /// Rows `start..start+len`, for the positions of one forward pass.
+    pub fn slice(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
+        let available = self.cos.dim(0)?;
+        if start + len > available {
+            candle_core::bail!(
+                "position {} is beyond max_position_embeddings ({available})",
+                start + len
+            );
+        }
+        Ok((self.cos.narrow(0, start, len)?, self.sin.narrow(0, start, len)?))
+    }
+}
