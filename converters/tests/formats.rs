@@ -151,6 +151,7 @@ fn shared_dir() -> Option<PathBuf> {
     if dir.join("fixtures/minimind2/README.md").exists() {
         Some(dir)
     } else {
+        assert!(std::env::var_os("MM_REQUIRE_SHARED").is_none(), "MM_REQUIRE_SHARED is set but {} is missing", dir.display());
         eprintln!("skipping: shared fixtures not found (set MM_SHARED)");
         None
     }

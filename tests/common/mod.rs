@@ -18,27 +18,34 @@ pub fn shared_dir() -> Option<PathBuf> {
 /// Returns the shared dir, or prints the skip notice for `test` and returns None.
 pub fn shared_or_skip(test: &str) -> Option<PathBuf> {
     let dir = shared_dir();
+    if dir.is_none() && std::env::var_os("MM_REQUIRE_SHARED").is_some() {
+        panic!("{test}: MM_REQUIRE_SHARED is set but the shared fixtures are missing");
+    }
     if dir.is_none() {
         eprintln!("skipping {test}: shared fixtures not found (set MM_SHARED)");
     }
     dir
 }
 
-/// Extracts `fixtures/minimind2/<cfg>/weights.tar.xz` once per test process.
+/// Extracts `fixtures/minimind2/<cfg>/weights.tar.xz` once into a temp folder that is
+/// reused by later runs (extracted beside, then renamed, so parallel tests never see half).
 pub fn weights_dir(shared: &Path, cfg: &str) -> PathBuf {
-    static DIRS: OnceLock<std::sync::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let map = DIRS.get_or_init(Default::default);
-    let mut map = map.lock().unwrap();
-    map.entry(cfg.to_string())
-        .or_insert_with(|| {
-            let out = std::env::temp_dir().join(format!("mm-fixture-{}-{cfg}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&out);
-            std::fs::create_dir_all(&out).unwrap();
-            let file = std::fs::File::open(shared.join(format!("fixtures/minimind2/{cfg}/weights.tar.xz"))).unwrap();
-            tar::Archive::new(xz2::read::XzDecoder::new(file)).unpack(&out).unwrap();
-            out
-        })
-        .clone()
+    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
+    let _guard = LOCK.get_or_init(Default::default).lock().unwrap();
+    let archive = shared.join(format!("fixtures/minimind2/{cfg}/weights.tar.xz"));
+    let size = std::fs::metadata(&archive).unwrap().len();
+    let out = std::env::temp_dir().join(format!("mm-fixture-{cfg}-{size}"));
+    if !out.join("model.pth").exists() {
+        let staging = std::env::temp_dir().join(format!("mm-fixture-{cfg}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).unwrap();
+        let file = std::fs::File::open(&archive).unwrap();
+        tar::Archive::new(xz2::read::XzDecoder::new(file)).unpack(&staging).unwrap();
+        if std::fs::rename(&staging, &out).is_err() {
+            let _ = std::fs::remove_dir_all(&staging); // another process won the race
+        }
+    }
+    out
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {

@@ -470,6 +470,7 @@ mod tests {
         if dir.is_dir() {
             Some(dir)
         } else {
+            assert!(std::env::var_os("MM_REQUIRE_SHARED").is_none(), "MM_REQUIRE_SHARED is set but {} is missing", dir.display());
             eprintln!("skipping: MM_SHARED fixtures not found");
             None
         }
