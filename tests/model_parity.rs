@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use common::*;
 use mm::converters::lora::Lora;
-use mm::converters::pth_model::PthHints;
+use mm::converters::pth::checkpoint::PthHints;
 use mm::converters::{read_checkpoint, Checkpoint, MiniMindConfig};
 use mm::generate::{generate, Sampler, SamplingParams};
 use mm::model::{KvCache, MiniMind, Mode};

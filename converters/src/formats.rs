@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 use crate::checkpoint::Checkpoint;
 use crate::hf::{self, HfLayout, DEFAULT_MAX_SHARD_BYTES};
-use crate::pth_model::{self, PthHints};
+use crate::pth::{self, checkpoint::PthHints};
 
 /// The formats mm writes a checkpoint in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub fn read_checkpoint(path: &Path, hints: &PthHints) -> Result<Checkpoint> {
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
-        "pth" | "pt" | "bin" => pth_model::read(path, hints),
+        "pth" | "pt" | "bin" => pth::checkpoint::read(path, hints),
         "safetensors" | "json" => match path.parent() {
             Some(dir) if dir.join("config.json").exists() => hf::read(dir),
             _ => bail!("{}: needs a config.json in the same directory", path.display()),
@@ -63,7 +63,7 @@ pub fn read_checkpoint(path: &Path, hints: &PthHints) -> Result<Checkpoint> {
 
 pub fn write_checkpoint(ckpt: &Checkpoint, path: &Path, format: Format) -> Result<()> {
     match format {
-        Format::Pth => pth_model::write(ckpt, path),
+        Format::Pth => pth::checkpoint::write(ckpt, path),
         Format::HfMiniMind => hf::write(ckpt, path, HfLayout::MiniMind, DEFAULT_MAX_SHARD_BYTES),
         Format::HfLlama => hf::write(ckpt, path, HfLayout::Llama, DEFAULT_MAX_SHARD_BYTES),
     }

@@ -11,9 +11,9 @@ pub mod hf;
 pub mod lora;
 pub mod naming;
 pub mod pth;
-pub mod pth_model;
 pub mod safetensors_file;
 
 pub use checkpoint::{Checkpoint, Provenance, TokenizerFiles};
 pub use config::MiniMindConfig;
 pub use formats::{read_checkpoint, write_checkpoint, Format};
+pub use pth::checkpoint::PthHints;

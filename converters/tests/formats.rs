@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use mm_converters::checkpoint::tensors_equal;
 use mm_converters::naming::expected_tensors;
-use mm_converters::pth_model::PthHints;
+use mm_converters::pth::checkpoint::PthHints;
 use mm_converters::{pth, read_checkpoint, write_checkpoint, Checkpoint, Format, MiniMindConfig, Provenance, TokenizerFiles};
 
 fn tiny_config(moe: bool) -> MiniMindConfig {

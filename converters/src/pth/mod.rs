@@ -11,6 +11,7 @@
 //! The reader never runs pickle code: [`pickle_reader`] knows only the globals that describe
 //! tensors and refuses any other by name.
 
+pub mod checkpoint;
 mod pickle_reader;
 mod pickle_writer;
 

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use serde_json::Value;
 
 use crate::checkpoint::{Checkpoint, Provenance, TokenizerFiles};
 use crate::config::MiniMindConfig;
@@ -125,10 +124,4 @@ pub fn infer_config(tensors: &[(String, Tensor)], heads: Option<usize>) -> Resul
         n_shared_experts: if use_moe { count("shared_experts.") } else { defaults.n_shared_experts },
         ..defaults
     })
-}
-
-/// Reads a JSON file into a Value, naming the file on error.
-pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }

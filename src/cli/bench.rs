@@ -1,0 +1,72 @@
+//! `mm bench`: load time and prefill/decode throughput on the CPU.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+
+use mm::converters::pth::checkpoint::PthHints;
+use mm::converters::{read_checkpoint, MiniMindConfig, TokenizerFiles};
+use mm::model::init::random_checkpoint;
+use mm::model::{KvCache, MiniMind};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model to time loading and running (default: a random model of --preset).
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "small")]
+    preset: String,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 256)]
+    prefill: usize,
+    /// Tokens decoded one at a time after the prefill.
+    #[arg(long, default_value_t = 128)]
+    decode: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Repetitions (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    super::set_threads(a.threads);
+    let threads = candle_core::utils::get_num_threads();
+    let (ckpt, load_s) = match &a.model {
+        Some(path) => {
+            let start = Instant::now();
+            let ckpt = read_checkpoint(path, &PthHints::default())?;
+            (ckpt, Some(start.elapsed().as_secs_f64()))
+        }
+        None => (random_checkpoint(&MiniMindConfig::preset(&a.preset)?, 0, TokenizerFiles::default())?, None),
+    };
+    let start = Instant::now();
+    let model = MiniMind::from_checkpoint(&ckpt, DType::F32, &Device::Cpu)?;
+    let build_s = start.elapsed().as_secs_f64();
+    let vocab = model.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..a.prefill as u32).map(|i| 3 + (i * 7919) % (vocab - 3)).collect();
+    let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
+    for _ in 0..a.repeat.max(1) {
+        let mut cache = KvCache::new(&model.config);
+        let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let start = Instant::now();
+        let mut logits = model.forward_last(&ids, &mut cache)?;
+        best_prefill = best_prefill.min(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        for _ in 0..a.decode {
+            let next = logits.argmax(candle_core::D::Minus1)?.to_dtype(DType::U32)?;
+            logits = model.forward_last(&next.unsqueeze(0)?, &mut cache)?;
+        }
+        best_decode = best_decode.min(start.elapsed().as_secs_f64());
+    }
+    println!("model       {}", ckpt);
+    println!("threads     {threads}");
+    if let Some(s) = load_s {
+        println!("load        {:.3} s (read + validate), model build {:.3} s", s, build_s);
+    }
+    println!("prefill     {} tokens in {:.3} s = {:.1} tokens/s", a.prefill, best_prefill, a.prefill as f64 / best_prefill);
+    println!("decode      {} tokens in {:.3} s = {:.1} tokens/s", a.decode, best_decode, a.decode as f64 / best_decode);
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Subcommands, one file each; shared argument groups live here.
+
+mod bench;
+mod chat;
+mod convert;
+mod generate;
+mod init;
+mod inspect;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+
+use mm::converters::checkpoint::parse_dtype;
+use mm::converters::pth::checkpoint::PthHints;
+use mm::converters::MiniMindConfig;
+use mm::generate::SamplingParams;
+use mm::loaded::LoadedModel;
+
+#[derive(Parser)]
+#[command(name = "mm", version, about = "MiniMind toolchain: models, conversion, generation")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a randomly initialised model directory from a preset or a custom shape.
+    Init(init::InitArgs),
+    /// Convert a checkpoint between .pth, HF MiniMind and HF Llama layouts.
+    Convert(convert::ConvertArgs),
+    /// Describe a checkpoint: format, config, tensors, tokenizer.
+    Inspect(inspect::InspectArgs),
+    /// Generate a reply to one prompt (streams to stdout).
+    Generate(generate::GenerateArgs),
+    /// Interactive chat with history and a system prompt.
+    Chat(chat::ChatArgs),
+    /// Measure load time and prefill/decode speed.
+    Bench(bench::BenchArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// What a bare upstream `.pth` cannot say about itself.
+#[derive(Args, Clone, Default)]
+pub struct ShapeHints {
+    /// config.json to use for a .pth (default: `<stem>.config.json` or `config.json` beside it,
+    /// else inferred from tensor shapes).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Attention heads when the config is inferred from a .pth (upstream default 8).
+    #[arg(long)]
+    heads: Option<usize>,
+}
+
+impl ShapeHints {
+    fn to_hints(&self) -> Result<PthHints> {
+        Ok(PthHints {
+            config: self.config.as_deref().map(MiniMindConfig::from_file).transpose()?,
+            num_attention_heads: self.heads,
+        })
+    }
+}
+
+/// A model to run.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A .pth file or an HF model directory.
+    model: PathBuf,
+    #[command(flatten)]
+    hints: ShapeHints,
+    /// Upstream LoRA .pth applied on the fly.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// Compute dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Turn on upstream's YaRN RoPE extrapolation (`inference_rope_scaling`).
+    #[arg(long)]
+    rope_scaling: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<LoadedModel> {
+        set_threads(self.threads);
+        let mut ckpt = mm::converters::read_checkpoint(&self.model, &self.hints.to_hints()?)?;
+        if self.rope_scaling {
+            ckpt.config.set_inference_rope_scaling(true);
+        }
+        LoadedModel::from_checkpoint(&ckpt, self.lora.as_deref(), parse_dtype(&self.dtype)?, &Device::Cpu)
+    }
+}
+
+/// candle's CPU kernels size their thread pool from RAYON_NUM_THREADS at first use.
+fn set_threads(threads: Option<usize>) {
+    if let Some(n) = threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
+/// Sampling flags, defaults as upstream `eval_llm.py`.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.85)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0.85)]
+    top_p: f64,
+    /// 0 disables top-k (HF's default is 50).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+    /// Greedy decoding (same as --temperature 0).
+    #[arg(long)]
+    greedy: bool,
+}
+
+impl SamplingArgs {
+    fn params(&self, stop_ids: Vec<u32>) -> SamplingParams {
+        SamplingParams {
+            temperature: if self.greedy { 0.0 } else { self.temperature },
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+            stop_ids,
+        }
+    }
+}
+
+pub fn dtype_arg(name: &str) -> Result<DType> {
+    parse_dtype(name)
+}
+
+/// `in.pth` → `in-hf`, `dir` → `dir.pth`, …: a default output path beside the input.
+pub fn default_output(input: &Path, suffix: &str) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .or_else(|| input.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    input.with_file_name(format!("{stem}{suffix}"))
+}
