@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod generate;
+pub mod loaded;
 pub mod model;
 
 pub use mm_converters as converters;

@@ -1,0 +1,552 @@
+//! Chat templates rendered the way HF transformers' `apply_chat_template` renders them.
+//!
+//! The environment mirrors transformers' (`ImmutableSandboxedEnvironment(trim_blocks=True,
+//! lstrip_blocks=True)` plus its globals), and papers over every minijinja/jinja2 difference
+//! recorded in `shared/docs/templates_serving.md`:
+//! - `tojson` is `json.dumps(ensure_ascii=False)`: `", "`/`": "`, key order kept, Python float
+//!   repr, no HTML escaping, and the `ensure_ascii`/`indent`/`separators`/`sort_keys` kwargs;
+//! - Python string/list methods (`startswith`, `strip(chars)`, `rsplit`, …) through an
+//!   unknown-method callback;
+//! - `{{ x }}` of a float, list or dict prints Python's `str(x)`;
+//! - `raise_exception`, `strftime_now`, the special tokens and arbitrary extra kwargs;
+//! - messages' `reasoning`/`thinking` keys aliased to `reasoning_content` (transformers ≥ 5);
+//! - `{% generation %}` tags accepted (they only mark assistant spans for masks);
+//! - undefined values behave like jinja2's default `Undefined`: they print as nothing and are
+//!   false, but reading an attribute of one is an error.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Kwargs, Rest, Value};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
+use serde_json::{Map, Value as Json};
+
+use super::pyjson::{self, JsonStyle};
+use super::pymethods;
+
+/// The name a single (unnamed) template is stored under, as transformers does.
+pub const DEFAULT_TEMPLATE: &str = "default";
+/// The named template transformers picks when tools are passed and it exists.
+pub const TOOL_USE_TEMPLATE: &str = "tool_use";
+
+/// Special-token names transformers puts into the template context (`special_tokens_map`).
+const SPECIAL_TOKEN_KEYS: [&str; 7] =
+    ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+
+/// One `apply_chat_template` call.
+#[derive(Debug, Clone, Default)]
+pub struct RenderRequest {
+    /// The conversation: a JSON array of message objects.
+    pub messages: Json,
+    /// OpenAI-style tool definitions. `None` renders `tools` as `none`, like transformers.
+    pub tools: Option<Json>,
+    /// RAG documents (`documents` in the template); `None` renders as `none`.
+    pub documents: Option<Json>,
+    pub add_generation_prompt: bool,
+    /// Cut the output right after the last message's content so the model continues it.
+    pub continue_final_message: bool,
+    /// Extra template kwargs (`enable_thinking`, `open_thinking`, …). An absent key stays
+    /// undefined in the template, which is not the same as `false`.
+    pub extra: Map<String, Json>,
+    /// Special tokens (`bos_token`, `eos_token`, …) that override the template's own, which
+    /// come from tokenizer_config.json.
+    pub special_tokens: Map<String, Json>,
+    /// Which named template to use; by default `tool_use` when tools are given and it exists,
+    /// otherwise `default`.
+    pub template_name: Option<String>,
+}
+
+impl RenderRequest {
+    pub fn new(messages: Json) -> Self {
+        Self { messages, ..Self::default() }
+    }
+
+    pub fn with_tools(mut self, tools: Json) -> Self {
+        self.tools = Some(tools);
+        self
+    }
+
+    pub fn with_generation_prompt(mut self, yes: bool) -> Self {
+        self.add_generation_prompt = yes;
+        self
+    }
+
+    /// Sets one extra kwarg, e.g. `.with_kwarg("enable_thinking", false.into())`.
+    pub fn with_kwarg(mut self, key: &str, value: Json) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+}
+
+/// A compiled chat template (or a named set of them) plus the special tokens it is rendered with.
+#[derive(Clone)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    /// (name, source) in the order given.
+    sources: Vec<(String, String)>,
+    special_tokens: Map<String, Json>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("names", &self.sources.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .field("special_tokens", &self.special_tokens)
+            .finish()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles one Jinja template source.
+    pub fn new(source: &str) -> Result<Self> {
+        Self::from_named(vec![(DEFAULT_TEMPLATE.to_string(), source.to_string())])
+    }
+
+    /// Compiles a set of named templates (`[{name, template}]` in tokenizer_config.json).
+    pub fn from_named(templates: Vec<(String, String)>) -> Result<Self> {
+        if templates.is_empty() {
+            bail!("no chat template given");
+        }
+        let mut env = environment()?;
+        for (name, source) in &templates {
+            env.add_template_owned(name.clone(), prepare_source(source))
+                .with_context(|| format!("compiling chat template {name:?}"))?;
+        }
+        Ok(Self { env, sources: templates, special_tokens: Map::new() })
+    }
+
+    /// The template of a tokenizer_config.json value: `chat_template` as a string or as a
+    /// list of `{name, template}`. Also takes the special tokens from the config. `None` when
+    /// the config has no template.
+    pub fn from_tokenizer_config(config: &Json) -> Result<Option<Self>> {
+        let template = match config.get("chat_template") {
+            None | Some(Json::Null) => return Ok(None),
+            Some(Json::String(source)) => Self::new(source)?,
+            Some(Json::Array(items)) => {
+                let mut named = Vec::with_capacity(items.len());
+                for item in items {
+                    let name = item.get("name").and_then(Json::as_str);
+                    let source = item.get("template").and_then(Json::as_str);
+                    match (name, source) {
+                        (Some(n), Some(s)) => named.push((n.to_string(), s.to_string())),
+                        _ => bail!("chat_template list entries need string \"name\" and \"template\" fields"),
+                    }
+                }
+                Self::from_named(named)?
+            }
+            Some(other) => bail!("chat_template must be a string or a list, not {other}"),
+        };
+        Ok(Some(template.with_special_tokens_from_config(config)))
+    }
+
+    /// The template of a model directory: `chat_template.jinja` (what transformers ≥ 4.5x
+    /// writes; it wins), else `chat_template.json`, else tokenizer_config.json's
+    /// `chat_template`. Special tokens come from tokenizer_config.json when present.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let config_path = dir.join("tokenizer_config.json");
+        let config: Option<Json> = if config_path.is_file() {
+            let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?)
+        } else {
+            None
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let json = dir.join("chat_template.json");
+        let template = if jinja.is_file() {
+            let source = std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?;
+            Some(Self::new(&source).with_context(|| format!("in {}", jinja.display()))?)
+        } else if json.is_file() {
+            let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
+            let value: Json = serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+            Self::from_tokenizer_config(&value).with_context(|| format!("in {}", json.display()))?
+        } else if let Some(config) = &config {
+            Self::from_tokenizer_config(config).with_context(|| format!("in {}", config_path.display()))?
+        } else {
+            None
+        };
+        Ok(match (template, &config) {
+            (Some(t), Some(config)) => Some(t.with_special_tokens_from_config(config)),
+            (t, _) => t,
+        })
+    }
+
+    /// Uses the special tokens of a tokenizer_config.json value (`bos_token`, `eos_token`, …,
+    /// `additional_special_tokens`, and any other `*_token` string), as transformers passes them.
+    pub fn with_special_tokens_from_config(mut self, config: &Json) -> Self {
+        self.special_tokens = special_tokens_map(config);
+        self
+    }
+
+    /// Replaces the special tokens passed to the template.
+    pub fn with_special_tokens(mut self, tokens: Map<String, Json>) -> Self {
+        self.special_tokens = tokens;
+        self
+    }
+
+    pub fn special_tokens(&self) -> &Map<String, Json> {
+        &self.special_tokens
+    }
+
+    /// The source of the default template (the first one when there is no `default`).
+    pub fn source(&self) -> &str {
+        self.sources
+            .iter()
+            .find(|(n, _)| n == DEFAULT_TEMPLATE)
+            .or_else(|| self.sources.first())
+            .map(|(_, s)| s.as_str())
+            .unwrap_or_default()
+    }
+
+    /// All (name, source) pairs.
+    pub fn sources(&self) -> &[(String, String)] {
+        &self.sources
+    }
+
+    fn pick_name<'a>(&'a self, req: &'a RenderRequest) -> Result<&'a str> {
+        let has = |n: &str| self.sources.iter().any(|(name, _)| name == n);
+        if let Some(name) = &req.template_name {
+            if !has(name) {
+                bail!("no chat template named {name:?} (have {:?})", self.names());
+            }
+            return Ok(name);
+        }
+        if req.tools.is_some() && has(TOOL_USE_TEMPLATE) {
+            return Ok(TOOL_USE_TEMPLATE);
+        }
+        if has(DEFAULT_TEMPLATE) {
+            return Ok(DEFAULT_TEMPLATE);
+        }
+        if self.sources.len() == 1 {
+            return Ok(&self.sources[0].0);
+        }
+        bail!("this tokenizer has several chat templates {:?} and none is named \"default\"; pick one", self.names())
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.sources.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Renders a conversation to the prompt text.
+    pub fn render(&self, req: &RenderRequest) -> Result<String> {
+        if req.add_generation_prompt && req.continue_final_message {
+            bail!("continue_final_message and add_generation_prompt are not compatible");
+        }
+        let Json::Array(messages) = &req.messages else {
+            bail!("messages must be a JSON array of message objects");
+        };
+        let messages = alias_reasoning_fields(messages);
+
+        // Context as transformers builds it: special tokens, then the kwargs (which override
+        // them), then the named arguments.
+        let mut ctx: Vec<(String, Value)> = Vec::new();
+        let mut set = |k: &str, v: Value| match ctx.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v,
+            None => ctx.push((k.to_string(), v)),
+        };
+        for (k, v) in self.special_tokens.iter().chain(&req.special_tokens).chain(&req.extra) {
+            set(k, pyjson::to_jinja(v));
+        }
+        set("messages", pyjson::to_jinja(&Json::Array(messages.clone())));
+        set("tools", req.tools.as_ref().map(pyjson::to_jinja).unwrap_or(Value::from(())));
+        set("documents", req.documents.as_ref().map(pyjson::to_jinja).unwrap_or(Value::from(())));
+        set("add_generation_prompt", Value::from(req.add_generation_prompt));
+        let ctx = Value::from(ctx.into_iter().collect::<std::collections::BTreeMap<String, Value>>());
+
+        let name = self.pick_name(req)?;
+        let template = self.env.get_template(name).with_context(|| format!("chat template {name:?}"))?;
+        let mut text = template.render(ctx).map_err(render_error)?;
+        if req.continue_final_message {
+            text = cut_after_final_message(text, &messages)?;
+        }
+        Ok(text)
+    }
+}
+
+/// Flattens a minijinja error and its causes into one anyhow error.
+fn render_error(err: Error) -> anyhow::Error {
+    let mut msg = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        msg.push_str(": ");
+        msg.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    anyhow::anyhow!("rendering chat template: {msg}")
+}
+
+/// transformers ≥ 5 copies a message's `reasoning` or `thinking` into `reasoning_content` when
+/// that is absent, so templates written for `reasoning_content` see either spelling.
+fn alias_reasoning_fields(messages: &[Json]) -> Vec<Json> {
+    messages
+        .iter()
+        .map(|m| {
+            let Json::Object(obj) = m else { return m.clone() };
+            if obj.contains_key("reasoning_content") {
+                return m.clone();
+            }
+            let alias = ["reasoning", "thinking"].iter().find_map(|k| obj.get(*k).filter(|v| !v.is_null()));
+            match alias {
+                Some(v) => {
+                    let mut obj = obj.clone();
+                    obj.insert("reasoning_content".into(), v.clone());
+                    Json::Object(obj)
+                }
+                None => m.clone(),
+            }
+        })
+        .collect()
+}
+
+/// `continue_final_message`: keep the rendered text only up to the end of the last message's
+/// content, as transformers does.
+fn cut_after_final_message(text: String, messages: &[Json]) -> Result<String> {
+    let Some(last) = messages.last() else { bail!("continue_final_message needs at least one message") };
+    let content = match last.get("content") {
+        Some(Json::String(s)) => s.clone(),
+        Some(Json::Array(blocks)) => blocks
+            .iter()
+            .rev()
+            .find_map(|b| b.get("text").and_then(Json::as_str))
+            .context("continue_final_message is set but the final message has no text to continue")?
+            .to_string(),
+        _ => bail!("continue_final_message is set but the final message has no content"),
+    };
+    let stripped = content.trim_matches(pymethods::is_py_space);
+    let Some(at) = text.rfind(stripped) else {
+        bail!("continue_final_message is set but the final message does not appear in the rendered chat");
+    };
+    let lstripped = content.trim_start_matches(pymethods::is_py_space);
+    let end = if text[at..].starts_with(lstripped) { at + lstripped.len() } else { at + stripped.len() };
+    Ok(text[..end].to_string())
+}
+
+/// The special tokens transformers passes to templates, from a tokenizer_config.json value.
+pub fn special_tokens_map(config: &Json) -> Map<String, Json> {
+    let mut out = Map::new();
+    let Some(obj) = config.as_object() else { return out };
+    for (key, value) in obj {
+        let named = SPECIAL_TOKEN_KEYS.contains(&key.as_str()) || key.ends_with("_token");
+        if named {
+            if let Some(content) = token_content(value) {
+                out.insert(key.clone(), Json::String(content.to_string()));
+            }
+        }
+    }
+    if let Some(Json::Array(extra)) = obj.get("additional_special_tokens") {
+        let list = extra.iter().filter_map(token_content).map(|s| Json::String(s.to_string())).collect();
+        out.insert("additional_special_tokens".into(), Json::Array(list));
+    }
+    out
+}
+
+/// A token given as a string or as an AddedToken object (`{"content": ...}`).
+pub(crate) fn token_content(value: &Json) -> Option<&str> {
+    match value {
+        Json::String(s) => Some(s),
+        Json::Object(o) => o.get("content").and_then(Json::as_str),
+        _ => None,
+    }
+}
+
+/// Rewrites `{% generation %}` / `{% endgeneration %}` (transformers' assistant-mask markers) to
+/// `{% if true %}` / `{% endif %}`, keeping any `-`/`+` whitespace control so trimming is unchanged.
+fn prepare_source(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        let (open_ctl, body) = match inner.chars().next() {
+            Some(c @ ('-' | '+')) => (c.to_string(), &inner[1..]),
+            _ => (String::new(), inner),
+        };
+        let (body, close_ctl) = match body.trim_end_matches([' ', '\t', '\n', '\r']).chars().last() {
+            Some(c @ ('-' | '+')) => {
+                let trimmed = body.trim_end_matches([' ', '\t', '\n', '\r']);
+                (&trimmed[..trimmed.len() - 1], c.to_string())
+            }
+            _ => (body, String::new()),
+        };
+        let replacement = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => out.push_str(&format!("{{%{open_ctl} {r} {close_ctl}%}}")),
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The jinja2 environment transformers renders chat templates in, rebuilt on minijinja.
+fn environment() -> Result<Environment<'static>> {
+    let mut env = Environment::new();
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(false)
+            .build()
+            .map_err(|e| anyhow::anyhow!("template syntax config: {e}"))?,
+    );
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    env.set_unknown_method_callback(pymethods::call_method);
+    env.set_formatter(|out, state, value| {
+        use minijinja::value::ValueKind;
+        match value.kind() {
+            ValueKind::Number | ValueKind::Seq | ValueKind::Map if !value.is_integer() => {
+                out.write_str(&pyjson::py_str(value)).map_err(Error::from)
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        }
+    });
+    env.add_filter("tojson", tojson);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    // jinja2 builtins that minijinja keeps in contrib.
+    env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);
+    env.add_filter("truncate", minijinja_contrib::filters::truncate);
+    env.add_filter("striptags", minijinja_contrib::filters::striptags);
+    env.add_function("cycler", minijinja_contrib::globals::cycler);
+    env.add_function("joiner", minijinja_contrib::globals::joiner);
+    Ok(env)
+}
+
+/// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
+fn tojson(value: &Value, positional: Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+    const PARAMS: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
+    if positional.len() > PARAMS.len() {
+        return Err(Error::new(ErrorKind::TooManyArguments, "tojson takes at most 4 arguments"));
+    }
+    let pick = |key: &str| -> Result<Option<Value>, Error> {
+        let kw: Option<Value> = kwargs.get(key)?;
+        let pos = PARAMS.iter().position(|p| *p == key).and_then(|i| positional.get(i).cloned());
+        Ok(kw.or(pos).filter(|v| !v.is_none() && !v.is_undefined()))
+    };
+    let ensure_ascii = pick("ensure_ascii")?.is_some_and(|v| v.is_true());
+    let indent = match pick("indent")? {
+        None => None,
+        Some(v) if v.is_integer() => Some(" ".repeat(v.as_i64().unwrap_or(0).max(0) as usize)),
+        Some(v) => match v.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => return Err(Error::new(ErrorKind::InvalidOperation, "tojson indent must be an int or a string")),
+        },
+    };
+    let mut style = JsonStyle::with_indent(indent);
+    style.ensure_ascii = ensure_ascii;
+    if let Some(seps) = pick("separators")? {
+        let parts: Vec<Value> = seps.try_iter()?.collect();
+        match parts.as_slice() {
+            [item, key] if item.as_str().is_some() && key.as_str().is_some() => {
+                style.item_separator = item.as_str().unwrap_or_default().to_string();
+                style.key_separator = key.as_str().unwrap_or_default().to_string();
+            }
+            _ => return Err(Error::new(ErrorKind::InvalidOperation, "tojson separators must be two strings")),
+        }
+    }
+    style.sort_keys = pick("sort_keys")?.is_some_and(|v| v.is_true());
+    kwargs.assert_all_used()?;
+    Ok(Value::from_safe_string(pyjson::dumps(value, &style)?))
+}
+
+fn raise_exception(msg: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// transformers' `strftime_now(fmt)`. The time is UTC (mm has no time-zone database).
+fn strftime_now(fmt: String) -> Value {
+    Value::from(pymethods::strftime(&fmt, pymethods::now_unix()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render_str(source: &str, ctx: Json) -> Result<String> {
+        let t = ChatTemplate::new(source)?;
+        let mut req = RenderRequest::new(json!([]));
+        req.extra = ctx.as_object().cloned().unwrap_or_default();
+        t.render(&req)
+    }
+
+    #[test]
+    fn generation_tags_become_noops() {
+        assert_eq!(prepare_source("a{%- generation -%}b{% endgeneration %}"), "a{%- if true -%}b{% endif %}");
+        assert_eq!(prepare_source("{% if x %}{%+ endgeneration +%}"), "{% if x %}{%+ endif +%}");
+        assert_eq!(render_str("{% generation %}x{% endgeneration %}", json!({})).unwrap(), "x");
+    }
+
+    #[test]
+    fn tojson_filter_kwargs() {
+        let ctx = json!({"d": {"k": "北京", "b": [1.0, 1e-7], "a": "<&>"}});
+        assert_eq!(render_str("{{ d|tojson }}", ctx.clone()).unwrap(), r#"{"k": "北京", "b": [1.0, 1e-07], "a": "<&>"}"#);
+        assert_eq!(render_str("{{ d|tojson(ensure_ascii=False) }}", ctx.clone()).unwrap(), r#"{"k": "北京", "b": [1.0, 1e-07], "a": "<&>"}"#);
+        assert_eq!(
+            render_str("{{ d|tojson(ensure_ascii=True, sort_keys=True) }}", ctx.clone()).unwrap(),
+            r#"{"a": "<&>", "b": [1.0, 1e-07], "k": "\u5317\u4eac"}"#
+        );
+        assert_eq!(render_str("{{ d.b|tojson(separators=(',', ':')) }}", ctx.clone()).unwrap(), "[1.0,1e-07]");
+        assert_eq!(render_str("{{ d.b|tojson(indent=1) }}", ctx.clone()).unwrap(), "[\n 1.0,\n 1e-07\n]");
+        assert!(render_str("{{ d|tojson(bogus=1) }}", ctx).is_err());
+    }
+
+    #[test]
+    fn special_tokens_and_kwargs_in_context() {
+        let config = json!({"bos_token": "<s>", "eos_token": {"content": "</s>", "special": true}, "chat_template": "{{ bos_token }}|{{ eos_token }}|{{ flag }}|{{ flag is defined }}"});
+        let t = ChatTemplate::from_tokenizer_config(&config).unwrap().unwrap();
+        let req = RenderRequest::new(json!([]));
+        assert_eq!(t.render(&req).unwrap(), "<s>|</s>||False");
+        let req = req.with_kwarg("flag", json!(false));
+        assert_eq!(t.render(&req).unwrap(), "<s>|</s>|False|True");
+    }
+
+    #[test]
+    fn named_templates_pick_tool_use() {
+        let config = json!({"chat_template": [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"}]});
+        let t = ChatTemplate::from_tokenizer_config(&config).unwrap().unwrap();
+        assert_eq!(t.render(&RenderRequest::new(json!([]))).unwrap(), "D");
+        assert_eq!(t.render(&RenderRequest::new(json!([])).with_tools(json!([]))).unwrap(), "T");
+        assert!(ChatTemplate::from_tokenizer_config(&json!({})).unwrap().is_none());
+    }
+
+    #[test]
+    fn reasoning_alias() {
+        let t = ChatTemplate::new("{% for m in messages %}[{{ m.reasoning_content }}]{% endfor %}").unwrap();
+        let req = RenderRequest::new(json!([{"reasoning": "r"}, {"thinking": "t"}, {"reasoning_content": "c", "reasoning": "x"}, {}]));
+        assert_eq!(t.render(&req).unwrap(), "[r][t][c][]");
+    }
+
+    #[test]
+    fn continue_final_message() {
+        let t = ChatTemplate::new("{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>\n{% endfor %}").unwrap();
+        let mut req = RenderRequest::new(json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The answer is "}]));
+        req.continue_final_message = true;
+        assert_eq!(t.render(&req).unwrap(), "<user>hi</s>\n<assistant>The answer is ");
+    }
+
+    #[test]
+    fn raise_exception_and_strftime() {
+        let err = render_str("{{ raise_exception('boom') }}", json!({})).unwrap_err();
+        assert!(format!("{err:#}").contains("boom"), "{err:#}");
+        let year = render_str("{{ strftime_now('%Y') }}", json!({})).unwrap();
+        assert_eq!(year.len(), 4);
+    }
+
+    #[test]
+    fn python_printing() {
+        assert_eq!(render_str("{{ 1e-5 }}|{{ x }}|{{ l }}|{{ 7 }}", json!({"x": 2.0, "l": [0.5, "a"]})).unwrap(), "1e-05|2.0|[0.5, 'a']|7");
+        assert_eq!(render_str("{% for k, v in d.items() %}{{ (k, v) }}{% endfor %}", json!({"d": {"z": 1}})).unwrap(), "('z', 1)");
+    }
+}

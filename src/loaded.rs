@@ -1,0 +1,45 @@
+//! A model ready to talk: weights on a device, tokenizer and chat template.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+
+use crate::chat::{ChatTemplate, Tokenizer};
+use crate::converters::lora::Lora;
+use crate::converters::PthHints;
+use crate::converters::{read_checkpoint, Checkpoint, TokenizerFiles};
+use crate::model::MiniMind;
+
+pub struct LoadedModel {
+    pub model: MiniMind,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub checkpoint_summary: String,
+}
+
+impl LoadedModel {
+    /// Reads any supported format, optionally applies a LoRA on the fly, and builds the
+    /// tokenizer (the built-in MiniMind2 one when the checkpoint carries none).
+    pub fn load(path: &Path, hints: &PthHints, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
+        let ckpt = read_checkpoint(path, hints)?;
+        Self::from_checkpoint(&ckpt, lora, dtype, device)
+    }
+
+    pub fn from_checkpoint(ckpt: &Checkpoint, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
+        let mut model = MiniMind::from_checkpoint(ckpt, dtype, device)
+            .with_context(|| format!("building the model from {}", ckpt.provenance.source.display()))?;
+        if let Some(lora_path) = lora {
+            let lora = Lora::read(lora_path)?;
+            model.attach_lora(&lora).with_context(|| format!("{}", lora_path.display()))?;
+        }
+        let files = if ckpt.tokenizer.is_empty() { TokenizerFiles::builtin_minimind2() } else { ckpt.tokenizer.clone() };
+        let tokenizer_json = files.tokenizer_json.as_deref().context("checkpoint has no tokenizer.json")?;
+        let tokenizer = Tokenizer::from_strings(tokenizer_json, files.tokenizer_config.as_ref())?;
+        let template = match &files.chat_template {
+            Some(source) => Some(ChatTemplate::new(source)?),
+            None => None,
+        };
+        Ok(Self { model, tokenizer, template, checkpoint_summary: ckpt.to_string() })
+    }
+}
