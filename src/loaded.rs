@@ -34,12 +34,25 @@ impl LoadedModel {
             model.attach_lora(&lora).with_context(|| format!("{}", lora_path.display()))?;
         }
         let files = if ckpt.tokenizer.is_empty() { TokenizerFiles::builtin_minimind2() } else { ckpt.tokenizer.clone() };
-        let tokenizer_json = files.tokenizer_json.as_deref().context("checkpoint has no tokenizer.json")?;
-        let tokenizer = Tokenizer::from_strings(tokenizer_json, files.tokenizer_config.as_ref())?;
-        let template = match &files.chat_template {
-            Some(source) => Some(ChatTemplate::new(source)?),
-            None => None,
-        };
+        let (tokenizer, template) = tokenizer_and_template(&files)?;
         Ok(Self { model, tokenizer, template, checkpoint_summary: ckpt.to_string() })
     }
+}
+
+/// Builds the tokenizer and chat template from a checkpoint's tokenizer files; template
+/// variables such as `bos_token` come from tokenizer_config.json as transformers passes them.
+pub fn tokenizer_and_template(files: &TokenizerFiles) -> Result<(Tokenizer, Option<ChatTemplate>)> {
+    let json = files.tokenizer_json.as_deref().context("no tokenizer.json")?;
+    let tokenizer = Tokenizer::from_strings(json, files.tokenizer_config.as_ref())?;
+    let template = match &files.chat_template {
+        Some(source) => {
+            let t = ChatTemplate::new(source)?;
+            Some(match &files.tokenizer_config {
+                Some(cfg) => t.with_special_tokens_from_config(cfg),
+                None => t,
+            })
+        }
+        None => None,
+    };
+    Ok((tokenizer, template))
 }

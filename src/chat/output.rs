@@ -86,7 +86,8 @@ pub fn parse_output(text: &str, started_in_think: bool) -> ParsedOutput {
 fn split_reasoning(text: &str, started_in_think: bool) -> (Option<(&str, bool)>, String) {
     let open = text.find(THINK_OPEN);
     let close = text.find(THINK_CLOSE);
-    let starts_inside = started_in_think || matches!((open, close), (None, Some(_))) || matches!((open, close), (Some(o), Some(c)) if c < o);
+    let starts_inside =
+        started_in_think || matches!((open, close), (None, Some(_))) || matches!((open, close), (Some(o), Some(c)) if c < o);
     if starts_inside {
         return match close {
             Some(c) => (Some((&text[..c], true)), lstrip_newlines(&text[c + THINK_CLOSE.len()..]).to_string()),
@@ -161,6 +162,162 @@ fn parse_tool_call(raw: &str) -> Result<ToolCall, ToolCallError> {
     Ok(ToolCall { name, arguments })
 }
 
+/// A piece of streamed output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    Reasoning(String),
+    Content(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Think,
+    Content,
+    /// After the first `<tool_call>`: held back until [`OutputStream::finish`].
+    ToolCalls,
+}
+
+/// Splits output while it streams in, for servers that send `reasoning_content` and `content`
+/// deltas as tokens arrive. Partial tags are held back, so no delta ever shows a piece of
+/// `<think>` or `<tool_call>`; from the first `<tool_call>` on nothing is streamed and the
+/// calls come from [`finish`](Self::finish), which parses the whole text with [`parse_output`].
+/// For output in the template's format the deltas add up to `parse_output`'s content and
+/// reasoning. (A lone `</think>` without `started_in_think` is only recognised by `finish`.)
+#[derive(Debug, Clone)]
+pub struct OutputStream {
+    started_in_think: bool,
+    section: Section,
+    think_seen: bool,
+    /// Text received but not yet emitted (partial tags, held-back newlines/whitespace).
+    pending: String,
+    text: String,
+    /// Strip leading newlines of the next reasoning / content text.
+    reasoning_fresh: bool,
+    content_fresh: bool,
+}
+
+impl OutputStream {
+    pub fn new(started_in_think: bool) -> Self {
+        Self {
+            started_in_think,
+            section: if started_in_think { Section::Think } else { Section::Content },
+            think_seen: started_in_think,
+            pending: String::new(),
+            text: String::new(),
+            reasoning_fresh: true,
+            content_fresh: false,
+        }
+    }
+
+    /// Everything pushed so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Adds decoded text; returns the deltas it completes.
+    pub fn push(&mut self, piece: &str) -> Vec<Delta> {
+        self.text.push_str(piece);
+        self.pending.push_str(piece);
+        let mut out = Vec::new();
+        loop {
+            match self.section {
+                Section::ToolCalls => {
+                    self.pending.clear();
+                    break;
+                }
+                Section::Think => match self.pending.find(THINK_CLOSE) {
+                    Some(i) => {
+                        let rest = self.pending.split_off(i + THINK_CLOSE.len());
+                        let reasoning = self.pending[..i].trim_end_matches('\n').to_string();
+                        self.emit_reasoning(&reasoning, &mut out);
+                        self.pending = rest;
+                        self.section = Section::Content;
+                        self.content_fresh = true;
+                    }
+                    None => {
+                        let keep = partial_tag_len(&self.pending, &[THINK_CLOSE]);
+                        let avail = self.pending.len() - keep;
+                        let ready = self.pending[..avail].trim_end_matches('\n').len();
+                        let reasoning = self.pending[..ready].to_string();
+                        self.pending.drain(..ready);
+                        self.emit_reasoning(&reasoning, &mut out);
+                        break;
+                    }
+                },
+                Section::Content => {
+                    let tool = self.pending.find(TOOL_CALL_OPEN);
+                    let think = if self.think_seen { None } else { self.pending.find(THINK_OPEN) };
+                    match (tool, think) {
+                        (Some(t), th) if th.is_none_or(|th| t < th) => {
+                            // Content before the calls loses its trailing whitespace.
+                            let content = self.pending[..t].trim_end().to_string();
+                            self.emit_content(&content, &mut out);
+                            self.pending.clear();
+                            self.section = Section::ToolCalls;
+                        }
+                        (_, Some(th)) => {
+                            let rest = self.pending.split_off(th + THINK_OPEN.len());
+                            let content = self.pending[..th].to_string();
+                            self.emit_content(&content, &mut out);
+                            self.pending = rest;
+                            self.section = Section::Think;
+                            self.think_seen = true;
+                            self.reasoning_fresh = true;
+                        }
+                        (None, None) => {
+                            let tags: &[&str] = if self.think_seen { &[TOOL_CALL_OPEN] } else { &[TOOL_CALL_OPEN, THINK_OPEN] };
+                            let keep = partial_tag_len(&self.pending, tags);
+                            let avail = self.pending.len() - keep;
+                            // Trailing whitespace waits: it is dropped if a tool call follows.
+                            let ready = self.pending[..avail].trim_end().len();
+                            let content = self.pending[..ready].to_string();
+                            self.pending.drain(..ready);
+                            self.emit_content(&content, &mut out);
+                            break;
+                        }
+                        (Some(_), None) => unreachable!("handled by the first arm"),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Flushes what was held back and parses the whole output (tool calls included).
+    pub fn finish(mut self) -> (Vec<Delta>, ParsedOutput) {
+        let mut out = Vec::new();
+        let rest = std::mem::take(&mut self.pending);
+        match self.section {
+            Section::Think => self.emit_reasoning(rest.trim_end_matches('\n'), &mut out),
+            Section::Content => self.emit_content(&rest, &mut out),
+            Section::ToolCalls => {}
+        }
+        let parsed = parse_output(&self.text, self.started_in_think);
+        (out, parsed)
+    }
+
+    fn emit_reasoning(&mut self, text: &str, out: &mut Vec<Delta>) {
+        let text = if self.reasoning_fresh { text.trim_start_matches('\n') } else { text };
+        if !text.is_empty() {
+            self.reasoning_fresh = false;
+            out.push(Delta::Reasoning(text.to_string()));
+        }
+    }
+
+    fn emit_content(&mut self, text: &str, out: &mut Vec<Delta>) {
+        let text = if self.content_fresh { text.trim_start_matches('\n') } else { text };
+        if !text.is_empty() {
+            self.content_fresh = false;
+            out.push(Delta::Content(text.to_string()));
+        }
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of one of `tags`.
+fn partial_tag_len(text: &str, tags: &[&str]) -> usize {
+    tags.iter().flat_map(|tag| (1..tag.len()).rev().filter(move |&n| text.ends_with(&tag[..n]))).max().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +372,52 @@ mod tests {
         assert_eq!(p.errors[0].raw, "\n{\"name\": \"b\", \"arguments\": {x: }\n");
         assert!(p.errors[1].message.contains("object"));
         assert!(p.errors[2].message.contains("unterminated"));
+    }
+
+    /// Feeds `text` in chunks of `size` characters and checks the deltas against `parse_output`.
+    fn stream_matches_parse(text: &str, started_in_think: bool, size: usize) -> ParsedOutput {
+        let chars: Vec<char> = text.chars().collect();
+        let mut stream = OutputStream::new(started_in_think);
+        let mut deltas = Vec::new();
+        for chunk in chars.chunks(size) {
+            deltas.extend(stream.push(&chunk.iter().collect::<String>()));
+        }
+        let (tail, parsed) = stream.finish();
+        deltas.extend(tail);
+        let (mut reasoning, mut content) = (String::new(), String::new());
+        for d in &deltas {
+            match d {
+                Delta::Reasoning(r) => reasoning.push_str(r),
+                Delta::Content(c) => content.push_str(c),
+            }
+            let (Delta::Reasoning(t) | Delta::Content(t)) = d;
+            assert!(!t.is_empty() && !t.contains("<think") && !t.contains("<tool_"), "{d:?} in {deltas:?}");
+        }
+        assert_eq!(reasoning, parsed.reasoning.clone().unwrap_or_default(), "size {size}: {text:?}");
+        assert_eq!(content, parsed.content, "size {size}: {text:?}");
+        parsed
+    }
+
+    #[test]
+    fn streaming_split_adds_up_to_the_parse() {
+        let outputs = [
+            ("Hello!\n\nHow can I help?\n", false),
+            ("<think>\nstep 1\n\nstep 2\n</think>\n\nThe answer is 4.", false),
+            ("step 1\n</think>\n\n4", true),
+            ("<think>\n\n</think>\n\n\nHi", false),
+            ("still thinking\n\n", true),
+            ("Let me check.\n<tool_call>\n{\"name\": \"w\", \"arguments\": {}}\n</tool_call>", false),
+            ("<think>\nplan\n</think>\n\nOK \n<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{bad}\n</tool_call>", false),
+            ("a < b and <thin air>, x <tool", false),
+            ("before <think>r</think>after", false),
+        ];
+        for (text, started) in outputs {
+            for size in [1, 2, 3, 5, 8, 1000] {
+                stream_matches_parse(text, started, size);
+            }
+        }
+        let parsed = stream_matches_parse(outputs[6].0, false, 1);
+        assert_eq!((parsed.tool_calls.len(), parsed.errors.len()), (1, 1));
     }
 
     #[test]

@@ -113,9 +113,7 @@ fn write_json(out: &mut String, value: &Value, style: &JsonStyle, depth: usize) 
         ValueKind::String => write_json_str(out, value.as_str().unwrap_or_default(), style.ensure_ascii),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
-            write_container(out, '[', ']', items.len(), style, depth, |out, i| {
-                write_json(out, &items[i], style, depth + 1)
-            })?;
+            write_container(out, '[', ']', items.len(), style, depth, |out, i| write_json(out, &items[i], style, depth + 1))?;
         }
         ValueKind::Map => {
             let mut pairs = map_pairs(value)?;
@@ -267,10 +265,7 @@ pub fn py_repr(value: &Value) -> String {
 fn write_repr(out: &mut String, value: &Value) {
     match value.kind() {
         ValueKind::Number => write_number(out, value, false),
-        // minijinja's Debug form of a string is Python's repr (quote choice and escapes).
-        ValueKind::String => {
-            let _ = write!(out, "{value:?}");
-        }
+        ValueKind::String => write_str_repr(out, value.as_str().unwrap_or_default()),
         ValueKind::Undefined => {}
         ValueKind::Seq if value.as_object().is_some() => {
             let items: Vec<Value> = value.try_iter().map(|i| i.collect()).unwrap_or_default();
@@ -308,6 +303,49 @@ fn write_repr(out: &mut String, value: &Value) {
             let _ = write!(out, "{value}");
         }
     }
+}
+
+/// Python's `repr(str)`: single quotes unless the text has `'` and no `"`; non-printable
+/// characters as `\xNN`, `\uNNNN` or `\UNNNNNNNN`.
+fn write_str_repr(out: &mut String, s: &str) {
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if !is_printable(c) => {
+                let n = c as u32;
+                let _ = match n {
+                    0..=0xff => write!(out, "\\x{n:02x}"),
+                    0x100..=0xffff => write!(out, "\\u{n:04x}"),
+                    _ => write!(out, "\\U{n:08x}"),
+                };
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+/// Python's `str.isprintable` for one character: false for controls (Cc), format characters
+/// (Cf), separators other than the space (Zs, Zl, Zp) and private use (Co). Unassigned code
+/// points (Cn) are not tracked and count as printable.
+fn is_printable(c: char) -> bool {
+    let n = c as u32;
+    !matches!(n,
+        0..=0x1f | 0x7f..=0xa0 | 0xad
+        | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x890..=0x891 | 0x8e2 | 0x1680 | 0x180e
+        | 0x2000..=0x200f | 0x2028..=0x202f | 0x205f..=0x2064 | 0x2066..=0x206f | 0x3000
+        | 0xd800..=0xf8ff | 0xfeff | 0xfff9..=0xfffb
+        | 0x110bd | 0x110cd | 0x13430..=0x1343f | 0x1bca0..=0x1bca3 | 0x1d173..=0x1d17a
+        | 0xe0001 | 0xe0020..=0xe007f | 0xf0000..=0x10ffff)
 }
 
 /// A JSON object as a template map that keeps its key order (minijinja's own maps are sorted
@@ -422,6 +460,8 @@ mod tests {
     fn repr_like_python() {
         let v = to_jinja(&json!({"a": [1, "x", null, true, 1e-5], "b": "it's"}));
         assert_eq!(py_repr(&v), r#"{'a': [1, 'x', None, True, 1e-05], 'b': "it's"}"#);
+        let s = to_jinja(&json!(["a'b\"c", "\\\n\t", "\u{7}\u{200d}é😀\u{85}"]));
+        assert_eq!(py_repr(&s), r#"['a\'b"c', '\\\n\t', '\x07\u200dé😀\x85']"#);
         assert_eq!(py_str(&Value::from("plain")), "plain");
     }
 }

@@ -157,23 +157,28 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Option<Value>,
             let (Some(fill), None) = (fill_chars.next(), fill_chars.next()) else {
                 return Err(type_error("The fill character must be exactly one character long"));
             };
-            let len = s.chars().count();
-            let pad = width.saturating_sub(len);
-            let (left, right) = match method {
-                "ljust" => (0, pad),
-                "rjust" => (pad, 0),
-                // CPython centres with the extra character on the left when the width is odd.
-                _ => {
-                    let left = pad / 2 + (pad & width & 1);
-                    (left, pad - left)
+            Value::from(pad(s, width, fill, method))
+        }
+        "title" => {
+            bind(method, args, &[])?;
+            // Python starts a word after any uncased character (so "it's" -> "It'S"), unlike
+            // jinja2's `|title` filter.
+            let mut out = String::with_capacity(s.len());
+            let mut prev_cased = false;
+            for c in s.chars() {
+                if prev_cased {
+                    out.extend(c.to_lowercase());
+                } else {
+                    out.extend(c.to_uppercase());
                 }
-            };
-            let f = |n: usize| std::iter::repeat_n(fill, n).collect::<String>();
-            Value::from(format!("{}{s}{}", f(left), f(right)))
+                prev_cased = c.is_lowercase() || c.is_uppercase();
+            }
+            Value::from(out)
         }
         "casefold" => {
             bind(method, args, &[])?;
-            Value::from(s.to_lowercase())
+            // Lowercase plus the common full case foldings.
+            Value::from(s.to_lowercase().replace('ß', "ss").replace('ſ', "s").replace('ς', "σ"))
         }
         "swapcase" => {
             bind(method, args, &[])?;
@@ -203,6 +208,22 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Option<Value>,
         _ => return Ok(None),
     };
     Ok(Some(v))
+}
+
+/// `str.center` / `ljust` / `rjust`.
+fn pad(s: &str, width: usize, fill: char, how: &str) -> String {
+    let pad = width.saturating_sub(s.chars().count());
+    let (left, right) = match how {
+        "ljust" => (0, pad),
+        "rjust" => (pad, 0),
+        // CPython centres with the extra character on the left when the width is odd.
+        _ => {
+            let left = pad / 2 + (pad & width & 1);
+            (left, pad - left)
+        }
+    };
+    let f = |n: usize| std::iter::repeat_n(fill, n).collect::<String>();
+    format!("{}{s}{}", f(left), f(right))
 }
 
 /// `str.split(sep, maxsplit)` / `str.rsplit(sep, maxsplit)` with an explicit separator.
@@ -263,6 +284,68 @@ fn seq_method(value: &Value, method: &str, args: &[Value]) -> Result<Option<Valu
         }
         _ => Ok(None),
     }
+}
+
+// jinja2 builtin filters and tests that minijinja lacks or spells differently.
+
+/// jinja2's `escape`/`e`/`forceescape` (markupsafe): `&<>"'` as `&amp; &lt; &gt; &#34; &#39;`.
+pub fn escape_filter(value: &Value) -> Value {
+    if value.is_safe() {
+        return value.clone();
+    }
+    let s = super::pyjson::py_str(value);
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&#34;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    Value::from_safe_string(out)
+}
+
+/// jinja2's `center(width=80)`.
+pub fn center_filter(value: &Value, width: Option<i64>) -> String {
+    pad(&super::pyjson::py_str(value), width.unwrap_or(80).max(0) as usize, ' ', "center")
+}
+
+/// jinja2's `wordcount`: the number of `\w+` runs.
+pub fn wordcount_filter(value: &Value) -> usize {
+    let s = super::pyjson::py_str(value);
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    s.split(|c: char| !is_word(c)).filter(|w| !w.is_empty()).count()
+}
+
+/// jinja2's `truncate(length=255, killwords=False, end='...', leeway=5)`.
+pub fn truncate_filter(
+    value: &Value,
+    args: minijinja::value::Rest<Value>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<Value, Error> {
+    let mut all = args.0;
+    all.push(Value::from(kwargs));
+    let a = bind("truncate", &all, &["length", "killwords", "end", "leeway"])?;
+    let length = arg_int("truncate", &a[0])?.unwrap_or(255).max(0) as usize;
+    let killwords = a[1].as_ref().is_some_and(Value::is_true);
+    let end = arg_str("truncate", &a[2])?.unwrap_or_else(|| "...".into());
+    let leeway = arg_int("truncate", &a[3])?.unwrap_or(5).max(0) as usize;
+    let s = super::pyjson::py_str(value);
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= length + leeway {
+        return Ok(Value::from(s));
+    }
+    let keep: String = chars[..length.saturating_sub(end.chars().count())].iter().collect();
+    let kept = if killwords { keep.as_str() } else { keep.rsplit_once(' ').map_or(keep.as_str(), |(head, _)| head) };
+    Ok(Value::from(format!("{kept}{end}")))
+}
+
+/// jinja2's `callable` test: functions and macros.
+pub fn is_callable(value: &Value) -> bool {
+    value.as_object().is_some_and(|o| matches!(o.repr(), minijinja::value::ObjectRepr::Plain))
 }
 
 const DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
@@ -361,10 +444,7 @@ pub fn strftime(fmt: &str, unix_secs: i64) -> String {
 
 /// The current time as seconds since the Unix epoch.
 pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

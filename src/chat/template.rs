@@ -140,25 +140,39 @@ impl ChatTemplate {
         Ok(Some(template.with_special_tokens_from_config(config)))
     }
 
-    /// The template of a model directory: `chat_template.jinja` (what transformers ≥ 4.5x
-    /// writes; it wins), else `chat_template.json`, else tokenizer_config.json's
+    /// The template of a model directory, looked up as transformers does: `chat_template.jinja`
+    /// (what transformers ≥ 4.5x writes; it wins) plus any `additional_chat_templates/*.jinja`
+    /// as named templates, else `chat_template.json`, else tokenizer_config.json's
     /// `chat_template`. Special tokens come from tokenizer_config.json when present.
     pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let read = |path: &Path| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
         let config_path = dir.join("tokenizer_config.json");
         let config: Option<Json> = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-            Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?)
+            Some(serde_json::from_str(&read(&config_path)?).with_context(|| format!("parsing {}", config_path.display()))?)
         } else {
             None
         };
         let jinja = dir.join("chat_template.jinja");
         let json = dir.join("chat_template.json");
         let template = if jinja.is_file() {
-            let source = std::fs::read_to_string(&jinja).with_context(|| format!("reading {}", jinja.display()))?;
-            Some(Self::new(&source).with_context(|| format!("in {}", jinja.display()))?)
+            let mut named = vec![(DEFAULT_TEMPLATE.to_string(), read(&jinja)?)];
+            let extra_dir = dir.join("additional_chat_templates");
+            if extra_dir.is_dir() {
+                let mut extra = Vec::new();
+                for entry in std::fs::read_dir(&extra_dir).with_context(|| format!("listing {}", extra_dir.display()))? {
+                    let path = entry?.path();
+                    if let (Some(stem), Some("jinja")) =
+                        (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|e| e.to_str()))
+                    {
+                        extra.push((stem.to_string(), read(&path)?));
+                    }
+                }
+                extra.sort();
+                named.extend(extra);
+            }
+            Some(Self::from_named(named).with_context(|| format!("in {}", dir.display()))?)
         } else if json.is_file() {
-            let text = std::fs::read_to_string(&json).with_context(|| format!("reading {}", json.display()))?;
-            let value: Json = serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+            let value: Json = serde_json::from_str(&read(&json)?).with_context(|| format!("parsing {}", json.display()))?;
             Self::from_tokenizer_config(&value).with_context(|| format!("in {}", json.display()))?
         } else if let Some(config) = &config {
             Self::from_tokenizer_config(config).with_context(|| format!("in {}", config_path.display()))?
@@ -221,6 +235,31 @@ impl ChatTemplate {
             return Ok(&self.sources[0].0);
         }
         bail!("this tokenizer has several chat templates {:?} and none is named \"default\"; pick one", self.names())
+    }
+
+    /// The context variables the templates read (`messages`, `tools`, `enable_thinking`, …),
+    /// sorted. Globals such as `namespace` or `raise_exception` are included too.
+    pub fn variables(&self) -> Vec<String> {
+        let mut vars = std::collections::BTreeSet::new();
+        for (name, _) in &self.sources {
+            if let Ok(t) = self.env.get_template(name) {
+                vars.extend(t.undeclared_variables(false));
+            }
+        }
+        vars.into_iter().collect()
+    }
+
+    /// Kwargs that switch thinking on or off whichever spelling the template reads: minimind2
+    /// (and Qwen3) read `enable_thinking`, minimind3 reads `open_thinking`. Both are set when
+    /// the template reads neither, which is harmless.
+    pub fn thinking_kwargs(&self, enabled: bool) -> Map<String, Json> {
+        let vars = self.variables();
+        let mut keys: Vec<&str> =
+            ["enable_thinking", "open_thinking"].into_iter().filter(|k| vars.iter().any(|v| v == k)).collect();
+        if keys.is_empty() {
+            keys = vec!["enable_thinking", "open_thinking"];
+        }
+        keys.into_iter().map(|k| (k.to_string(), Json::Bool(enabled))).collect()
     }
 
     fn names(&self) -> Vec<&str> {
@@ -414,9 +453,15 @@ fn environment() -> Result<Environment<'static>> {
     env.add_filter("tojson", tojson);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
-    // jinja2 builtins that minijinja keeps in contrib.
+    // jinja2 builtins that minijinja lacks, keeps in contrib, or escapes differently.
+    for name in ["escape", "e", "forceescape"] {
+        env.add_filter(name, pymethods::escape_filter);
+    }
+    env.add_filter("center", pymethods::center_filter);
+    env.add_filter("wordcount", pymethods::wordcount_filter);
+    env.add_filter("truncate", pymethods::truncate_filter);
+    env.add_test("callable", pymethods::is_callable);
     env.add_filter("filesizeformat", minijinja_contrib::filters::filesizeformat);
-    env.add_filter("truncate", minijinja_contrib::filters::truncate);
     env.add_filter("striptags", minijinja_contrib::filters::striptags);
     env.add_function("cycler", minijinja_contrib::globals::cycler);
     env.add_function("joiner", minijinja_contrib::globals::joiner);
@@ -482,6 +527,13 @@ mod tests {
     }
 
     #[test]
+    fn shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<ChatTemplate>();
+        assert_send_sync::<crate::chat::Tokenizer>();
+    }
+
+    #[test]
     fn generation_tags_become_noops() {
         assert_eq!(prepare_source("a{%- generation -%}b{% endgeneration %}"), "a{%- if true -%}b{% endif %}");
         assert_eq!(prepare_source("{% if x %}{%+ endgeneration +%}"), "{% if x %}{%+ endif +%}");
@@ -492,7 +544,10 @@ mod tests {
     fn tojson_filter_kwargs() {
         let ctx = json!({"d": {"k": "北京", "b": [1.0, 1e-7], "a": "<&>"}});
         assert_eq!(render_str("{{ d|tojson }}", ctx.clone()).unwrap(), r#"{"k": "北京", "b": [1.0, 1e-07], "a": "<&>"}"#);
-        assert_eq!(render_str("{{ d|tojson(ensure_ascii=False) }}", ctx.clone()).unwrap(), r#"{"k": "北京", "b": [1.0, 1e-07], "a": "<&>"}"#);
+        assert_eq!(
+            render_str("{{ d|tojson(ensure_ascii=False) }}", ctx.clone()).unwrap(),
+            r#"{"k": "北京", "b": [1.0, 1e-07], "a": "<&>"}"#
+        );
         assert_eq!(
             render_str("{{ d|tojson(ensure_ascii=True, sort_keys=True) }}", ctx.clone()).unwrap(),
             r#"{"a": "<&>", "b": [1.0, 1e-07], "k": "\u5317\u4eac"}"#
@@ -522,16 +577,44 @@ mod tests {
     }
 
     #[test]
+    fn thinking_kwarg_spelling() {
+        let t = ChatTemplate::new("{% if open_thinking is defined and open_thinking %}<think>{% endif %}").unwrap();
+        assert_eq!(Json::Object(t.thinking_kwargs(true)), json!({"open_thinking": true}));
+        let t = ChatTemplate::new("{% if enable_thinking is false %}off{% endif %}").unwrap();
+        assert_eq!(Json::Object(t.thinking_kwargs(false)), json!({"enable_thinking": false}));
+        assert!(t.variables().contains(&"enable_thinking".to_string()));
+    }
+
+    #[test]
+    fn template_lookup_in_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ChatTemplate::from_dir(dir.path()).unwrap().is_none());
+        let config = json!({"eos_token": "</s>", "chat_template": "config{{ eos_token }}"});
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let req = RenderRequest::new(json!([]));
+        assert_eq!(ChatTemplate::from_dir(dir.path()).unwrap().unwrap().render(&req).unwrap(), "config</s>");
+        // The .jinja file wins and keeps the config's special tokens; a trailing newline is dropped.
+        std::fs::write(dir.path().join("chat_template.jinja"), "file{{ eos_token }}\n").unwrap();
+        std::fs::create_dir(dir.path().join("additional_chat_templates")).unwrap();
+        std::fs::write(dir.path().join("additional_chat_templates/tool_use.jinja"), "tools").unwrap();
+        let t = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
+        assert_eq!(t.render(&req).unwrap(), "file</s>");
+        assert_eq!(t.render(&req.clone().with_tools(json!([]))).unwrap(), "tools");
+    }
+
+    #[test]
     fn reasoning_alias() {
         let t = ChatTemplate::new("{% for m in messages %}[{{ m.reasoning_content }}]{% endfor %}").unwrap();
-        let req = RenderRequest::new(json!([{"reasoning": "r"}, {"thinking": "t"}, {"reasoning_content": "c", "reasoning": "x"}, {}]));
+        let req =
+            RenderRequest::new(json!([{"reasoning": "r"}, {"thinking": "t"}, {"reasoning_content": "c", "reasoning": "x"}, {}]));
         assert_eq!(t.render(&req).unwrap(), "[r][t][c][]");
     }
 
     #[test]
     fn continue_final_message() {
         let t = ChatTemplate::new("{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>\n{% endfor %}").unwrap();
-        let mut req = RenderRequest::new(json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The answer is "}]));
+        let mut req =
+            RenderRequest::new(json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The answer is "}]));
         req.continue_final_message = true;
         assert_eq!(t.render(&req).unwrap(), "<user>hi</s>\n<assistant>The answer is ");
     }
@@ -544,9 +627,43 @@ mod tests {
         assert_eq!(year.len(), 4);
     }
 
+    /// Templates exercising Python methods, printing, filters and whitespace, rendered by
+    /// jinja2 in transformers' environment (`testdata/jinja2_differential.json`).
+    #[test]
+    fn matches_jinja2_differential_cases() {
+        let doc: Json = serde_json::from_str(include_str!("testdata/jinja2_differential.json")).unwrap();
+        let mut failures = Vec::new();
+        for case in doc["cases"].as_array().unwrap() {
+            if case.get("gap").is_some() {
+                continue;
+            }
+            let mut ctx = case["context"].as_object().cloned().unwrap_or_default();
+            let mut req = RenderRequest::new(ctx.remove("messages").unwrap_or(json!([])));
+            req.tools = ctx.remove("tools").filter(|t| !t.is_null());
+            req.add_generation_prompt = ctx.remove("add_generation_prompt").is_some_and(|v| v == json!(true));
+            req.extra = ctx;
+            let got = ChatTemplate::new(case["template"].as_str().unwrap()).and_then(|t| t.render(&req));
+            let agrees = match (&got, case["jinja2"].get("ok").and_then(Json::as_str)) {
+                (Ok(text), Some(want)) => text == want,
+                (Err(_), None) => true,
+                _ => false,
+            };
+            if !agrees {
+                failures.push(format!("{}\n  got {got:?}\n  jinja2 {}", case["template"], case["jinja2"]));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
     #[test]
     fn python_printing() {
-        assert_eq!(render_str("{{ 1e-5 }}|{{ x }}|{{ l }}|{{ 7 }}", json!({"x": 2.0, "l": [0.5, "a"]})).unwrap(), "1e-05|2.0|[0.5, 'a']|7");
-        assert_eq!(render_str("{% for k, v in d.items() %}{{ (k, v) }}{% endfor %}", json!({"d": {"z": 1}})).unwrap(), "('z', 1)");
+        assert_eq!(
+            render_str("{{ 1e-5 }}|{{ x }}|{{ l }}|{{ 7 }}", json!({"x": 2.0, "l": [0.5, "a"]})).unwrap(),
+            "1e-05|2.0|[0.5, 'a']|7"
+        );
+        assert_eq!(
+            render_str("{% for k, v in d.items() %}{{ (k, v) }}{% endfor %}", json!({"d": {"z": 1}})).unwrap(),
+            "('z', 1)"
+        );
     }
 }

@@ -24,6 +24,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     special: SpecialTokens,
     config: Option<Json>,
+    /// tokenizer_config.json `clean_up_tokenization_spaces` (false for MiniMind).
+    clean_up_spaces: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -53,15 +55,18 @@ impl Tokenizer {
     pub fn from_strings(tokenizer_json: &str, tokenizer_config: Option<&Json>) -> Result<Self> {
         let mut inner = tokenizers::Tokenizer::from_str(tokenizer_json).map_err(|e| anyhow!("parsing tokenizer.json: {e}"))?;
         let mut special = SpecialTokens::default();
+        let mut clean_up_spaces = false;
         if let Some(config) = tokenizer_config {
             if !config.is_object() {
                 anyhow::bail!("tokenizer_config.json must be a JSON object");
             }
             let name = |key: &str| config.get(key).and_then(token_content).map(str::to_string);
-            special = SpecialTokens { bos: name("bos_token"), eos: name("eos_token"), pad: name("pad_token"), unk: name("unk_token") };
+            special =
+                SpecialTokens { bos: name("bos_token"), eos: name("eos_token"), pad: name("pad_token"), unk: name("unk_token") };
             add_missing_tokens(&mut inner, config)?;
+            clean_up_spaces = config.get("clean_up_tokenization_spaces").and_then(Json::as_bool).unwrap_or(false);
         }
-        Ok(Self { inner, special, config: tokenizer_config.cloned() })
+        Ok(Self { inner, special, config: tokenizer_config.cloned(), clean_up_spaces })
     }
 
     /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) are matched
@@ -74,8 +79,10 @@ impl Tokenizer {
 
     /// Text of `ids`; `skip_special_tokens` drops tokens marked special (in minimind3,
     /// `<think>` and `<tool_call>` are not special and survive).
+    /// transformers' `clean_up_tokenization` runs too when the config asks for it.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| anyhow!("decoding ids: {e}"))
+        let text = self.inner.decode(ids, skip_special_tokens).map_err(|e| anyhow!("decoding ids: {e}"))?;
+        Ok(if self.clean_up_spaces { clean_up_tokenization(&text) } else { text })
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
@@ -127,6 +134,23 @@ impl Tokenizer {
     }
 }
 
+/// transformers' `clean_up_tokenization`: drops the space before punctuation and contractions.
+fn clean_up_tokenization(text: &str) -> String {
+    const RULES: [(&str, &str); 10] = [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ];
+    RULES.iter().fold(text.to_string(), |s, (from, to)| s.replace(from, to))
+}
+
 /// Adds the config's `added_tokens_decoder` entries (and the named special tokens) that the
 /// tokenizer does not know yet.
 fn add_missing_tokens(inner: &mut tokenizers::Tokenizer, config: &Json) -> Result<()> {
@@ -145,7 +169,8 @@ fn add_missing_tokens(inner: &mut tokenizers::Tokenizer, config: &Json) -> Resul
         }
     }
     entries.sort_by_key(|(id, _)| *id);
-    let mut missing: Vec<AddedToken> = entries.into_iter().map(|(_, t)| t).filter(|t| inner.token_to_id(&t.content).is_none()).collect();
+    let mut missing: Vec<AddedToken> =
+        entries.into_iter().map(|(_, t)| t).filter(|t| inner.token_to_id(&t.content).is_none()).collect();
     for key in ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"] {
         if let Some(content) = config.get(key).and_then(token_content) {
             if inner.token_to_id(content).is_none() && !missing.iter().any(|t| t.content == content) {
@@ -224,5 +249,104 @@ impl<'a> StreamDecoder<'a> {
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
         Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// GPT-2's byte-to-character table used by byte-level BPE.
+    fn byte_chars() -> Vec<char> {
+        let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let mut extra = 0;
+        (0u32..256)
+            .map(|b| {
+                if printable(b) {
+                    char::from_u32(b).unwrap()
+                } else {
+                    extra += 1;
+                    char::from_u32(255 + extra).unwrap()
+                }
+            })
+            .collect()
+    }
+
+    /// A byte-level BPE with one token per byte (no merges), so every multi-byte character is
+    /// split across tokens, plus two merged tokens and a special end token.
+    fn byte_tokenizer() -> Tokenizer {
+        let chars = byte_chars();
+        let mut vocab = serde_json::Map::new();
+        for (i, c) in chars.iter().enumerate() {
+            vocab.insert(c.to_string(), json!(i));
+        }
+        // "你" is E4 BD A0: merge its first two bytes, leaving the character split 2 + 1.
+        let (e4, bd) = (chars[0xe4], chars[0xbd]);
+        vocab.insert(format!("{e4}{bd}"), json!(256));
+        let tok = json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 257, "content": "<|end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": [[e4.to_string(), bd.to_string()]]}
+        });
+        let config = json!({"eos_token": "<|end|>", "bos_token": {"content": "<|start|>", "special": true}});
+        Tokenizer::from_strings(&tok.to_string(), Some(&config)).unwrap()
+    }
+
+    #[test]
+    fn clean_up_spaces_when_configured() {
+        assert_eq!(clean_up_tokenization("a , b . I 'm sure it 's fine isn't it ?"), "a, b. I'm sure it's fine isn't it?");
+    }
+
+    #[test]
+    fn config_tokens_are_added_and_named() {
+        let t = byte_tokenizer();
+        assert_eq!(t.eos_id(), Some(257));
+        // "<|start|>" is only in the config: it is added as a special token.
+        assert_eq!(t.bos_id(), Some(258));
+        assert!(t.is_special(258));
+        assert_eq!(t.encode("a<|start|>b", false).unwrap(), vec![b'a' as u32, 258, b'b' as u32]);
+        assert_eq!(t.vocab_size(), 259);
+    }
+
+    #[test]
+    fn stream_decoder_holds_back_split_characters() {
+        let t = byte_tokenizer();
+        let text = "你好，世界！MiniMind 😀 ok";
+        let mut ids = t.encode(text, false).unwrap();
+        assert_eq!(ids[0], 256, "first two bytes of 你 merged");
+        assert!(ids.len() > text.chars().count(), "characters are split across tokens");
+        ids.push(257);
+        for skip in [true, false] {
+            let mut decoder = StreamDecoder::new(&t).with_skip_special_tokens(skip);
+            let mut pieces = Vec::new();
+            for &id in &ids {
+                pieces.push(decoder.push(id).unwrap());
+            }
+            pieces.push(decoder.finish().unwrap());
+            assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+            // Nothing comes out until a character is complete.
+            assert_eq!(pieces[0], "");
+            assert_eq!(pieces[1], "你");
+            let expected = if skip { text.to_string() } else { format!("{text}<|end|>") };
+            assert_eq!(pieces.concat(), expected);
+            assert_eq!(pieces.concat(), t.decode(&ids, skip).unwrap());
+        }
+    }
+
+    #[test]
+    fn stream_decoder_flushes_an_unfinished_character() {
+        let t = byte_tokenizer();
+        let ids = t.encode("a你", false).unwrap(); // a, [E4 BD], A0
+        let mut decoder = StreamDecoder::new(&t);
+        assert_eq!(decoder.push(ids[0]).unwrap(), "a");
+        assert_eq!(decoder.push(ids[1]).unwrap(), "");
+        assert_eq!(decoder.finish().unwrap(), "\u{FFFD}");
+        assert_eq!(decoder.finish().unwrap(), "");
     }
 }

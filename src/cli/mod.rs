@@ -6,6 +6,8 @@ mod convert;
 mod generate;
 mod init;
 mod inspect;
+mod template;
+mod tokenize;
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +17,8 @@ use clap::{Args, Parser, Subcommand};
 
 use mm::converters::checkpoint::parse_dtype;
 use mm::converters::pth::checkpoint::PthHints;
-use mm::converters::MiniMindConfig;
+use mm::chat::{ChatTemplate, Tokenizer};
+use mm::converters::{MiniMindConfig, TokenizerFiles};
 use mm::generate::SamplingParams;
 use mm::loaded::LoadedModel;
 
@@ -40,6 +43,10 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Measure load time and prefill/decode speed.
     Bench(bench::BenchArgs),
+    /// Chat templates: render a conversation exactly as transformers does.
+    Template(template::TemplateArgs),
+    /// Encode text to token ids, or decode ids.
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -50,6 +57,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Template(a) => template::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
     }
 }
 
@@ -161,4 +170,27 @@ pub fn default_output(input: &Path, suffix: &str) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     input.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The tokenizer and chat template of a tokenizer directory or any model (default: the
+/// built-in MiniMind2 tokenizer).
+pub fn tokenizer_source(path: Option<&Path>) -> Result<(Tokenizer, Option<ChatTemplate>)> {
+    let files = match path {
+        None => TokenizerFiles::builtin_minimind2(),
+        Some(p) if p.is_dir() && !p.join("config.json").exists() => mm::converters::hf::read_tokenizer_files(p)?,
+        Some(p) => mm::converters::read_checkpoint(p, &PthHints::default())?.tokenizer,
+    };
+    mm::loaded::tokenizer_and_template(&files)
+}
+
+/// The contents of a file argument, or stdin for `-`.
+pub fn read_text_arg(arg: &str) -> Result<String> {
+    use anyhow::Context;
+    if arg == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(arg).with_context(|| format!("cannot read {arg}"))
+    }
 }
