@@ -35,8 +35,11 @@ def main() -> None:
         assert ours[name].dtype == value.dtype and ours[name].shape == value.shape, name
         assert np.array_equal(ours[name].view(np.uint16), value.view(np.uint16)), name
 
-    tok = AutoTokenizer.from_pretrained(out_dir)
-    ref_tok = AutoTokenizer.from_pretrained(ref_dir)
+    # The MiniMind layout names remote model code in auto_map; the tokenizer needs none of it.
+    from transformers import PreTrainedTokenizerFast
+    loader = AutoTokenizer if layout == "llama" else PreTrainedTokenizerFast
+    tok = loader.from_pretrained(out_dir)
+    ref_tok = loader.from_pretrained(ref_dir)
     text = "<|im_start|>user\n你好，MiniMind! 3.14159 tokens<|im_end|>\n"
     assert tok(text).input_ids == ref_tok(text).input_ids
     messages = [{"role": "user", "content": "hello"}]
