@@ -156,21 +156,21 @@ impl MiniMindConfig {
                 bail!("{name} must be positive");
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "num_attention_heads ({}) does not divide hidden_size ({})",
                 self.num_attention_heads,
                 self.hidden_size
             );
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             bail!(
                 "num_key_value_heads ({}) does not divide num_attention_heads ({})",
                 self.num_key_value_heads,
                 self.num_attention_heads
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!("head_dim {} is odd; rotary embeddings need an even head_dim", self.head_dim());
         }
         if self.hidden_act != "silu" {
