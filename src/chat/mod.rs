@@ -13,6 +13,7 @@ pub mod pyjson;
 mod pymethods;
 pub mod template;
 pub mod tokenizer;
+pub mod train_tokenizer;
 
 pub use output::{parse_output, Delta, OutputStream, ParsedOutput, ToolCall, ToolCallError};
 pub use template::{ChatTemplate, RenderRequest};

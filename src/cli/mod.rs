@@ -8,6 +8,7 @@ mod init;
 mod inspect;
 mod template;
 mod tokenize;
+mod train_tokenizer;
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,8 @@ enum Command {
     Template(template::TemplateArgs),
     /// Encode text to token ids, or decode ids.
     Tokenize(tokenize::TokenizeArgs),
+    /// Train a byte-level BPE tokenizer (upstream train_tokenizer.py) on jsonl text.
+    TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Template(a) => template::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::TrainTokenizer(a) => train_tokenizer::run(a),
     }
 }
 
