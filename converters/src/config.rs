@@ -216,6 +216,11 @@ impl MiniMindConfig {
         Ok(cfg)
     }
 
+    /// Which dialect a parsed `config.json` speaks.
+    pub fn flavor_of_json(value: &Value) -> Result<ConfigFlavor> {
+        Self::flavor_of(value.as_object().context("config is not a JSON object")?)
+    }
+
     fn flavor_of(obj: &Map<String, Value>) -> Result<ConfigFlavor> {
         match obj.get("model_type").and_then(Value::as_str) {
             Some("minimind") => Ok(ConfigFlavor::MiniMind),

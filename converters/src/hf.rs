@@ -21,8 +21,10 @@ pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
 /// Reads an HF directory of either layout.
 pub fn read(dir: &Path) -> Result<Checkpoint> {
     let config_path = dir.join("config.json");
-    let config = MiniMindConfig::from_file(&config_path)?;
-    let format = match detect_flavor(&config_path)? {
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let json: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+    let config = MiniMindConfig::from_json(&json).with_context(|| format!("{}: unusable config", config_path.display()))?;
+    let format = match MiniMindConfig::flavor_of_json(&json)? {
         ConfigFlavor::MiniMind => "hf-minimind",
         ConfigFlavor::Llama => "hf-llama",
     };
@@ -33,14 +35,6 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
         provenance.notes.push("no tokenizer.json in the directory".into());
     }
     Checkpoint::new(config, tensors, tokenizer, provenance).with_context(|| format!("{}", dir.display()))
-}
-
-fn detect_flavor(config_path: &Path) -> Result<ConfigFlavor> {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(config_path)?)?;
-    Ok(match v.get("model_type").and_then(Value::as_str) {
-        Some("llama") => ConfigFlavor::Llama,
-        _ => ConfigFlavor::MiniMind,
-    })
 }
 
 /// Tokenizer files of a model directory; the chat template may live in
