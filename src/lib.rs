@@ -7,3 +7,4 @@ pub mod loaded;
 pub mod model;
 
 pub use mm_converters as converters;
+pub use mm_export as export;

@@ -4,7 +4,14 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use candle_core::DType;
+
 use crate::checkpoint::Checkpoint;
+use crate::gguf::{
+    self,
+    checkpoint::{GgufOptions, SourcePrecision},
+    mixture::QuantScheme,
+};
 use crate::hf::{self, HfLayout, DEFAULT_MAX_SHARD_BYTES};
 use crate::pth::{self, checkpoint::PthHints};
 
@@ -17,6 +24,8 @@ pub enum Format {
     HfMiniMind,
     /// HF directory, `LlamaForCausalLM` config (dense only).
     HfLlama,
+    /// llama.cpp GGUF, unquantized (F16, or F32/BF16 when the checkpoint is all that type).
+    Gguf,
 }
 
 impl Format {
@@ -25,7 +34,8 @@ impl Format {
             "pth" => Self::Pth,
             "hf" | "hf-minimind" => Self::HfMiniMind,
             "hf-llama" | "llama" => Self::HfLlama,
-            other => bail!("unknown format `{other}` (use pth, hf, hf-llama)"),
+            "gguf" => Self::Gguf,
+            other => bail!("unknown format `{other}` (use pth, hf, hf-llama, gguf)"),
         })
     }
 
@@ -34,6 +44,7 @@ impl Format {
             Self::Pth => "pth",
             Self::HfMiniMind => "hf",
             Self::HfLlama => "hf-llama",
+            Self::Gguf => "gguf",
         }
     }
 }
@@ -53,11 +64,12 @@ pub fn read_checkpoint(path: &Path, hints: &PthHints) -> Result<Checkpoint> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "pth" | "pt" | "bin" => pth::checkpoint::read(path, hints),
+        "gguf" => gguf::checkpoint::read(path),
         "safetensors" | "json" => match path.parent() {
             Some(dir) if dir.join("config.json").exists() => hf::read(dir),
             _ => bail!("{}: needs a config.json in the same directory", path.display()),
         },
-        _ => bail!("{}: unknown format (expected .pth or an HF model directory)", path.display()),
+        _ => bail!("{}: unknown format (expected .pth, .gguf or an HF model directory)", path.display()),
     }
 }
 
@@ -66,5 +78,15 @@ pub fn write_checkpoint(ckpt: &Checkpoint, path: &Path, format: Format) -> Resul
         Format::Pth => pth::checkpoint::write(ckpt, path),
         Format::HfMiniMind => hf::write(ckpt, path, HfLayout::MiniMind, DEFAULT_MAX_SHARD_BYTES),
         Format::HfLlama => hf::write(ckpt, path, HfLayout::Llama, DEFAULT_MAX_SHARD_BYTES),
+        Format::Gguf => {
+            let scheme = match ckpt.uniform_dtype() {
+                Some(DType::F32) => QuantScheme::F32,
+                Some(DType::BF16) => QuantScheme::BF16,
+                _ => QuantScheme::F16,
+            };
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let options = GgufOptions { scheme, source_precision: SourcePrecision::Exact, name };
+            gguf::checkpoint::write(ckpt, path, &options, &|_, _, _| {}).map(|_| ())
+        }
     }
 }

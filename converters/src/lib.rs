@@ -7,10 +7,12 @@ pub mod atomic;
 pub mod checkpoint;
 pub mod config;
 pub mod formats;
+pub mod gguf;
 pub mod hf;
 pub mod lora;
 pub mod naming;
 pub mod pth;
+pub mod quant;
 pub mod safetensors_file;
 
 pub use checkpoint::{Checkpoint, Provenance, TokenizerFiles};

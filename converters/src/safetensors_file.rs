@@ -36,9 +36,27 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
                 .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
             let tensor = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
                 .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+            release_pages(&map, view.data());
             Ok((name, tensor))
         })
         .collect()
+}
+
+/// Drops the mapped pages of a tensor that has been copied out, so reading a model costs
+/// its size in memory once, not twice (the map would otherwise stay resident).
+fn release_pages(map: &memmap2::Mmap, data: &[u8]) {
+    #[cfg(unix)]
+    {
+        let page = 4096;
+        let start = data.as_ptr() as usize - map.as_ptr() as usize;
+        let first = start.div_ceil(page) * page;
+        let end = (start + data.len()) / page * page;
+        if end > first {
+            // SAFETY: the map is private and read-only; dropping its pages only means they
+            // are read from the file again if touched.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+        }
+    }
 }
 
 /// Reads the tensors of an HF model directory: `model.safetensors`, or the shards named

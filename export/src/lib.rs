@@ -1,1 +1,4 @@
-//! Deployment targets (llama.cpp, ollama, vllm, MNN): filled by the export issues.
+//! Deployment targets: what each runtime (llama.cpp, ollama, vllm, MNN) needs beyond the
+//! checkpoint formats in `mm-converters`.
+
+pub mod llamacpp;

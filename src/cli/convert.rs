@@ -12,9 +12,9 @@ use super::{default_output, dtype_arg, ShapeHints};
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// A .pth file or an HF model directory.
+    /// A .pth or .gguf file, or an HF model directory.
     input: PathBuf,
-    /// pth, hf (MiniMind layout) or hf-llama.
+    /// pth, hf (MiniMind layout), hf-llama or gguf (unquantized; see `mm export gguf`).
     #[arg(long)]
     to: String,
     /// Output path (default: beside the input).
@@ -46,6 +46,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         Format::Pth => default_output(&a.input, ".pth"),
         Format::HfMiniMind => default_output(&a.input, "-hf"),
         Format::HfLlama => default_output(&a.input, "-hf-llama"),
+        Format::Gguf => default_output(&a.input, ".gguf"),
     });
     if output == a.input {
         anyhow::bail!("output {} would overwrite the input; pass -o", output.display());

@@ -72,7 +72,11 @@ pub fn run(a: InitArgs) -> Result<()> {
     let format = Format::parse(&a.format)?;
     let output = a.output.unwrap_or_else(|| {
         let base = format!("minimind-{}", a.preset);
-        PathBuf::from(if format == Format::Pth { format!("{base}.pth") } else { base })
+        PathBuf::from(match format {
+            Format::Pth => format!("{base}.pth"),
+            Format::Gguf => format!("{base}.gguf"),
+            _ => base,
+        })
     });
     let ckpt = random_checkpoint(&cfg, a.seed, TokenizerFiles::builtin_minimind2())?
         .to_dtype(super::dtype_arg(&a.dtype)?)?;

@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod convert;
+mod export;
 mod generate;
 mod init;
 mod inspect;
@@ -36,6 +37,8 @@ enum Command {
     Init(init::InitArgs),
     /// Convert a checkpoint between .pth, HF MiniMind and HF Llama layouts.
     Convert(convert::ConvertArgs),
+    /// Export for a runtime: `mm export gguf IN --quant q4_k_m` for llama.cpp.
+    Export(export::ExportArgs),
     /// Describe a checkpoint: format, config, tensors, tokenizer.
     Inspect(inspect::InspectArgs),
     /// Generate a reply to one prompt (streams to stdout).
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(a) => init::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Export(a) => export::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),

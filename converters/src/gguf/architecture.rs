@@ -1,0 +1,319 @@
+//! MiniMind as llama.cpp architectures: dense → `llama`, MoE → `ernie4_5-moe` (gguf.md §2).
+//!
+//! One table maps canonical tensor names to GGUF names. `llama`'s rope rotates adjacent
+//! pairs while MiniMind's `rotate_half` pairs i with i + d/2, so Q and K rows are permuted
+//! per head on the way out and back on the way in.
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::config::MiniMindConfig;
+use crate::gguf::file::{MetaValue, Metadata};
+use crate::naming::{EMBED, FINAL_NORM, LM_HEAD};
+
+pub const ARCH_DENSE: &str = "llama";
+pub const ARCH_MOE: &str = "ernie4_5-moe";
+
+/// How a GGUF tensor is made from canonical tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorSource {
+    Copy(String),
+    /// Rows of a [n_head·head_dim, in] projection, interleaved per head for `llama` rope.
+    PermuteRows { name: String, n_head: usize },
+    /// Experts [FF, H] stacked into [E, FF, H].
+    Stack(Vec<String>),
+    /// Shared experts joined along the FF axis: rows of gate/up, columns of down.
+    ConcatRows(Vec<String>),
+    ConcatCols(Vec<String>),
+}
+
+/// One tensor of the GGUF file: name, dims innermost first, and where its values come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTensor {
+    pub name: String,
+    pub ne: Vec<u64>,
+    pub source: TensorSource,
+}
+
+pub fn arch_of(cfg: &MiniMindConfig) -> &'static str {
+    if cfg.use_moe {
+        ARCH_MOE
+    } else {
+        ARCH_DENSE
+    }
+}
+
+/// Refuses what llama.cpp cannot compute the way MiniMind does.
+pub fn check_representable(cfg: &MiniMindConfig) -> Result<()> {
+    ensure!(
+        !cfg.inference_rope_scaling && cfg.rope_scaling.is_none(),
+        "the model uses MiniMind's YaRN rope scaling (inference_rope_scaling), whose per-dimension ramp \
+         llama.cpp cannot represent; export without it (llama.cpp's own --rope-scaling yarn is a different formula)"
+    );
+    ensure!(cfg.hidden_act == "silu", "hidden_act {:?}: llama.cpp's llama graph uses SiLU", cfg.hidden_act);
+    if cfg.use_moe {
+        ensure!(cfg.scoring_func == "softmax", "MoE scoring_func {:?}: ernie4_5-moe uses softmax", cfg.scoring_func);
+        ensure!(
+            cfg.norm_topk_prob || cfg.num_experts_per_tok == 1,
+            "MoE without norm_topk_prob: llama.cpp's ernie4_5-moe always renormalises the top-k weights"
+        );
+    }
+    Ok(())
+}
+
+fn layer_name(l: usize, suffix: &str) -> String {
+    format!("model.layers.{l}.{suffix}")
+}
+
+/// The GGUF tensors of a checkpoint with this config, in the order llama.cpp's HF converter
+/// writes them: embedding, each layer's tensors sorted by HF name, final norm.
+pub fn plan(cfg: &MiniMindConfig) -> Vec<GgufTensor> {
+    let h = cfg.hidden_size as u64;
+    let ff = cfg.intermediate_size as u64;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
+    let vocab = cfg.vocab_size as u64;
+    let copy = |name: &str, gguf: &str, ne: Vec<u64>| GgufTensor {
+        name: gguf.to_string(),
+        ne,
+        source: TensorSource::Copy(name.to_string()),
+    };
+    let mut out = vec![copy(EMBED, "token_embd.weight", vec![h, vocab])];
+    for l in 0..cfg.num_hidden_layers {
+        let blk = |s: &str| format!("blk.{l}.{s}");
+        out.push(copy(&layer_name(l, "input_layernorm.weight"), &blk("attn_norm.weight"), vec![h]));
+        if cfg.use_moe {
+            let e = cfg.n_routed_experts as u64;
+            let experts = |proj: &str| {
+                (0..cfg.n_routed_experts).map(|i| layer_name(l, &format!("mlp.experts.{i}.{proj}.weight"))).collect()
+            };
+            let shared = |proj: &str| {
+                (0..cfg.n_shared_experts).map(|i| layer_name(l, &format!("mlp.shared_experts.{i}.{proj}.weight"))).collect()
+            };
+            let ff_sh = ff * cfg.n_shared_experts as u64;
+            out.push(GgufTensor { name: blk("ffn_down_exps.weight"), ne: vec![ff, h, e], source: TensorSource::Stack(experts("down_proj")) });
+            out.push(GgufTensor { name: blk("ffn_gate_exps.weight"), ne: vec![h, ff, e], source: TensorSource::Stack(experts("gate_proj")) });
+            out.push(GgufTensor { name: blk("ffn_up_exps.weight"), ne: vec![h, ff, e], source: TensorSource::Stack(experts("up_proj")) });
+            out.push(copy(&layer_name(l, "mlp.gate.weight"), &blk("ffn_gate_inp.weight"), vec![h, e]));
+            if cfg.n_shared_experts > 0 {
+                out.push(GgufTensor { name: blk("ffn_down_shexp.weight"), ne: vec![ff_sh, h], source: TensorSource::ConcatCols(shared("down_proj")) });
+                out.push(GgufTensor { name: blk("ffn_gate_shexp.weight"), ne: vec![h, ff_sh], source: TensorSource::ConcatRows(shared("gate_proj")) });
+                out.push(GgufTensor { name: blk("ffn_up_shexp.weight"), ne: vec![h, ff_sh], source: TensorSource::ConcatRows(shared("up_proj")) });
+            }
+        } else {
+            out.push(copy(&layer_name(l, "mlp.down_proj.weight"), &blk("ffn_down.weight"), vec![ff, h]));
+            out.push(copy(&layer_name(l, "mlp.gate_proj.weight"), &blk("ffn_gate.weight"), vec![h, ff]));
+            out.push(copy(&layer_name(l, "mlp.up_proj.weight"), &blk("ffn_up.weight"), vec![h, ff]));
+        }
+        out.push(copy(&layer_name(l, "post_attention_layernorm.weight"), &blk("ffn_norm.weight"), vec![h]));
+        let permuted = |proj: &str, gguf: &str, rows: u64, n_head: usize| GgufTensor {
+            name: blk(gguf),
+            ne: vec![h, rows],
+            source: TensorSource::PermuteRows { name: layer_name(l, &format!("self_attn.{proj}.weight")), n_head },
+        };
+        out.push(permuted("k_proj", "attn_k.weight", kv, cfg.num_key_value_heads));
+        out.push(copy(&layer_name(l, "self_attn.o_proj.weight"), &blk("attn_output.weight"), vec![h, h]));
+        out.push(permuted("q_proj", "attn_q.weight", h, cfg.num_attention_heads));
+        out.push(copy(&layer_name(l, "self_attn.v_proj.weight"), &blk("attn_v.weight"), vec![h, kv]));
+    }
+    if !cfg.tie_word_embeddings {
+        out.push(copy(LM_HEAD, "output.weight", vec![h, vocab]));
+    }
+    out.push(copy(FINAL_NORM, "output_norm.weight", vec![h]));
+    out
+}
+
+/// `llama`'s Q/K row order: within each head, row 2i+s takes old row s·hd/2 + i.
+pub fn permute_rows<T: Copy>(data: &[T], rows: usize, n_head: usize) -> Vec<T> {
+    reorder_rows(data, rows, n_head, |hd, i, s| (2 * i + s, s * hd / 2 + i))
+}
+
+/// The inverse of [`permute_rows`].
+pub fn unpermute_rows<T: Copy>(data: &[T], rows: usize, n_head: usize) -> Vec<T> {
+    reorder_rows(data, rows, n_head, |hd, i, s| (s * hd / 2 + i, 2 * i + s))
+}
+
+fn reorder_rows<T: Copy>(data: &[T], rows: usize, n_head: usize, map: impl Fn(usize, usize, usize) -> (usize, usize)) -> Vec<T> {
+    let cols = data.len() / rows;
+    let hd = rows / n_head;
+    let mut out = data.to_vec();
+    for h in 0..n_head {
+        for i in 0..hd / 2 {
+            for s in 0..2 {
+                let (new, old) = map(hd, i, s);
+                let (new, old) = (h * hd + new, h * hd + old);
+                out[new * cols..(new + 1) * cols].copy_from_slice(&data[old * cols..(old + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The `general.size_label` gguf-py derives from the parameter count ("3.1M", "104M", "4x12M").
+pub fn size_label(total: u64, shared: u64, per_expert: u64, n_expert: usize) -> String {
+    let notation = |n: u64| {
+        let (scaled, suffix) = match n as f64 {
+            x if x > 1e12 => (x * 1e-12, "T"),
+            x if x > 1e9 => (x * 1e-9, "B"),
+            x if x > 1e6 => (x * 1e-6, "M"),
+            x => (x * 1e-3, "K"),
+        };
+        let digits = format!("{}", scaled.round() as u64).trim_start_matches('0').len();
+        let fix = 2usize.saturating_sub(digits);
+        format!("{scaled:.fix$}{suffix}")
+    };
+    if n_expert > 0 {
+        format!("{n_expert}x{}", notation(shared + per_expert))
+    } else {
+        notation(total)
+    }
+}
+
+/// The architecture keys, in the order llama.cpp's converter writes them; `file_type` is
+/// placed where the converter puts it.
+pub fn write_hparams(md: &mut Metadata, cfg: &MiniMindConfig, name: &str, size: &str, file_type: u32) {
+    let arch = arch_of(cfg);
+    let key = |k: &str| format!("{arch}.{k}");
+    let u32v = |v: usize| MetaValue::U32(v as u32);
+    md.set("general.architecture", MetaValue::String(arch.into()));
+    md.set("general.type", MetaValue::String("model".into()));
+    md.set("general.name", MetaValue::String(name.into()));
+    md.set("general.size_label", MetaValue::String(size.into()));
+    md.set(&key("block_count"), u32v(cfg.num_hidden_layers));
+    md.set(&key("context_length"), u32v(cfg.max_position_embeddings));
+    md.set(&key("embedding_length"), u32v(cfg.hidden_size));
+    md.set(&key("feed_forward_length"), u32v(cfg.intermediate_size));
+    md.set(&key("attention.head_count"), u32v(cfg.num_attention_heads));
+    md.set(&key("attention.head_count_kv"), u32v(cfg.num_key_value_heads));
+    md.set(&key("rope.freq_base"), MetaValue::F32(cfg.rope_theta as f32));
+    md.set(&key("attention.layer_norm_rms_epsilon"), MetaValue::F32(cfg.rms_norm_eps as f32));
+    md.set(&key("attention.key_length"), u32v(cfg.head_dim()));
+    md.set(&key("attention.value_length"), u32v(cfg.head_dim()));
+    md.set("general.file_type", MetaValue::U32(file_type));
+    md.set(&key("vocab_size"), u32v(cfg.vocab_size));
+    md.set(&key("rope.dimension_count"), u32v(cfg.head_dim()));
+    if cfg.use_moe {
+        md.set(&key("expert_count"), u32v(cfg.n_routed_experts));
+        md.set(&key("expert_used_count"), u32v(cfg.num_experts_per_tok));
+        md.set(&key("expert_feed_forward_length"), u32v(cfg.intermediate_size));
+        md.set(&key("expert_shared_feed_forward_length"), u32v(cfg.intermediate_size * cfg.n_shared_experts));
+        md.set(&key("interleave_moe_layer_step"), u32v(1));
+        md.set(&key("leading_dense_block_count"), u32v(0));
+    }
+}
+
+/// Shortest decimal that round-trips the f32, so 1e-5 stored as f32 reads back as 1e-5.
+fn f32_as_decimal(v: f32) -> f64 {
+    format!("{v}").parse().unwrap_or(v as f64)
+}
+
+/// The config a GGUF describes (`vocab` rows and tie come from the tensors).
+pub fn read_hparams(md: &Metadata, source: &str, vocab_rows: usize, tied: bool) -> Result<MiniMindConfig> {
+    let arch = md
+        .get("general.architecture")
+        .and_then(MetaValue::as_str)
+        .with_context(|| format!("{source}: general.architecture is missing"))?;
+    ensure!(
+        arch == ARCH_DENSE || arch == ARCH_MOE,
+        "{source}: architecture '{arch}' is not a MiniMind layout (mm reads '{ARCH_DENSE}' and '{ARCH_MOE}')"
+    );
+    let get = |k: &str| md.get(&format!("{arch}.{k}"));
+    let int = |k: &str| -> Result<usize> {
+        get(k).and_then(MetaValue::as_u64).map(|v| v as usize).with_context(|| format!("{source}: {arch}.{k} is missing or not an integer"))
+    };
+    let float = |k: &str, default: f64| -> Result<f64> {
+        match get(k) {
+            None => Ok(default),
+            Some(MetaValue::F32(v)) => Ok(f32_as_decimal(*v)),
+            Some(v) => v.as_f64().with_context(|| format!("{source}: {arch}.{k} is not a number")),
+        }
+    };
+    if let Some(kind) = get("rope.scaling.type").and_then(MetaValue::as_str) {
+        ensure!(kind == "none" || kind == "linear" && float("rope.scaling.factor", 1.0)? == 1.0,
+            "{source}: rope scaling '{kind}' has no MiniMind equivalent");
+    }
+    let hidden = int("embedding_length")?;
+    let layers = int("block_count")?;
+    let heads = int("attention.head_count")?;
+    let mut cfg = MiniMindConfig::with_hidden(hidden, layers);
+    cfg.num_attention_heads = heads;
+    cfg.num_key_value_heads = match get("attention.head_count_kv") {
+        Some(v) => v.as_u64().context("head_count_kv is not an integer")? as usize,
+        None => heads,
+    };
+    cfg.vocab_size = vocab_rows;
+    cfg.intermediate_size = int("feed_forward_length")?;
+    cfg.max_position_embeddings = int("context_length")?;
+    cfg.rope_theta = float("rope.freq_base", 10000.0)?;
+    cfg.rms_norm_eps = float("attention.layer_norm_rms_epsilon", 1e-5)?;
+    cfg.tie_word_embeddings = tied;
+    cfg.inference_rope_scaling = false;
+    cfg.rope_scaling = None;
+    if let Some(rot) = get("rope.dimension_count").and_then(MetaValue::as_u64) {
+        ensure!(rot as usize == cfg.head_dim(), "{source}: partial rope (dimension_count {rot}) is not MiniMind");
+    }
+    if arch == ARCH_MOE {
+        cfg.use_moe = true;
+        cfg.n_routed_experts = int("expert_count")?;
+        cfg.num_experts_per_tok = int("expert_used_count")?;
+        cfg.intermediate_size = int("expert_feed_forward_length")?;
+        let shared = get("expert_shared_feed_forward_length").and_then(MetaValue::as_u64).unwrap_or(0) as usize;
+        ensure!(
+            shared % cfg.intermediate_size == 0,
+            "{source}: shared expert width {shared} is not a multiple of the expert width {}",
+            cfg.intermediate_size
+        );
+        cfg.n_shared_experts = shared / cfg.intermediate_size;
+        ensure!(int("leading_dense_block_count").unwrap_or(0) == 0, "{source}: leading dense blocks are not MiniMind");
+        ensure!(int("interleave_moe_layer_step").unwrap_or(1) == 1, "{source}: interleaved dense blocks are not MiniMind");
+    }
+    cfg.validate().with_context(|| format!("{source}: the hyperparameters do not make a valid model"))?;
+    Ok(cfg)
+}
+
+/// The canonical name and shape bookkeeping for reading: the GGUF tensors of this config
+/// with their inverse mapping. Unknown tensors in a file are an error.
+pub fn check_tensor_set(plan: &[GgufTensor], names: &[&str], source: &str) -> Result<()> {
+    for n in names {
+        if !plan.iter().any(|t| t.name == *n) {
+            bail!("{source}: tensor '{n}' has no place in a MiniMind model");
+        }
+    }
+    for t in plan {
+        if !names.contains(&t.name.as_str()) {
+            bail!("{source}: tensor '{}' is missing", t.name);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_interleaves_halves_and_inverts() {
+        // 2 heads of head_dim 4, one column: rows 0..8.
+        let rows: Vec<u32> = (0..8).collect();
+        let p = permute_rows(&rows, 8, 2);
+        assert_eq!(p, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(unpermute_rows(&p, 8, 2), rows);
+        let wide: Vec<u32> = (0..24).collect();
+        assert_eq!(unpermute_rows(&permute_rows(&wide, 8, 2), 8, 2), wide);
+    }
+
+    #[test]
+    fn size_labels_match_gguf_py() {
+        assert_eq!(size_label(3_149_056, 0, 0, 0), "3.1M");
+        assert_eq!(size_label(104_000_000, 0, 0, 0), "104M");
+        assert_eq!(size_label(25_800_000, 0, 0, 0), "26M");
+        assert_eq!(size_label(0, 10_000_000, 2_000_000, 4), "4x12M");
+    }
+
+    #[test]
+    fn plan_covers_every_canonical_tensor() {
+        let cfg = MiniMindConfig { num_attention_heads: 4, ..MiniMindConfig::with_hidden(256, 2) };
+        let p = plan(&cfg);
+        assert_eq!(p.len(), 2 + 9 * 2);
+        let moe = MiniMindConfig { use_moe: true, ..cfg };
+        assert_eq!(plan(&moe).len(), 2 + 2 * (6 + 4 + 3));
+    }
+}
