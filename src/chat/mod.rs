@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod output;
+pub mod percent_format;
 pub mod pyjson;
 mod pymethods;
 pub mod template;

@@ -8,6 +8,8 @@
 //! - Python string/list methods (`startswith`, `strip(chars)`, `rsplit`, …) through an
 //!   unknown-method callback;
 //! - `{{ x }}` of a float, list or dict prints Python's `str(x)`;
+//! - `a % b` is Python's `%` (printf-style formatting of strings), by rewriting the source
+//!   (see `percent_format`);
 //! - `raise_exception`, `strftime_now`, the special tokens and arbitrary extra kwargs;
 //! - messages' `reasoning`/`thinking` keys aliased to `reasoning_content` (transformers ≥ 5);
 //! - `{% generation %}` tags accepted (they only mark assistant spans for masks);
@@ -22,6 +24,7 @@ use minijinja::value::{Kwargs, Rest, Value};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
 use serde_json::{Map, Value as Json};
 
+use super::percent_format;
 use super::pyjson::{self, JsonStyle};
 use super::pymethods;
 
@@ -110,7 +113,12 @@ impl ChatTemplate {
         }
         let mut env = environment()?;
         for (name, source) in &templates {
-            env.add_template_owned(name.clone(), prepare_source(source))
+            let prepared = prepare_source(source);
+            let source = match percent_format::rewrite(&prepared) {
+                std::borrow::Cow::Owned(rewritten) => rewritten,
+                std::borrow::Cow::Borrowed(_) => prepared,
+            };
+            env.add_template_owned(name.clone(), source)
                 .with_context(|| format!("compiling chat template {name:?}"))?;
         }
         Ok(Self { env, sources: templates, special_tokens: Map::new() })
@@ -451,6 +459,8 @@ fn environment() -> Result<Environment<'static>> {
         }
     });
     env.add_filter("tojson", tojson);
+    // `a % b` is rewritten to `(a)|__mm_py_mod((b))` (see percent_format): Python's `%`.
+    env.add_filter(percent_format::FILTER, percent_format::py_mod);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
     // jinja2 builtins that minijinja lacks, keeps in contrib, or escapes differently.
