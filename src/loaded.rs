@@ -9,7 +9,7 @@ use crate::chat::{ChatTemplate, Tokenizer};
 use crate::converters::lora::Lora;
 use crate::converters::PthHints;
 use crate::converters::{read_checkpoint, Checkpoint, TokenizerFiles};
-use crate::model::MiniMind;
+use crate::model::{gguf_holds_quantized, is_gguf_path, GgufModelFile, MiniMind};
 
 pub struct LoadedModel {
     pub model: MiniMind,
@@ -20,22 +20,36 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Reads any supported format, optionally applies a LoRA on the fly, and builds the
-    /// tokenizer (the built-in MiniMind2 one when the checkpoint carries none).
+    /// tokenizer (the built-in MiniMind2 one when the checkpoint carries none). A GGUF with
+    /// quantized tensors runs them as they are (see [`Self::from_gguf`]).
     pub fn load(path: &Path, hints: &PthHints, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
+        if is_gguf_path(path) && gguf_holds_quantized(path)? {
+            return Self::from_gguf(&GgufModelFile::read(path)?, lora, dtype, device);
+        }
         let ckpt = read_checkpoint(path, hints)?;
         Self::from_checkpoint(&ckpt, lora, dtype, device)
     }
 
     pub fn from_checkpoint(ckpt: &Checkpoint, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
-        let mut model = MiniMind::from_checkpoint(ckpt, dtype, device)
+        let model = MiniMind::from_checkpoint(ckpt, dtype, device)
             .with_context(|| format!("building the model from {}", ckpt.provenance.source.display()))?;
+        Self::assemble(model, &ckpt.tokenizer, lora, ckpt.to_string())
+    }
+
+    /// A GGUF model whose quantized matrices stay ggml blocks, multiplied with `QMatMul`.
+    pub fn from_gguf(file: &GgufModelFile, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
+        let model = MiniMind::from_gguf(file, dtype, device)?;
+        Self::assemble(model, &file.tokenizer, lora, file.to_string())
+    }
+
+    fn assemble(mut model: MiniMind, tokenizer: &TokenizerFiles, lora: Option<&Path>, summary: String) -> Result<Self> {
         if let Some(lora_path) = lora {
             let lora = Lora::read(lora_path)?;
             model.attach_lora(&lora).with_context(|| format!("{}", lora_path.display()))?;
         }
-        let files = if ckpt.tokenizer.is_empty() { TokenizerFiles::builtin_minimind2() } else { ckpt.tokenizer.clone() };
+        let files = if tokenizer.is_empty() { TokenizerFiles::builtin_minimind2() } else { tokenizer.clone() };
         let (tokenizer, template) = tokenizer_and_template(&files)?;
-        Ok(Self { model, tokenizer, template, checkpoint_summary: ckpt.to_string() })
+        Ok(Self { model, tokenizer, template, checkpoint_summary: summary })
     }
 }
 

@@ -194,3 +194,39 @@ fn corrupt_or_truncated_gguf_is_a_clear_error() {
         println!("{what}: {msg}");
     }
 }
+
+#[test]
+fn what_llama_cpp_cannot_represent_is_refused() {
+    let mut cfg = mm::converters::MiniMindConfig { num_attention_heads: 4, ..mm::converters::MiniMindConfig::with_hidden(64, 1) };
+    cfg.set_inference_rope_scaling(true);
+    let ckpt = mm::model::init::random_checkpoint(&cfg, 0, mm::converters::TokenizerFiles::builtin_minimind2()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("yarn.gguf");
+    let options = GgufOptions { scheme: QuantScheme::Q8_0, source_precision: SourcePrecision::F16, name: "x".into() };
+    let err = gguf_ckpt::write(&ckpt, &path, &options, &|_, _, _| {}).unwrap_err();
+    assert!(format!("{err:#}").contains("YaRN"), "{err:#}");
+    assert!(!path.exists(), "a refused export left a file behind");
+}
+
+#[test]
+fn export_command_prints_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let mm = env!("CARGO_BIN_EXE_mm");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(mm).args(args).output().unwrap();
+        assert!(out.status.success(), "mm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["init", "--hidden-size", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2", "-o", model.to_str().unwrap()]);
+    let out_path = dir.path().join("tiny-q4_k_m.gguf");
+    let text = run(&["export", "gguf", model.to_str().unwrap(), "--quant", "q4_k_m", "-o", out_path.to_str().unwrap()]);
+    println!("{text}");
+    assert!(text.contains("Q4_K") && text.contains("Q6_K") && text.contains("bits per weight"), "{text}");
+    let file = GgufFile::open(&out_path).unwrap();
+    assert_eq!(file.metadata.get("general.file_type"), Some(&MetaValue::U32(15)));
+    // An unknown scheme is a clear error.
+    let bad = std::process::Command::new(mm).args(["export", "gguf", model.to_str().unwrap(), "--quant", "q3_x"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("q4_k_m"));
+}

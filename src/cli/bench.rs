@@ -10,7 +10,7 @@ use clap::Args;
 use mm::converters::pth::checkpoint::PthHints;
 use mm::converters::{read_checkpoint, MiniMindConfig, TokenizerFiles};
 use mm::model::init::random_checkpoint;
-use mm::model::{KvCache, MiniMind};
+use mm::model::{gguf_holds_quantized, is_gguf_path, GgufModelFile, KvCache, MiniMind};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -29,22 +29,38 @@ pub struct BenchArgs {
     /// Repetitions (the best is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Time a quantized GGUF dequantized to f32 instead of running its blocks directly.
+    #[arg(long)]
+    dequantize: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     super::set_threads(a.threads);
     let threads = candle_core::utils::get_num_threads();
-    let (ckpt, load_s) = match &a.model {
-        Some(path) => {
+    let (model, summary, load_s, build_s) = match &a.model {
+        // A quantized GGUF runs its ggml blocks directly, as `mm generate` does.
+        Some(path) if !a.dequantize && is_gguf_path(path) && gguf_holds_quantized(path)? => {
             let start = Instant::now();
-            let ckpt = read_checkpoint(path, &PthHints::default())?;
-            (ckpt, Some(start.elapsed().as_secs_f64()))
+            let file = GgufModelFile::read(path)?;
+            let load_s = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let model = MiniMind::from_gguf(&file, DType::F32, &Device::Cpu)?;
+            (model, file.to_string(), Some(load_s), start.elapsed().as_secs_f64())
         }
-        None => (random_checkpoint(&MiniMindConfig::preset(&a.preset)?, 0, TokenizerFiles::default())?, None),
+        _ => {
+            let (ckpt, load_s) = match &a.model {
+                Some(path) => {
+                    let start = Instant::now();
+                    let ckpt = read_checkpoint(path, &PthHints::default())?;
+                    (ckpt, Some(start.elapsed().as_secs_f64()))
+                }
+                None => (random_checkpoint(&MiniMindConfig::preset(&a.preset)?, 0, TokenizerFiles::default())?, None),
+            };
+            let start = Instant::now();
+            let model = MiniMind::from_checkpoint(&ckpt, DType::F32, &Device::Cpu)?;
+            (model, ckpt.to_string(), load_s, start.elapsed().as_secs_f64())
+        }
     };
-    let start = Instant::now();
-    let model = MiniMind::from_checkpoint(&ckpt, DType::F32, &Device::Cpu)?;
-    let build_s = start.elapsed().as_secs_f64();
     let vocab = model.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..a.prefill as u32).map(|i| 3 + (i * 7919) % (vocab - 3)).collect();
     let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
@@ -61,7 +77,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         best_decode = best_decode.min(start.elapsed().as_secs_f64());
     }
-    println!("model       {}", ckpt);
+    println!("model       {summary}");
     println!("threads     {threads}");
     if let Some(s) = load_s {
         println!("load        {:.3} s (read + validate), model build {:.3} s", s, build_s);

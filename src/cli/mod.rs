@@ -23,6 +23,7 @@ use mm::chat::{ChatTemplate, Tokenizer};
 use mm::converters::{MiniMindConfig, TokenizerFiles};
 use mm::generate::SamplingParams;
 use mm::loaded::LoadedModel;
+use mm::model::{gguf_holds_quantized, is_gguf_path, GgufModelFile};
 
 #[derive(Parser)]
 #[command(name = "mm", version, about = "MiniMind toolchain: models, conversion, generation")]
@@ -94,7 +95,7 @@ impl ShapeHints {
 /// A model to run.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A .pth file or an HF model directory.
+    /// A .pth file, an HF model directory or a .gguf file (quantized GGUFs run as they are).
     model: PathBuf,
     #[command(flatten)]
     hints: ShapeHints,
@@ -110,16 +111,27 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Dequantize a quantized GGUF to dense weights instead of running its blocks directly.
+    #[arg(long)]
+    dequantize: bool,
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<LoadedModel> {
         set_threads(self.threads);
+        let dtype = parse_dtype(&self.dtype)?;
+        if !self.dequantize && is_gguf_path(&self.model) && gguf_holds_quantized(&self.model)? {
+            let mut file = GgufModelFile::read(&self.model)?;
+            if self.rope_scaling {
+                file.config.set_inference_rope_scaling(true);
+            }
+            return LoadedModel::from_gguf(&file, self.lora.as_deref(), dtype, &Device::Cpu);
+        }
         let mut ckpt = mm::converters::read_checkpoint(&self.model, &self.hints.to_hints()?)?;
         if self.rope_scaling {
             ckpt.config.set_inference_rope_scaling(true);
         }
-        LoadedModel::from_checkpoint(&ckpt, self.lora.as_deref(), parse_dtype(&self.dtype)?, &Device::Cpu)
+        LoadedModel::from_checkpoint(&ckpt, self.lora.as_deref(), dtype, &Device::Cpu)
     }
 }
 
@@ -186,6 +198,10 @@ pub fn tokenizer_source(path: Option<&Path>) -> Result<(Tokenizer, Option<ChatTe
     let files = match path {
         None => TokenizerFiles::builtin_minimind2(),
         Some(p) if p.is_dir() && !p.join("config.json").exists() => mm::converters::hf::read_tokenizer_files(p)?,
+        Some(p) if is_gguf_path(p) => {
+            let file = mm::converters::gguf::file::GgufFile::open(p)?;
+            mm::converters::gguf::vocab::GgufVocab::from_metadata(&file.metadata, &p.display().to_string())?.to_tokenizer_files()?
+        }
         Some(p) => mm::converters::read_checkpoint(p, &PthHints::default())?.tokenizer,
     };
     mm::loaded::tokenizer_and_template(&files)

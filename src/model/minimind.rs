@@ -66,20 +66,51 @@ pub struct MiniMind {
     embed_tokens: Tensor,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
     rope: RopeTables,
 }
 
-fn linear(vb: &VarBuilder, out: usize, inp: usize, name: &str) -> Result<Linear> {
-    Ok(Linear::new(vb.get((out, inp), &format!("{name}.weight"))?))
+/// Where the model's tensors come from: a `VarBuilder` (any checkpoint, training) or the
+/// blocks of a quantized GGUF (`super::gguf`). One construction path serves both.
+pub(crate) trait WeightSource {
+    /// A dense tensor (norms, embedding, router) in the compute dtype.
+    fn tensor(&self, shape: &[usize], name: &str) -> Result<Tensor>;
+    /// The linear layer of `{name}.weight`, [out, in].
+    fn linear(&self, out: usize, inp: usize, name: &str) -> Result<Linear>;
+    /// The output head; `embed` is the dense token embedding built just before.
+    fn head(&self, cfg: &MiniMindConfig, embed: &Tensor) -> Result<Linear>;
+    fn device(&self) -> &Device;
 }
 
-fn feed_forward(vb: &VarBuilder, cfg: &MiniMindConfig, prefix: &str) -> Result<FeedForward> {
+impl WeightSource for VarBuilder<'_> {
+    fn tensor(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        self.get(shape, name)
+    }
+
+    fn linear(&self, out: usize, inp: usize, name: &str) -> Result<Linear> {
+        Ok(Linear::new(self.get((out, inp), &format!("{name}.weight"))?))
+    }
+
+    /// The tied head is the embedding tensor itself, so a trained model's gradient sums both uses.
+    fn head(&self, cfg: &MiniMindConfig, embed: &Tensor) -> Result<Linear> {
+        if cfg.tie_word_embeddings {
+            Ok(Linear::new(embed.clone()))
+        } else {
+            Ok(Linear::new(self.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?))
+        }
+    }
+
+    fn device(&self) -> &Device {
+        VarBuilder::device(self)
+    }
+}
+
+fn feed_forward(src: &impl WeightSource, cfg: &MiniMindConfig, prefix: &str) -> Result<FeedForward> {
     let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
     Ok(FeedForward {
-        gate_proj: linear(vb, f, h, &format!("{prefix}.gate_proj"))?,
-        up_proj: linear(vb, f, h, &format!("{prefix}.up_proj"))?,
-        down_proj: linear(vb, h, f, &format!("{prefix}.down_proj"))?,
+        gate_proj: src.linear(f, h, &format!("{prefix}.gate_proj"))?,
+        up_proj: src.linear(f, h, &format!("{prefix}.up_proj"))?,
+        down_proj: src.linear(h, f, &format!("{prefix}.down_proj"))?,
     })
 }
 
@@ -88,18 +119,22 @@ impl MiniMind {
     /// behind `vb` the same code builds a trainable model; the tied head is the embedding
     /// tensor itself, so its gradient sums both uses.
     pub fn new(cfg: &MiniMindConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, &vb)
+    }
+
+    pub(crate) fn build(cfg: &MiniMindConfig, src: &impl WeightSource) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::wrap)?;
         let h = cfg.hidden_size;
         let kv = cfg.num_key_value_heads * cfg.head_dim();
-        let embed_tokens = vb.get((cfg.vocab_size, h), "model.embed_tokens.weight")?;
+        let embed_tokens = src.tensor(&[cfg.vocab_size, h], "model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let self_attn = Attention {
-                q_proj: linear(&vb, h, h, &format!("{p}.self_attn.q_proj"))?,
-                k_proj: linear(&vb, kv, h, &format!("{p}.self_attn.k_proj"))?,
-                v_proj: linear(&vb, kv, h, &format!("{p}.self_attn.v_proj"))?,
-                o_proj: linear(&vb, h, h, &format!("{p}.self_attn.o_proj"))?,
+                q_proj: src.linear(h, h, &format!("{p}.self_attn.q_proj"))?,
+                k_proj: src.linear(kv, h, &format!("{p}.self_attn.k_proj"))?,
+                v_proj: src.linear(kv, h, &format!("{p}.self_attn.v_proj"))?,
+                o_proj: src.linear(h, h, &format!("{p}.self_attn.o_proj"))?,
                 n_heads: cfg.num_attention_heads,
                 n_kv_heads: cfg.num_key_value_heads,
                 head_dim: cfg.head_dim(),
@@ -107,37 +142,33 @@ impl MiniMind {
             let mlp = if cfg.use_moe {
                 Mlp::Moe(MoeFeedForward {
                     experts: (0..cfg.n_routed_experts)
-                        .map(|e| feed_forward(&vb, cfg, &format!("{p}.mlp.experts.{e}")))
+                        .map(|e| feed_forward(src, cfg, &format!("{p}.mlp.experts.{e}")))
                         .collect::<Result<_>>()?,
                     shared_experts: (0..cfg.n_shared_experts)
-                        .map(|e| feed_forward(&vb, cfg, &format!("{p}.mlp.shared_experts.{e}")))
+                        .map(|e| feed_forward(src, cfg, &format!("{p}.mlp.shared_experts.{e}")))
                         .collect::<Result<_>>()?,
-                    gate: vb.get((cfg.n_routed_experts, h), &format!("{p}.mlp.gate.weight"))?,
+                    gate: src.tensor(&[cfg.n_routed_experts, h], &format!("{p}.mlp.gate.weight"))?,
                     top_k: cfg.num_experts_per_tok,
                     norm_topk_prob: cfg.norm_topk_prob,
                     aux_loss_alpha: cfg.aux_loss_alpha,
                     seq_aux: cfg.seq_aux,
                 })
             } else {
-                Mlp::Dense(feed_forward(&vb, cfg, &format!("{p}.mlp"))?)
+                Mlp::Dense(feed_forward(src, cfg, &format!("{p}.mlp"))?)
             };
             layers.push(Block {
-                input_layernorm: RmsNorm::new(vb.get(h, &format!("{p}.input_layernorm.weight"))?, cfg.rms_norm_eps),
+                input_layernorm: RmsNorm::new(src.tensor(&[h], &format!("{p}.input_layernorm.weight"))?, cfg.rms_norm_eps),
                 self_attn,
                 post_attention_layernorm: RmsNorm::new(
-                    vb.get(h, &format!("{p}.post_attention_layernorm.weight"))?,
+                    src.tensor(&[h], &format!("{p}.post_attention_layernorm.weight"))?,
                     cfg.rms_norm_eps,
                 ),
                 mlp,
             });
         }
-        let norm = RmsNorm::new(vb.get(h, "model.norm.weight")?, cfg.rms_norm_eps);
-        let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
-        } else {
-            vb.get((cfg.vocab_size, h), "lm_head.weight")?
-        };
-        let rope = RopeTables::new(cfg, vb.device())?;
+        let norm = RmsNorm::new(src.tensor(&[h], "model.norm.weight")?, cfg.rms_norm_eps);
+        let lm_head = src.head(cfg, &embed_tokens)?;
+        let rope = RopeTables::new(cfg, src.device())?;
         Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
     }
 
@@ -155,7 +186,7 @@ impl MiniMind {
             let target = self.linear_mut(&ad.module).ok_or_else(|| {
                 candle_core::Error::Msg(format!("LoRA targets `{}`, which is not a linear layer of this model", ad.module))
             })?;
-            let (out, inp) = target.weight.dims2()?;
+            let (out, inp) = target.dims()?;
             if ad.a.dims() != [lora.rank, inp] || ad.b.dims() != [out, lora.rank] {
                 candle_core::bail!("LoRA for `{}` does not fit a {out}x{inp} weight", ad.module);
             }
@@ -255,7 +286,24 @@ impl MiniMind {
 
     /// Logits for hidden states [.., hidden].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.broadcast_matmul(&self.lm_head.t()?)
+        self.lm_head.forward(hidden)
+    }
+
+    /// Whether any linear layer (or the head) runs on quantized GGUF blocks.
+    pub fn is_quantized(&self) -> bool {
+        self.lm_head.is_quantized()
+            || self.layers.iter().any(|b| {
+                let a = &b.self_attn;
+                let ffn_q = |f: &FeedForward| f.gate_proj.is_quantized() || f.up_proj.is_quantized() || f.down_proj.is_quantized();
+                a.q_proj.is_quantized()
+                    || a.k_proj.is_quantized()
+                    || a.v_proj.is_quantized()
+                    || a.o_proj.is_quantized()
+                    || match &b.mlp {
+                        Mlp::Dense(f) => ffn_q(f),
+                        Mlp::Moe(m) => m.experts.iter().chain(&m.shared_experts).any(ffn_q),
+                    }
+            })
     }
 
     /// Logits [b, t, vocab] for every position (and the MoE aux loss in training mode).

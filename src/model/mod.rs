@@ -1,6 +1,7 @@
 //! The MiniMind model in candle: one file per block, the decoder in `minimind.rs`.
 
 mod attention;
+pub mod gguf;
 pub mod init;
 mod linear;
 mod minimind;
@@ -8,4 +9,5 @@ mod mlp;
 mod norm;
 pub mod rope;
 
+pub use gguf::{gguf_holds_quantized, is_gguf_path, GgufModelFile, GgufWeight};
 pub use minimind::{KvCache, MiniMind, Mode, ModelOutput};

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::atomic::write_file_atomically;
 use crate::checkpoint::{Checkpoint, Provenance};
+use crate::config::MiniMindConfig;
 use crate::gguf::architecture::{self, GgufTensor, TensorSource};
 use crate::gguf::file::{GgufFile, GgufWriter, MetaValue, Metadata, TensorInfo};
 use crate::gguf::mixture::{self, ModelFacts, QuantScheme};
@@ -211,33 +212,32 @@ pub fn tensor_values(file: &GgufFile, info: &TensorInfo) -> Result<Vec<f32>> {
         .with_context(|| format!("{}: tensor '{}'", file.path.display(), info.name))
 }
 
-/// Reads a GGUF written for `llama` / `ernie4_5-moe` back into a canonical checkpoint. Float
-/// tensors keep their type; quantized ones are dequantized to f32.
-pub fn read(path: &Path) -> Result<Checkpoint> {
-    let file = GgufFile::open(path)?;
-    let source = path.display().to_string();
+/// What a MiniMind GGUF says about itself: config, vocabulary, and its tensor plan (every
+/// tensor checked present, known and of the right dims).
+pub struct GgufHeader {
+    pub config: MiniMindConfig,
+    pub vocab: GgufVocab,
+    pub plan: Vec<GgufTensor>,
+}
+
+pub fn read_header(file: &GgufFile) -> Result<GgufHeader> {
+    let source = file.path.display().to_string();
     let embd = file.tensor("token_embd.weight").with_context(|| format!("{source}: no token_embd.weight tensor"))?;
     ensure!(embd.ne.len() == 2, "{source}: token_embd.weight is not a matrix");
     let tied = file.tensor("output.weight").is_none();
     let vocab = GgufVocab::from_metadata(&file.metadata, &source)?;
-    let cfg_rows = embd.ne[1] as usize;
-    ensure!(
-        vocab.tokens.len() == cfg_rows,
-        "{source}: {} tokens but token_embd has {cfg_rows} rows",
-        vocab.tokens.len()
-    );
-    let mut cfg = architecture::read_hparams(&file.metadata, &source, cfg_rows, tied)?;
+    let rows = embd.ne[1] as usize;
+    ensure!(vocab.tokens.len() == rows, "{source}: {} tokens but token_embd has {rows} rows", vocab.tokens.len());
+    let mut config = architecture::read_hparams(&file.metadata, &source, rows, tied)?;
     if let Some(bos) = vocab.bos {
-        cfg.bos_token_id = bos;
+        config.bos_token_id = bos;
     }
     if let Some(eos) = vocab.eos {
-        cfg.eos_token_id = eos;
+        config.eos_token_id = eos;
     }
-    let plan = architecture::plan(&cfg);
+    let plan = architecture::plan(&config);
     let names: Vec<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
     architecture::check_tensor_set(&plan, &names, &source)?;
-
-    let mut tensors = Vec::new();
     for t in &plan {
         let info = file.tensor(&t.name).expect("checked by check_tensor_set");
         ensure!(
@@ -247,6 +247,18 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
             info.ne,
             t.ne
         );
+    }
+    Ok(GgufHeader { config, vocab, plan })
+}
+
+/// Reads a GGUF written for `llama` / `ernie4_5-moe` back into a canonical checkpoint. Float
+/// tensors keep their type; quantized ones are dequantized to f32.
+pub fn read(path: &Path) -> Result<Checkpoint> {
+    let file = GgufFile::open(path)?;
+    let GgufHeader { config: cfg, vocab, plan } = read_header(&file)?;
+    let mut tensors = Vec::new();
+    for t in &plan {
+        let info = file.tensor(&t.name).expect("checked by read_header");
         let dtype = match info.ty {
             GgmlType::F16 => DType::F16,
             GgmlType::BF16 => DType::BF16,
