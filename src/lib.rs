@@ -5,6 +5,7 @@ pub mod chat;
 pub mod generate;
 pub mod loaded;
 pub mod model;
+pub mod train;
 
 pub use mm_converters as converters;
 pub use mm_export as export;

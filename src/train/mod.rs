@@ -1,0 +1,12 @@
+//! The training core shared by every stage: trainable parameters, torch's AdamW, upstream's
+//! cosine schedule, masked cross-entropy and one optimizer step with global-norm clipping.
+
+pub mod adamw;
+pub mod loss;
+pub mod params;
+pub mod schedule;
+pub mod step;
+
+pub use adamw::{AdamW, AdamWConfig};
+pub use params::TrainableModel;
+pub use schedule::upstream_lr;
