@@ -11,7 +11,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use mm::chat::{ChatTemplate, RenderRequest, Tokenizer};
 use mm::converters::TokenizerFiles;
 use mm_dataset::{
     AssistantMarkers, Dataset, DatasetOptions, DpoDataset, LmBatch, Loader, LoaderOptions, PretrainDataset, RlaifDataset,
@@ -19,51 +18,10 @@ use mm_dataset::{
 };
 
 /// The root crate's tokenizer and template behind the dataset crate's trait.
-struct MmEncoder {
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
-    bos: String,
-    eos: String,
-    pad: u32,
-}
+type MmEncoder = mm::train::encoder::ChatEncoder;
 
-impl MmEncoder {
-    fn minimind2() -> Self {
-        let (tokenizer, template) = mm::loaded::tokenizer_and_template(&TokenizerFiles::builtin_minimind2()).unwrap();
-        let special = tokenizer.special_tokens().clone();
-        let pad = tokenizer.pad_id().expect("MiniMind2 has a pad token");
-        Self {
-            template: template.expect("MiniMind2 has a chat template"),
-            bos: special.bos.unwrap(),
-            eos: special.eos.unwrap(),
-            pad,
-            tokenizer,
-        }
-    }
-}
-
-impl TextEncoder for MmEncoder {
-    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        self.tokenizer.encode(text, add_special_tokens)
-    }
-
-    fn render_chat(&self, messages: &Value, tools: Option<&Value>, add_generation_prompt: bool) -> Result<String> {
-        let mut req = RenderRequest::new(messages.clone()).with_generation_prompt(add_generation_prompt);
-        req.tools = tools.cloned();
-        self.template.render(&req)
-    }
-
-    fn pad_id(&self) -> u32 {
-        self.pad
-    }
-
-    fn bos_token(&self) -> &str {
-        &self.bos
-    }
-
-    fn eos_token(&self) -> &str {
-        &self.eos
-    }
+fn minimind2() -> MmEncoder {
+    MmEncoder::new(&TokenizerFiles::builtin_minimind2()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -140,7 +98,7 @@ fn pretrain_batch_matches_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_jsonl(dir.path(), "pretrain.jsonl", &texts);
 
-    let batch = one_batch(PretrainDataset::open(&path, MmEncoder::minimind2(), DatasetOptions::new(max_length)).unwrap());
+    let batch = one_batch(PretrainDataset::open(&path, minimind2(), DatasetOptions::new(max_length)).unwrap());
     assert_eq!((batch.rows, batch.seq_len), (2, max_length - 1));
     let (x, y, mask) = (rows(&fx["X"]), rows(&fx["Y"]), rows(&fx["loss_mask"]));
     let mut tally = Tally::default();
@@ -157,7 +115,7 @@ fn sft_example_matches_upstream() {
     let Some(shared) = common::shared_or_skip("sft_example_matches_upstream") else { return };
     let fx = &inputs(&shared)["sft_example"];
     let max_length = fx["max_length"].as_u64().unwrap() as usize;
-    let enc = MmEncoder::minimind2();
+    let enc = minimind2();
 
     let markers = AssistantMarkers::from_encoder(&enc).unwrap();
     assert_eq!(markers.bos_id, ids(&fx["bos_id"]));
@@ -179,7 +137,7 @@ fn dpo_pair_matches_upstream() {
     let Some(shared) = common::shared_or_skip("dpo_pair_matches_upstream") else { return };
     let fx = &inputs(&shared)["dpo_pair"];
     let max_length = fx["max_length"].as_u64().unwrap() as usize;
-    let enc = MmEncoder::minimind2();
+    let enc = minimind2();
     let conv = &fx["conversations"];
     assert_eq!(enc.render_chat(&conv["chosen"], None, false).unwrap(), fx["rendered_chosen"].as_str().unwrap());
     assert_eq!(enc.render_chat(&conv["rejected"], None, false).unwrap(), fx["rendered_rejected"].as_str().unwrap());
@@ -221,7 +179,7 @@ fn rlaif_prompts_match_upstream_rendering() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let path = write_jsonl(dir.path(), "rlaif.jsonl", &lines);
-    let enc = MmEncoder::minimind2();
+    let enc = minimind2();
     let batch = one_batch(RlaifDataset::open(&path, &enc, DatasetOptions::new(0)).unwrap());
     for (p, got) in prompts.iter().zip(&batch.prompts) {
         assert_eq!(got, p["rendered"].as_str().unwrap(), "{}", p["name"]);
@@ -236,7 +194,7 @@ fn rlaif_prompts_match_upstream_rendering() {
 #[test]
 fn samples_render_with_minimind2() -> Result<()> {
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataset/samples");
-    let enc = MmEncoder::minimind2();
+    let enc = minimind2();
     let opts = DatasetOptions::new(512);
 
     let pre = PretrainDataset::open(&samples.join("pretrain_sample.jsonl"), &enc, opts)?;

@@ -143,6 +143,12 @@ pub fn write_dir(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: usiz
     })
 }
 
+/// Writes one `.safetensors` file (atomically) with the given tensors, in order.
+pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let refs: Vec<&(String, Tensor)> = tensors.iter().collect();
+    write_shard(path, &refs, &Some(HashMap::from([("format".to_string(), "pt".to_string())])))
+}
+
 fn write_shard(path: &Path, tensors: &[&(String, Tensor)], metadata: &Option<HashMap<String, String>>) -> Result<()> {
     let contiguous: Vec<(String, Tensor)> = tensors
         .iter()

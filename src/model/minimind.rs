@@ -195,6 +195,21 @@ impl MiniMind {
         Ok(())
     }
 
+    /// Puts a LoRA branch (A [r, in], B [out, r]) on the linear layer `module`
+    /// (`model.layers.N.self_attn.q_proj`, …), replacing any there.
+    pub fn set_lora(&mut self, module: &str, a: Tensor, b: Tensor) -> Result<()> {
+        let target = self
+            .linear_mut(module)
+            .ok_or_else(|| candle_core::Error::Msg(format!("`{module}` is not a linear layer of this model")))?;
+        let (out, inp) = target.dims()?;
+        let r = a.dim(0)?;
+        if a.dims() != [r, inp] || b.dims() != [out, r] {
+            candle_core::bail!("LoRA for `{module}` does not fit a {out}x{inp} weight");
+        }
+        target.lora = Some((a, b));
+        Ok(())
+    }
+
     fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
         let rest = module.strip_prefix("model.layers.")?;
         let (layer, path) = rest.split_once('.')?;

@@ -3,7 +3,7 @@
 mod attention;
 pub mod gguf;
 pub mod init;
-mod linear;
+pub(crate) mod linear;
 mod minimind;
 mod mlp;
 mod norm;
@@ -11,3 +11,4 @@ pub mod rope;
 
 pub use gguf::{gguf_holds_quantized, is_gguf_path, GgufModelFile, GgufWeight};
 pub use minimind::{KvCache, MiniMind, Mode, ModelOutput};
+pub(crate) use minimind::WeightSource;

@@ -2,10 +2,14 @@
 //! cosine schedule, masked cross-entropy and one optimizer step with global-norm clipping.
 
 pub mod adamw;
+pub mod encoder;
 pub mod loss;
+pub mod objective;
 pub mod params;
+pub mod resume;
 pub mod schedule;
 pub mod step;
+pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use params::TrainableModel;

@@ -1,0 +1,60 @@
+//! What a training stage contributes to the shared loop: the loss of one micro-batch.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use mm_dataset::LmBatch;
+
+use crate::model::{MiniMind, Mode};
+use crate::train::loss::{masked_mean, per_token_ce};
+
+/// The loss of a micro-batch plus the figures worth logging (name, value).
+pub struct LossParts {
+    pub loss: Tensor,
+    pub logged: Vec<(&'static str, f64)>,
+}
+
+/// A training stage: pretrain and SFT share [`LanguageModeling`]; DPO, distillation and
+/// reasoning SFT bring their own.
+pub trait Objective {
+    type Batch;
+    /// The loss of one micro-batch under `model` (built for this step, in train mode).
+    fn loss(&mut self, model: &MiniMind, batch: &Self::Batch, device: &Device) -> Result<LossParts>;
+    /// Tokens the batch trains on (for tokens/s).
+    fn tokens(&self, batch: &Self::Batch) -> usize;
+}
+
+/// `[rows, seq_len]` tensors of a batch on `device`: X, Y and the loss mask (f32).
+pub fn batch_tensors(batch: &LmBatch, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+    let shape = (batch.rows, batch.seq_len);
+    Ok((
+        Tensor::from_slice(&batch.x, shape, device)?,
+        Tensor::from_slice(&batch.y, shape, device)?,
+        Tensor::from_slice(&batch.loss_mask, shape, device)?,
+    ))
+}
+
+/// Upstream's pretrain / full-SFT loss: masked mean cross-entropy plus the MoE aux loss.
+pub struct LanguageModeling;
+
+impl Objective for LanguageModeling {
+    type Batch = LmBatch;
+
+    fn loss(&mut self, model: &MiniMind, batch: &LmBatch, device: &Device) -> Result<LossParts> {
+        let (x, y, mask) = batch_tensors(batch, device)?;
+        let out = model.forward(&x, None, None, Mode::Training)?;
+        let ce = masked_mean(&per_token_ce(&out.logits, &y)?, &mask)?;
+        let mut logged = vec![("ce", ce.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64)];
+        let loss = match out.aux_loss {
+            Some(aux) => {
+                logged.push(("aux", aux.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64));
+                ce.broadcast_add(&aux.to_dtype(ce.dtype())?)?
+            }
+            None => ce,
+        };
+        Ok(LossParts { loss, logged })
+    }
+
+    fn tokens(&self, batch: &LmBatch) -> usize {
+        batch.loss_mask.iter().filter(|&&m| m > 0.0).count()
+    }
+}

@@ -1,0 +1,118 @@
+//! The resume checkpoint: everything a killed run needs to continue exactly where it stopped
+//! (weights and adapters in f32, AdamW moments, a half-accumulated gradient, the step counters
+//! and the data position). It is a directory written atomically next to the weights:
+//! `model/` (an HF MiniMind dir, f32), `lora.safetensors`, `optimizer.safetensors`,
+//! `state.json`.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Tensor};
+use mm_dataset::LoaderState;
+use serde::{Deserialize, Serialize};
+
+use crate::converters::hf::{self, HfLayout, DEFAULT_MAX_SHARD_BYTES};
+use crate::converters::safetensors_file;
+use crate::converters::{atomic::write_dir_atomically, Checkpoint, Provenance};
+use crate::train::adamw::AdamW;
+use crate::train::params::TrainableModel;
+use crate::train::trainer::TrainOptions;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeState {
+    pub micro_steps: u64,
+    pub optimizer_step: u64,
+    pub loader: LoaderState,
+    pub options: TrainOptions,
+}
+
+/// A resume checkpoint read back.
+pub struct Resume {
+    pub state: ResumeState,
+    /// The weights (f32) with config and tokenizer.
+    pub model: Checkpoint,
+    /// LoRA branches: (module, A, B).
+    pub lora: Vec<(String, Tensor, Tensor)>,
+    /// `exp_avg.<name>`, `exp_avg_sq.<name>`, `accum.<name>`.
+    optimizer: Vec<(String, Tensor)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format_version: u32,
+    #[serde(flatten)]
+    state: ResumeState,
+}
+
+pub fn write(dir: &Path, model: &TrainableModel, optimizer: &AdamW, accumulated: &[Option<Tensor>], state: &ResumeState) -> Result<()> {
+    let ckpt = model.to_checkpoint(DType::F32, Provenance::new("mm train resume", dir))?;
+    let cpu = |t: &Tensor| t.to_device(&candle_core::Device::Cpu);
+    let mut lora = Vec::new();
+    for (module, a, b) in &model.lora {
+        lora.push((format!("{module}.lora.A.weight"), cpu(a.as_tensor())?));
+        lora.push((format!("{module}.lora.B.weight"), cpu(b.as_tensor())?));
+    }
+    let mut moments = Vec::new();
+    for (i, (name, _)) in model.trainable.iter().enumerate() {
+        moments.push((format!("exp_avg.{name}"), cpu(&optimizer.exp_avg[i])?));
+        moments.push((format!("exp_avg_sq.{name}"), cpu(&optimizer.exp_avg_sq[i])?));
+        if let Some(g) = &accumulated[i] {
+            moments.push((format!("accum.{name}"), cpu(g)?));
+        }
+    }
+    let file = StateFile { format_version: FORMAT_VERSION, state: state.clone() };
+    write_dir_atomically(dir, |tmp| {
+        hf::write(&ckpt, &tmp.join("model"), HfLayout::MiniMind, DEFAULT_MAX_SHARD_BYTES)?;
+        if !lora.is_empty() {
+            safetensors_file::write_file(&tmp.join("lora.safetensors"), &lora)?;
+        }
+        safetensors_file::write_file(&tmp.join("optimizer.safetensors"), &moments)?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&file)?)?;
+        Ok(())
+    })
+}
+
+pub fn read(dir: &Path) -> Result<Resume> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
+    let file: StateFile = serde_json::from_str(&text).with_context(|| format!("{}: not a resume state", state_path.display()))?;
+    ensure!(
+        file.format_version == FORMAT_VERSION,
+        "{}: resume format {} (this mm writes {FORMAT_VERSION})",
+        state_path.display(),
+        file.format_version
+    );
+    let model = hf::read(&dir.join("model"))?;
+    let lora_path = dir.join("lora.safetensors");
+    let mut lora = Vec::new();
+    if lora_path.exists() {
+        let tensors = safetensors_file::read_file(&lora_path)?;
+        for (name, a) in &tensors {
+            if let Some(module) = name.strip_suffix(".lora.A.weight") {
+                let b_name = format!("{module}.lora.B.weight");
+                let b = tensors.iter().find(|(n, _)| *n == b_name).with_context(|| format!("{}: {b_name} missing", lora_path.display()))?;
+                lora.push((module.to_string(), a.clone(), b.1.clone()));
+            }
+        }
+    }
+    let optimizer = safetensors_file::read_file(&dir.join("optimizer.safetensors"))?;
+    Ok(Resume { state: file.state, model, lora, optimizer })
+}
+
+/// Puts the saved AdamW moments and partial gradients back for the model's trainable tensors.
+pub fn restore_optimizer(resume: &Resume, model: &TrainableModel, optimizer: &mut AdamW, accumulated: &mut [Option<Tensor>]) -> Result<()> {
+    let find = |key: String| resume.optimizer.iter().find(|(n, _)| *n == key).map(|(_, t)| t.clone());
+    for (i, (name, var)) in model.trainable.iter().enumerate() {
+        let device = var.device();
+        let m = find(format!("exp_avg.{name}")).with_context(|| format!("resume state has no moments for {name}"))?;
+        let v = find(format!("exp_avg_sq.{name}")).with_context(|| format!("resume state has no moments for {name}"))?;
+        ensure!(m.dims() == var.dims(), "resume moments for {name} have shape {:?}, not {:?}", m.dims(), var.dims());
+        optimizer.exp_avg[i] = m.to_device(device)?;
+        optimizer.exp_avg_sq[i] = v.to_device(device)?;
+        accumulated[i] = find(format!("accum.{name}")).map(|g| g.to_device(device)).transpose()?;
+    }
+    optimizer.step = resume.state.optimizer_step;
+    Ok(())
+}

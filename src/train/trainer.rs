@@ -1,0 +1,245 @@
+//! The one training loop every stage runs (upstream `train_epoch`): cosine lr per micro-step,
+//! loss / accumulation_steps, an optimizer step when `(step + 1) % accumulation_steps == 0`
+//! (upstream's boundary, step counted from 1 within the epoch), global-norm clipping, AdamW,
+//! progress, a JSONL metrics log, periodic saves and an exact resume checkpoint.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use mm_dataset::{Dataset, Loader};
+use serde::{Deserialize, Serialize};
+
+use crate::converters::Provenance;
+use crate::train::adamw::{AdamW, AdamWConfig};
+use crate::train::objective::Objective;
+use crate::train::params::TrainableModel;
+use crate::train::resume::{self, Resume, ResumeState};
+use crate::train::schedule::upstream_lr;
+use crate::train::step::{accumulate, clip_grad_norm, gradients};
+
+/// The knobs of a run (upstream's argparse flags).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// Upstream's `--save_weight`: "pretrain", "full_sft", "dpo", …
+    pub save_weight: String,
+    pub epochs: u64,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub accumulation_steps: u64,
+    pub grad_clip: f64,
+    /// "f32" or "bf16" compute (master weights and optimizer state stay f32).
+    pub dtype: String,
+    pub log_interval: u64,
+    pub save_interval: u64,
+    pub out_dir: PathBuf,
+    pub seed: u64,
+    /// Stop after this many micro-steps in total (a short run, tests, benchmarks).
+    pub max_steps: Option<u64>,
+    /// Draw a progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl TrainOptions {
+    pub fn compute_dtype(&self) -> Result<DType> {
+        match self.dtype.as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            other => bail!("--dtype {other:?}: training computes in f32 or bf16"),
+        }
+    }
+
+    /// `{save_weight}_{hidden}{_moe}`, upstream's file stem.
+    pub fn stem(&self, model: &TrainableModel) -> String {
+        let moe = if model.config.use_moe { "_moe" } else { "" };
+        format!("{}_{}{}", self.save_weight, model.config.hidden_size, moe)
+    }
+}
+
+/// One logged line of the metrics file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metric {
+    pub step: u64,
+    pub epoch: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    #[serde(flatten)]
+    pub parts: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub micro_steps: u64,
+    pub optimizer_steps: u64,
+    pub losses: Vec<(u64, f64)>,
+    pub weights_path: Option<PathBuf>,
+    pub resume_path: PathBuf,
+    pub metrics_path: PathBuf,
+}
+
+/// Where the run's files go.
+pub struct RunPaths {
+    pub weights: PathBuf,
+    pub resume: PathBuf,
+    pub metrics: PathBuf,
+    pub curve: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(opts: &TrainOptions, model: &TrainableModel) -> Self {
+        let stem = opts.stem(model);
+        Self {
+            weights: opts.out_dir.join(format!("{stem}.pth")),
+            resume: opts.out_dir.join(format!("{stem}_resume")),
+            metrics: opts.out_dir.join(format!("{stem}.metrics.jsonl")),
+            curve: opts.out_dir.join(format!("{stem}.loss.png")),
+        }
+    }
+}
+
+/// How the stage saves its weights (full model as upstream's f16 `.pth`, or a LoRA file).
+pub type SaveWeights<'a> = &'a dyn Fn(&TrainableModel, &Path) -> Result<()>;
+
+/// Upstream's full save: `{k: v.half()}` of the state dict.
+pub fn save_full_pth(model: &TrainableModel, path: &Path) -> Result<()> {
+    let ckpt = model.to_checkpoint(DType::F16, Provenance::new("mm train", path))?;
+    crate::converters::pth::checkpoint::write(&ckpt, path)
+}
+
+pub fn train<O, D>(
+    model: &mut TrainableModel,
+    objective: &mut O,
+    mut loader: Loader<D>,
+    opts: &TrainOptions,
+    resume_from: Option<&Resume>,
+    save_weights: SaveWeights,
+) -> Result<TrainReport>
+where
+    O: Objective,
+    D: Dataset<Batch = O::Batch>,
+{
+    let compute = opts.compute_dtype()?;
+    let accumulation = opts.accumulation_steps.max(1);
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("cannot create {}", opts.out_dir.display()))?;
+    let paths = RunPaths::new(opts, model);
+
+    let mut optimizer = AdamW::new(AdamWConfig::default(), model.trainable_vars().into_iter())?;
+    let mut accumulated: Vec<Option<Tensor>> = vec![None; model.trainable.len()];
+    let mut micro_steps = 0u64;
+    if let Some(r) = resume_from {
+        micro_steps = r.state.micro_steps;
+        resume::restore_optimizer(r, model, &mut optimizer, &mut accumulated)?;
+    } else {
+        // A fresh run starts a fresh metrics file.
+        let _ = std::fs::remove_file(&paths.metrics);
+    }
+
+    let iters = loader.steps_per_epoch();
+    let total_steps = opts.epochs * iters;
+    let bar = if opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new(total_steps)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(opts.save_weight.clone());
+    bar.set_position(micro_steps.min(total_steps));
+
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.metrics)
+        .with_context(|| format!("cannot open {}", paths.metrics.display()))?;
+    let started = Instant::now();
+    let mut window_tokens = 0usize;
+    let mut window_start = Instant::now();
+    let mut losses = Vec::new();
+    let mut weights_path = None;
+
+    while let Some((info, batch)) = loader.next_batch()? {
+        if opts.max_steps.is_some_and(|m| micro_steps >= m) {
+            break;
+        }
+        let step = info.step + 1; // upstream's enumerate(loader, start=1)
+        let lr = upstream_lr(info.epoch * iters + step, total_steps, opts.learning_rate);
+        let run_model = model.model_for(compute)?;
+        let parts = objective.loss(&run_model, &batch, &model.device)?;
+        let loss_value = parts.loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            bail!("loss became {loss_value} at epoch {} step {step}; stopping (last save is intact)", info.epoch + 1);
+        }
+        let scaled = (parts.loss.to_dtype(DType::F32)? / accumulation as f64)?;
+        let vars = model.trainable_vars();
+        accumulate(&mut accumulated, gradients(&scaled, &vars)?)?;
+        drop(run_model);
+        window_tokens += objective.tokens(&batch);
+        micro_steps += 1;
+
+        if (step + 1) % accumulation == 0 {
+            clip_grad_norm(&mut accumulated, opts.grad_clip)?;
+            let vars = model.trainable_vars();
+            optimizer.step(&vars, &accumulated, lr)?;
+            accumulated.iter_mut().for_each(|g| *g = None);
+        }
+
+        losses.push((micro_steps, loss_value));
+        bar.set_position(micro_steps);
+        bar.set_message(format!("loss {loss_value:.4} lr {lr:.3e}"));
+        let last_of_epoch = step == iters;
+        if step % opts.log_interval.max(1) == 0 || last_of_epoch {
+            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+            let metric = Metric {
+                step: micro_steps,
+                epoch: info.epoch + 1,
+                loss: loss_value,
+                lr,
+                tokens_per_s: window_tokens as f64 / secs,
+                elapsed_s: started.elapsed().as_secs_f64(),
+                parts: parts.logged.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect(),
+            };
+            writeln!(metrics, "{}", serde_json::to_string(&metric)?)?;
+            metrics.flush()?;
+            if !bar.is_hidden() {
+                bar.println(format!(
+                    "epoch {}/{} step {step}/{iters} loss {loss_value:.6} lr {lr:.3e} {:.0} tok/s",
+                    info.epoch + 1,
+                    opts.epochs,
+                    metric.tokens_per_s
+                ));
+            }
+            window_tokens = 0;
+            window_start = Instant::now();
+        }
+        let done = opts.max_steps.is_some_and(|m| micro_steps >= m) || loader.finished();
+        if step % opts.save_interval.max(1) == 0 || last_of_epoch || done {
+            save_weights(model, &paths.weights)?;
+            weights_path = Some(paths.weights.clone());
+            let state = ResumeState {
+                micro_steps,
+                optimizer_step: optimizer.step,
+                loader: loader.state(),
+                options: opts.clone(),
+            };
+            resume::write(&paths.resume, model, &optimizer, &accumulated, &state)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(TrainReport {
+        micro_steps,
+        optimizer_steps: optimizer.step,
+        losses,
+        weights_path,
+        resume_path: paths.resume,
+        metrics_path: paths.metrics,
+    })
+}
