@@ -9,6 +9,7 @@ mod init;
 mod inspect;
 mod template;
 mod tokenize;
+mod train;
 mod train_tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,8 @@ enum Command {
     Template(template::TemplateArgs),
     /// Encode text to token ids, or decode ids.
     Tokenize(tokenize::TokenizeArgs),
+    /// Train a model: pretrain, sft (upstream's stages, same data and mathematics).
+    Train(train::TrainArgs),
     /// Train a byte-level BPE tokenizer (upstream train_tokenizer.py) on jsonl text.
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
 }
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Template(a) => template::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Train(a) => train::run(a),
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
     }
 }

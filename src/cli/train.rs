@@ -1,0 +1,243 @@
+//! `mm train <stage>`: upstream's `train_pretrain.py`, `train_full_sft.py`, … as one command
+//! with the same defaults, data formats and mathematics.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand};
+
+use mm::converters::{read_checkpoint, Checkpoint, MiniMindConfig, TokenizerFiles};
+use mm::model::init::random_checkpoint;
+use mm::train::encoder::ChatEncoder;
+use mm::train::objective::LanguageModeling;
+use mm::train::resume::{self, Resume};
+use mm::train::trainer::{self, TrainOptions, TrainReport};
+use mm::train::TrainableModel;
+use mm_dataset::{Dataset, DatasetOptions, Loader, LoaderOptions, PretrainDataset, SftDataset};
+
+use super::{set_threads, ShapeHints};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    stage: Stage,
+}
+
+#[derive(Subcommand)]
+enum Stage {
+    /// Next-token pretraining on `{"text": …}` lines (train_pretrain.py).
+    Pretrain(CommonArgs),
+    /// Full supervised fine-tuning on `{"conversations": […]}` (train_full_sft.py).
+    Sft(CommonArgs),
+}
+
+/// The flags every stage shares; `None` means the stage's upstream default.
+#[derive(Args, Clone)]
+pub struct CommonArgs {
+    /// Training data (jsonl in the stage's upstream format).
+    #[arg(long)]
+    data: PathBuf,
+    /// Start from random weights of a preset (small, base, moe); pretraining's default.
+    #[arg(long)]
+    init: Option<String>,
+    /// Start from a model (any format mm reads).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    #[command(flatten)]
+    hints: ShapeHints,
+    #[arg(long)]
+    epochs: Option<u64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    #[arg(long)]
+    accumulation_steps: Option<u64>,
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f64,
+    /// f32, or bf16 (autocast-like: bf16 compute over f32 master weights).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Save weights and the resume checkpoint every N steps (upstream save_interval).
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Log every N steps (upstream log_interval).
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// Output directory (upstream save_dir).
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Weight name prefix (upstream save_weight; default: the stage's).
+    #[arg(long)]
+    save_weight: Option<String>,
+    /// Continue the run saved in `<out>/<save_weight>_<hidden>[_moe]_resume`.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stop after this many steps in total.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Skip (and count) malformed data lines instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Upstream's argparse defaults per stage.
+struct StageDefaults {
+    save_weight: &'static str,
+    epochs: u64,
+    batch_size: usize,
+    lr: f64,
+    accumulation_steps: u64,
+    max_seq_len: usize,
+    log_interval: u64,
+    save_interval: u64,
+}
+
+const PRETRAIN: StageDefaults = StageDefaults {
+    save_weight: "pretrain",
+    epochs: 1,
+    batch_size: 32,
+    lr: 5e-4,
+    accumulation_steps: 8,
+    max_seq_len: 512,
+    log_interval: 100,
+    save_interval: 100,
+};
+
+const SFT: StageDefaults = StageDefaults {
+    save_weight: "full_sft",
+    epochs: 2,
+    batch_size: 16,
+    lr: 5e-7,
+    accumulation_steps: 1,
+    max_seq_len: 512,
+    log_interval: 100,
+    save_interval: 100,
+};
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    match a.stage {
+        Stage::Pretrain(c) => run_lm(c, &PRETRAIN, false),
+        Stage::Sft(c) => run_lm(c, &SFT, true),
+    }
+}
+
+fn options(c: &CommonArgs, d: &StageDefaults) -> TrainOptions {
+    TrainOptions {
+        save_weight: c.save_weight.clone().unwrap_or_else(|| d.save_weight.to_string()),
+        epochs: c.epochs.unwrap_or(d.epochs),
+        batch_size: c.batch_size.unwrap_or(d.batch_size),
+        learning_rate: c.lr.unwrap_or(d.lr),
+        accumulation_steps: c.accumulation_steps.unwrap_or(d.accumulation_steps),
+        grad_clip: c.grad_clip,
+        dtype: c.dtype.clone(),
+        log_interval: c.log_every.unwrap_or(d.log_interval),
+        save_interval: c.save_every.unwrap_or(d.save_interval),
+        out_dir: c.out.clone(),
+        seed: c.seed,
+        max_steps: c.max_steps,
+        progress: !c.quiet,
+    }
+}
+
+/// The starting weights: `--from`, or random weights of `--init` (pretraining only).
+fn starting_checkpoint(c: &CommonArgs, from_required: bool) -> Result<Checkpoint> {
+    match (&c.from, &c.init) {
+        (Some(_), Some(_)) => bail!("pass either --from or --init, not both"),
+        (Some(path), None) => read_checkpoint(path, &c.hints.to_hints()?),
+        (None, init) => {
+            if from_required {
+                bail!("this stage starts from a trained model: pass --from MODEL");
+            }
+            let cfg = MiniMindConfig::preset(init.as_deref().unwrap_or("small"))?;
+            random_checkpoint(&cfg, c.seed, TokenizerFiles::builtin_minimind2())
+        }
+    }
+}
+
+/// The model and, with `--resume`, the saved run it continues.
+fn model_and_resume(c: &CommonArgs, opts: &mut TrainOptions, from_required: bool) -> Result<(TrainableModel, Option<Resume>)> {
+    let device = Device::Cpu;
+    if c.resume {
+        // The stem depends on the model shape, which the resume directory itself records.
+        let probe = starting_checkpoint(c, from_required).ok();
+        let stem_model = match &probe {
+            Some(ckpt) => ckpt.config.clone(),
+            None => MiniMindConfig::preset(c.init.as_deref().unwrap_or("small"))?,
+        };
+        let moe = if stem_model.use_moe { "_moe" } else { "" };
+        let dir = opts.out_dir.join(format!("{}_{}{}_resume", opts.save_weight, stem_model.hidden_size, moe));
+        if dir.exists() {
+            let r = resume::read(&dir)?;
+            let model = TrainableModel::from_checkpoint(&r.model, &device)?;
+            // The run continues with its own settings; only the stopping point may change.
+            let max_steps = opts.max_steps;
+            let progress = opts.progress;
+            *opts = r.state.options.clone();
+            opts.max_steps = max_steps;
+            opts.progress = progress;
+            eprintln!("resuming {} at step {} (epoch {})", dir.display(), r.state.micro_steps, r.state.loader.position.epoch + 1);
+            return Ok((model, Some(r)));
+        }
+        eprintln!("no resume checkpoint at {}; starting fresh", dir.display());
+    }
+    let ckpt = starting_checkpoint(c, from_required)?;
+    Ok((TrainableModel::from_checkpoint(&ckpt, &device)?, None))
+}
+
+fn loader_for<D: Dataset>(dataset: D, opts: &TrainOptions, resume: Option<&Resume>) -> Result<Loader<D>> {
+    let lo = LoaderOptions { batch_size: opts.batch_size, epochs: opts.epochs, shuffle: true, seed: opts.seed, drop_last: false };
+    match resume {
+        Some(r) => Loader::resume(dataset, lo, &r.state.loader),
+        None => Loader::new(dataset, lo),
+    }
+}
+
+fn run_lm(c: CommonArgs, d: &StageDefaults, sft: bool) -> Result<()> {
+    set_threads(c.threads);
+    let mut opts = options(&c, d);
+    let (mut model, resume_from) = model_and_resume(&c, &mut opts, sft)?;
+    let max_len = c.max_seq_len.unwrap_or(d.max_seq_len);
+    let encoder = ChatEncoder::new(&model.tokenizer)?;
+    let data_opts = DatasetOptions::new(max_len).skip_bad_lines(c.skip_bad_lines);
+    eprintln!(
+        "{}: {:.2}M parameters, {} from {}",
+        opts.save_weight,
+        model.parameter_count() as f64 / 1e6,
+        if sft { "SFT" } else { "pretraining" },
+        c.data.display()
+    );
+    let report = if sft {
+        let ds = SftDataset::open(&c.data, encoder, data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+        let loader = loader_for(ds, &opts, resume_from.as_ref())?;
+        trainer::train(&mut model, &mut LanguageModeling, loader, &opts, resume_from.as_ref(), &trainer::save_full_pth)?
+    } else {
+        let ds = PretrainDataset::open(&c.data, encoder, data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+        let loader = loader_for(ds, &opts, resume_from.as_ref())?;
+        trainer::train(&mut model, &mut LanguageModeling, loader, &opts, resume_from.as_ref(), &trainer::save_full_pth)?
+    };
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(r: &TrainReport) {
+    let first = r.losses.first().map(|l| l.1).unwrap_or(f64::NAN);
+    let last = r.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
+    println!("trained {} steps ({} optimizer steps): loss {first:.4} -> {last:.4}", r.micro_steps, r.optimizer_steps);
+    if let Some(w) = &r.weights_path {
+        println!("weights: {}", w.display());
+    }
+    println!("resume:  {}", r.resume_path.display());
+    println!("metrics: {}", r.metrics_path.display());
+}
