@@ -6,9 +6,21 @@
 //! index order, `a*b*c` is `(a*b)*c`, and nothing uses `mul_add` (ggml-base is built without
 //! FMA contraction on x86-64; fusing changes the last bit of a sum and then whole blocks).
 //! candle's K-quant quantizers follow an older algorithm and are *not* byte-identical.
+//!
+//! Speed comes from running the scale searches of all sub-blocks of a super-block (two, in
+//! fact) in lockstep, one per SIMD lane (`super::lanes`), which keeps every lane's f32
+//! operation sequence identical to the scalar code; the encoders are compiled for the baseline
+//! target and for AVX2 and picked at run time. The original scalar code is kept, test-only, in
+//! `reference`, and `equivalence_tests` checks both kernels against it byte for byte.
 
 use super::float::{f16_bits_to_f32, f32_to_f16_bits};
+use super::lanes;
 use super::rounding::nearest_int;
+
+#[cfg(test)]
+mod equivalence_tests;
+#[cfg(test)]
+mod reference;
 
 /// Values per super-block.
 pub const QK_K: usize = 256;
@@ -31,131 +43,78 @@ struct Qkx2 {
 const Q4_K_SEARCH: Qkx2 = Qkx2 { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20 };
 const Q5_K_SEARCH: Qkx2 = Qkx2 { nmax: 31, rmin: -0.5, rdelta: 0.1, nstep: 15 };
 
-/// Fit `x ≈ scale·L − the_min` with L in 0..=nmax by weighted least squares, trying
-/// `nstep + 1` candidate inverse scales around `nmax / (max − min)`.
-/// Fills `l` and returns `(scale, the_min)`.
-fn make_qkx2_quants(p: &Qkx2, x: &[f32], weights: &[f32], l: &mut [u8]) -> (f32, f32) {
-    let n = x.len();
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    // The offset is only ever subtracted: a block of positives keeps min 0.
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        l.fill(0);
-        return (0.0, -min);
-    }
-    let nmax = p.nmax as f32;
-    let mut iscale = nmax / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_error = 0.0f32;
-    for i in 0..n {
-        let q = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax);
-        l[i] = q as u8;
-        let diff = scale * q as f32 + min - x[i];
-        best_error += weights[i] * (diff * diff);
-    }
-    let mut laux = [0u8; 32];
-    let laux = &mut laux[..n];
-    for is in 0..=p.nstep {
-        iscale = (p.rmin + p.rdelta * is as f32 + nmax) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let q = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax);
-            laux[i] = q as u8;
-            let wl = weights[i] * q as f32;
-            sum_l += wl;
-            sum_l2 += wl * q as f32;
-            sum_xl += wl * x[i];
-        }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * (diff * diff);
-            }
-            if cur_error < best_error {
-                l.copy_from_slice(laux);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
+/// Super-blocks fitted together: the scale searches of all their sub-blocks run in lockstep,
+/// one per SIMD lane (see `lanes`). Two super-blocks give 16 lanes for Q4_K / Q5_K (two AVX2
+/// registers per value, so two independent chains per sum; one super-block, 8 lanes, measured
+/// about 3× slower) and 32 for Q6_K. Four measured no faster than two.
+const GROUP: usize = 2;
+const Q45_LANES: usize = 8 * GROUP;
+const Q6_LANES: usize = 16 * GROUP;
+
+/// Which compilation of the encoders runs. Both give identical bytes; AVX2 only makes the lane
+/// loops 8 wide instead of SSE2's 4. (FMA is deliberately not enabled: ggml's reference is
+/// built without it, and fused products would change the rounding.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Portable,
+    /// Only ever constructed after `is_x86_feature_detected!("avx2")` said yes.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
 }
 
-/// `make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL)`: a symmetric scale with L in
-/// 0..2·nmax (stored offset by nmax), weights x², searching 19 inverse scales around
-/// `-nmax / max`. Returns the scale (0 for an all-zero group).
-fn make_qx_quants_rmse1(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
+impl Kernel {
+    /// The fastest kernel this CPU runs (std caches the CPUID answer).
+    #[inline]
+    pub(crate) fn best() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Kernel::Avx2;
         }
+        Kernel::Portable
     }
-    if amax < GROUP_MAX_EPS {
-        l.fill(0);
-        return 0.0;
-    }
-    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    // Σ w·x·l and Σ w·l·l with w = x², in C's association.
-    let sums = |iscale: f32| {
-        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-        for &v in x {
-            let q = level(iscale, v) as f32;
-            let w = v * v;
-            sumlx += w * v * q;
-            suml2 += w * q * q;
-        }
-        (sumlx, suml2)
-    };
-    let fill = |iscale: f32, l: &mut [u8]| {
-        for (o, &v) in l.iter_mut().zip(x) {
-            *o = (level(iscale, v) + nmax) as u8;
-        }
-    };
 
-    let iscale = -(nmax as f32) / max;
-    fill(iscale, l);
-    let (sumlx, suml2) = sums(iscale);
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in (-9..=9).filter(|&is| is != 0) {
-        let iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
-        let (sumlx, suml2) = sums(iscale);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            fill(iscale, l);
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+    /// Every kernel this CPU can run.
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Kernel> {
+        let mut v = vec![Kernel::Portable];
+        if Kernel::best() != Kernel::Portable {
+            v.push(Kernel::best());
+        }
+        v
+    }
+}
+
+/// Sub-block fits for `N / 8` consecutive super-blocks (`x.len() == 32 * N`): sub-block `k`
+/// (values `x[32k..32k+32]`) gets weights `sqrt(Σx²/32) + |x|` and `make_qkx2_quants`, its
+/// `(scale, the_min)` in `scales[k]`, `mins[k]` and its levels in `l[·][k]`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn fit_qkx2<const N: usize>(p: &Qkx2, x: &[f32], scales: &mut [f32; N], mins: &mut [f32; N], l: &mut [[u8; N]; 32]) {
+    let x = &x[..32 * N];
+    let mut xt = [[0f32; N]; 32];
+    for k in 0..N {
+        let xs = &x[32 * k..32 * (k + 1)];
+        for i in 0..32 {
+            xt[i][k] = xs[i];
         }
     }
-    scale
+    let mut sum_x2 = [0f32; N];
+    for i in 0..32 {
+        for k in 0..N {
+            sum_x2[k] += xt[i][k] * xt[i][k];
+        }
+    }
+    let mut av_x = [0f32; N];
+    for k in 0..N {
+        av_x[k] = (sum_x2[k] / 32.0).sqrt();
+    }
+    let mut wt = [[0f32; N]; 32];
+    for i in 0..32 {
+        for k in 0..N {
+            wt[i][k] = av_x[k] + xt[i][k].abs();
+        }
+    }
+    lanes::qkx2(p.nmax, p.rmin, p.rdelta, p.nstep, &xt, &wt, scales, mins, l);
 }
 
 /// Decode sub-block j's 6-bit (scale, min) from the 12 packed bytes (`get_scale_min_k4`).
@@ -168,33 +127,26 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// The common part of Q4_K and Q5_K: per 32-value sub-block (scale, min) fits, their 6-bit
-/// codes packed into `scales` (12 bytes), d/dmin, and the final levels L (0..=nmax).
-/// Returns `(d, dmin)` as f16 bits.
-fn quantize_k_scale_min(p: &Qkx2, x: &[f32], scales: &mut [u8], l: &mut [u8; QK_K]) -> (u16, u16) {
-    let mut sub_scales = [0.0f32; 8];
-    let mut sub_mins = [0.0f32; 8];
-    let mut weights = [0.0f32; 32];
+/// The rest of Q4_K / Q5_K after the sub-block fits of one super-block (`sub_scales`,
+/// `sub_mins`, levels in `l`): the 6-bit codes packed into `scales` (12 bytes), d/dmin, and the
+/// final levels L (0..=nmax). Returns `(d, dmin)` as f16 bits.
+#[inline(always)]
+fn finish_k_scale_min(
+    nmax: i32,
+    x: &[f32],
+    sub_scales: &[f32],
+    sub_mins: &[f32],
+    scales: &mut [u8],
+    l: &mut [u8; QK_K],
+) -> (u16, u16) {
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..8 {
-        let xs = &x[32 * j..32 * (j + 1)];
-        let mut sum_x2 = 0.0f32;
-        for &v in xs {
-            sum_x2 += v * v;
+        if sub_scales[j] > max_scale {
+            max_scale = sub_scales[j];
         }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
-        }
-        let (scale, min) = make_qkx2_quants(p, xs, &weights, &mut l[32 * j..32 * (j + 1)]);
-        sub_scales[j] = scale;
-        sub_mins[j] = min;
-        if scale > max_scale {
-            max_scale = scale;
-        }
-        if min > max_min {
-            max_min = min;
+        if sub_mins[j] > max_min {
+            max_min = sub_mins[j];
         }
     }
 
@@ -218,7 +170,6 @@ fn quantize_k_scale_min(p: &Qkx2, x: &[f32], scales: &mut [u8], l: &mut [u8; QK_
     let dmin = f32_to_f16_bits(max_min / 63.0);
 
     // Requantize against the scales as they will be decoded.
-    let nmax = p.nmax;
     for j in 0..8 {
         let (sc, m) = get_scale_min_k4(j, scales);
         let dj = f16_bits_to_f32(d) * sc as f32;
@@ -234,56 +185,123 @@ fn quantize_k_scale_min(p: &Qkx2, x: &[f32], scales: &mut [u8], l: &mut [u8; QK_
     (d, dmin)
 }
 
-/// Q4_K (144 bytes): d f16, dmin f16, scales[12], qs[128].
-pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    for (xb, yb) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q4_K_BYTES)) {
-        let (d, dmin) = quantize_k_scale_min(&Q4_K_SEARCH, xb, &mut yb[4..16], &mut l);
-        yb[0..2].copy_from_slice(&d.to_le_bytes());
-        yb[2..4].copy_from_slice(&dmin.to_le_bytes());
-        let qs = &mut yb[16..144];
-        // Each 64-value chunk c: byte 32c+i holds L[64c+i] (low nibble) and L[64c+32+i] (high).
-        for c in 0..4 {
-            for i in 0..32 {
-                qs[32 * c + i] = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
-            }
+/// Q4_K (144 bytes): the nibbles. Each 64-value chunk c: byte 32c+i holds L[64c+i] (low
+/// nibble) and L[64c+32+i] (high).
+#[inline(always)]
+fn pack_q4_k(l: &[u8; QK_K], qs: &mut [u8]) {
+    for c in 0..4 {
+        for i in 0..32 {
+            qs[32 * c + i] = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
         }
     }
 }
 
-/// Q5_K (176 bytes): d f16, dmin f16, scales[12], qh[32], qs[128].
-pub fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    for (xb, yb) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q5_K_BYTES)) {
-        let (d, dmin) = quantize_k_scale_min(&Q5_K_SEARCH, xb, &mut yb[4..16], &mut l);
-        yb[0..2].copy_from_slice(&d.to_le_bytes());
-        yb[2..4].copy_from_slice(&dmin.to_le_bytes());
-        let (qh, qs) = yb[16..].split_at_mut(32);
-        qh.fill(0);
-        // As Q4_K for the low nibbles; bit 4 of L[64c+i] goes to bit 2c of qh[i], and bit 4 of
-        // L[64c+32+i] to bit 2c+1.
-        for c in 0..4 {
-            for i in 0..32 {
-                let l1 = l[64 * c + i];
-                let l2 = l[64 * c + 32 + i];
-                qh[i] |= ((l1 >> 4) & 1) << (2 * c);
-                qh[i] |= ((l2 >> 4) & 1) << (2 * c + 1);
-                qs[32 * c + i] = (l1 & 0x0F) | ((l2 & 0x0F) << 4);
-            }
+/// Q5_K (176 bytes): qh[32], then the low nibbles as Q4_K's; bit 4 of L[64c+i] goes to bit 2c
+/// of qh[i], and bit 4 of L[64c+32+i] to bit 2c+1.
+#[inline(always)]
+fn pack_q5_k(l: &[u8; QK_K], rest: &mut [u8]) {
+    let (qh, qs) = rest.split_at_mut(32);
+    qh.fill(0);
+    for c in 0..4 {
+        for i in 0..32 {
+            let l1 = l[64 * c + i];
+            let l2 = l[64 * c + 32 + i];
+            qh[i] |= ((l1 >> 4) & 1) << (2 * c);
+            qh[i] |= ((l2 >> 4) & 1) << (2 * c + 1);
+            qs[32 * c + i] = (l1 & 0x0F) | ((l2 & 0x0F) << 4);
         }
     }
 }
 
-/// Q6_K (210 bytes): ql[128], qh[64], scales[16] (i8), then d f16 **last**.
-pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
+/// Q4_K / Q5_K for `N / 8` super-blocks: d f16, dmin f16, scales[12], then `pack`'s bytes.
+#[inline(always)]
+fn quantize_q45_k_group<const N: usize>(
+    p: &Qkx2,
+    block_bytes: usize,
+    pack: impl Fn(&[u8; QK_K], &mut [u8]),
+    x: &[f32],
+    out: &mut [u8],
+) {
+    let mut sub_scales = [0f32; N];
+    let mut sub_mins = [0f32; N];
+    let mut lt = [[0u8; N]; 32];
+    fit_qkx2::<N>(p, x, &mut sub_scales, &mut sub_mins, &mut lt);
     let mut l = [0u8; QK_K];
-    for (xb, yb) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q6_K_BYTES)) {
-        let mut sub_scales = [0.0f32; 16];
+    for (g, (xb, yb)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(block_bytes)).take(N / 8).enumerate() {
+        for j in 0..8 {
+            for i in 0..32 {
+                l[32 * j + i] = lt[i][8 * g + j];
+            }
+        }
+        let sub = 8 * g..8 * (g + 1);
+        let (d, dmin) =
+            finish_k_scale_min(p.nmax, xb, &sub_scales[sub.clone()], &sub_mins[sub], &mut yb[4..16], &mut l);
+        yb[0..2].copy_from_slice(&d.to_le_bytes());
+        yb[2..4].copy_from_slice(&dmin.to_le_bytes());
+        pack(&l, &mut yb[16..]);
+    }
+}
+
+/// Q4_K / Q5_K over whole super-blocks, `GROUP` at a time.
+#[inline(always)]
+fn quantize_q45_k(
+    p: &Qkx2,
+    block_bytes: usize,
+    pack: impl Fn(&[u8; QK_K], &mut [u8]) + Copy,
+    x: &[f32],
+    out: &mut [u8],
+) {
+    let mut xs = x.chunks_exact(GROUP * QK_K);
+    let mut ys = out.chunks_exact_mut(GROUP * block_bytes);
+    for (xg, yg) in (&mut xs).zip(&mut ys) {
+        quantize_q45_k_group::<Q45_LANES>(p, block_bytes, pack, xg, yg);
+    }
+    let (xr, yr) = (xs.remainder(), ys.into_remainder());
+    if !xr.is_empty() {
+        // The last < GROUP super-blocks run as a full group padded with zeros (a narrower
+        // instantiation would be a second copy of the kernel, and a slower one).
+        let mut xpad = [0f32; GROUP * QK_K];
+        let mut ypad = [0u8; GROUP * Q5_K_BYTES]; // the larger block
+        xpad[..xr.len()].copy_from_slice(xr);
+        quantize_q45_k_group::<Q45_LANES>(p, block_bytes, pack, &xpad, &mut ypad[..GROUP * block_bytes]);
+        yr.copy_from_slice(&ypad[..yr.len()]);
+    }
+}
+
+#[inline(always)]
+fn quantize_q4_k_impl(x: &[f32], out: &mut [u8]) {
+    quantize_q45_k(&Q4_K_SEARCH, Q4_K_BYTES, pack_q4_k, x, out);
+}
+
+#[inline(always)]
+fn quantize_q5_k_impl(x: &[f32], out: &mut [u8]) {
+    quantize_q45_k(&Q5_K_SEARCH, Q5_K_BYTES, pack_q5_k, x, out);
+}
+
+/// Q6_K for `N / 16` super-blocks (210 bytes each): ql[128], qh[64], scales[16] (i8), then d
+/// f16 **last**.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn quantize_q6_k_group<const N: usize>(x: &[f32], out: &mut [u8]) {
+    // Sub-block k (16 values) of the group is lane k.
+    let x = &x[..16 * N];
+    let mut xt = [[0f32; N]; 16];
+    for k in 0..N {
+        let xs = &x[16 * k..16 * (k + 1)];
+        for i in 0..16 {
+            xt[i][k] = xs[i];
+        }
+    }
+    let mut fit_scales = [0f32; N];
+    let mut lt = [[0u8; N]; 16];
+    lanes::qx_rmse1(32, GROUP_MAX_EPS, &xt, &mut fit_scales, &mut lt);
+
+    let mut l = [0u8; QK_K];
+    for (g, (xb, yb)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q6_K_BYTES)).take(N / 16).enumerate() {
+        let sub_scales = &fit_scales[16 * g..16 * (g + 1)];
         let mut max_scale = 0.0f32;
         let mut max_abs_scale = 0.0f32;
-        for ib in 0..16 {
-            let scale = make_qx_quants_rmse1(32, &xb[16 * ib..16 * (ib + 1)], &mut l[16 * ib..16 * (ib + 1)]);
-            sub_scales[ib] = scale;
+        for &scale in sub_scales {
             if scale.abs() > max_abs_scale {
                 max_abs_scale = scale.abs();
                 max_scale = scale;
@@ -294,6 +312,11 @@ pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
             yb.fill(0);
             continue;
         }
+        for j in 0..16 {
+            for i in 0..16 {
+                l[16 * j + i] = lt[i][16 * g + j];
+            }
+        }
 
         let iscale = -128.0 / max_scale;
         // d is fp16(1/iscale), which can differ in the last bit from max_scale / -128.
@@ -302,7 +325,7 @@ pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
         let (qh, rest) = rest.split_at_mut(64);
         let (scales, d_bytes) = rest.split_at_mut(16);
         d_bytes.copy_from_slice(&d.to_le_bytes());
-        for (s, &sub) in scales.iter_mut().zip(&sub_scales) {
+        for (s, &sub) in scales.iter_mut().zip(sub_scales) {
             *s = nearest_int(iscale * sub).min(127) as i8 as u8;
         }
 
@@ -328,6 +351,69 @@ pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
             }
         }
     }
+}
+
+#[inline(always)]
+fn quantize_q6_k_impl(x: &[f32], out: &mut [u8]) {
+    let mut xs = x.chunks_exact(GROUP * QK_K);
+    let mut ys = out.chunks_exact_mut(GROUP * Q6_K_BYTES);
+    for (xg, yg) in (&mut xs).zip(&mut ys) {
+        quantize_q6_k_group::<Q6_LANES>(xg, yg);
+    }
+    let (xr, yr) = (xs.remainder(), ys.into_remainder());
+    if !xr.is_empty() {
+        // As for Q4_K / Q5_K: a zero-padded full group.
+        let mut xpad = [0f32; GROUP * QK_K];
+        let mut ypad = [0u8; GROUP * Q6_K_BYTES];
+        xpad[..xr.len()].copy_from_slice(xr);
+        quantize_q6_k_group::<Q6_LANES>(&xpad, &mut ypad);
+        yr.copy_from_slice(&ypad[..yr.len()]);
+    }
+}
+
+/// The encoders compiled twice: for the baseline target, and with AVX2 enabled (not FMA).
+macro_rules! kernels {
+    ($($(#[$doc:meta])* $name:ident, $with:ident => $imp:ident;)*) => {
+        mod portable {
+            $(pub(super) fn $name(x: &[f32], out: &mut [u8]) {
+                super::$imp(x, out)
+            })*
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        mod avx2 {
+            $(#[target_feature(enable = "avx2")]
+            pub(super) fn $name(x: &[f32], out: &mut [u8]) {
+                super::$imp(x, out)
+            })*
+        }
+
+        $(
+            $(#[$doc])*
+            pub fn $name(x: &[f32], out: &mut [u8]) {
+                $with(Kernel::best(), x, out)
+            }
+
+            /// As the public encoder, with the kernel chosen by the caller.
+            pub(crate) fn $with(kernel: Kernel, x: &[f32], out: &mut [u8]) {
+                match kernel {
+                    Kernel::Portable => portable::$name(x, out),
+                    // SAFETY: `Kernel::Avx2` exists only once AVX2 was detected on this CPU.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe { avx2::$name(x, out) },
+                }
+            }
+        )*
+    };
+}
+
+kernels! {
+    /// Q4_K (144 bytes): d f16, dmin f16, scales[12], qs[128].
+    quantize_q4_k, quantize_q4_k_with => quantize_q4_k_impl;
+    /// Q5_K (176 bytes): d f16, dmin f16, scales[12], qh[32], qs[128].
+    quantize_q5_k, quantize_q5_k_with => quantize_q5_k_impl;
+    /// Q6_K (210 bytes): ql[128], qh[64], scales[16] (i8), then d f16 **last**.
+    quantize_q6_k, quantize_q6_k_with => quantize_q6_k_impl;
 }
 
 /// `dequantize_row_q4_K`: x = (d·sc)·q − dmin·m.
@@ -403,6 +489,7 @@ pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
+    use super::reference::{make_qkx2_quants, make_qx_quants_rmse1, Q4_K_SEARCH};
     use super::*;
 
     #[test]

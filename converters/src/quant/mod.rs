@@ -14,6 +14,7 @@
 pub mod float;
 pub mod ggml_type;
 pub mod k_quants;
+mod lanes;
 pub mod legacy;
 pub mod rounding;
 
