@@ -115,7 +115,9 @@ impl MiniMindConfig {
             "small" => base,
             "base" => Self::with_hidden(768, 16),
             "moe" => Self { use_moe: true, ..Self::with_hidden(640, 8) },
-            other => bail!("unknown preset `{other}` (known: small, base, moe)"),
+            // Not an upstream shape: a few-million-parameter model for quick CPU runs and tests.
+            "tiny" => Self { num_attention_heads: 4, ..Self::with_hidden(256, 4) },
+            other => bail!("unknown preset `{other}` (known: small, base, moe, tiny)"),
         };
         Ok(cfg)
     }

@@ -32,10 +32,38 @@ pub struct BenchArgs {
     /// Time a quantized GGUF dequantized to f32 instead of running its blocks directly.
     #[arg(long)]
     dequantize: bool,
+    /// Measure training instead (forward + backward + AdamW on random batches of --preset).
+    #[arg(long)]
+    train: bool,
+    /// Training batch size (with --train).
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Training sequence length (with --train).
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Timed training steps (with --train).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Training compute dtype, f32 or bf16 (with --train).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     super::set_threads(a.threads);
+    if a.train {
+        let dtype = match a.dtype.as_str() {
+            "bf16" => DType::BF16,
+            _ => DType::F32,
+        };
+        return super::bench_train::run(&super::bench_train::TrainBench {
+            preset: a.preset.clone(),
+            batch_size: a.batch_size,
+            seq_len: a.seq_len,
+            steps: a.steps,
+            dtype,
+        });
+    }
     let threads = candle_core::utils::get_num_threads();
     let (model, summary, load_s, build_s) = match &a.model {
         // A quantized GGUF runs its ggml blocks directly, as `mm generate` does.

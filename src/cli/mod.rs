@@ -1,6 +1,7 @@
 //! Subcommands, one file each; shared argument groups live here.
 
 mod bench;
+mod bench_train;
 mod chat;
 mod convert;
 mod export;

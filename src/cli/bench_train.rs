@@ -1,0 +1,66 @@
+//! `mm bench --train`: training throughput (forward, backward, clipping, AdamW) on random
+//! token batches, the measurement `benches/train_throughput.sh` compares with PyTorch.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device};
+use mm::converters::{MiniMindConfig, TokenizerFiles};
+use mm::model::init::random_checkpoint;
+use mm::train::objective::{LanguageModeling, Objective};
+use mm::train::step::{clip_grad_norm, gradients};
+use mm::train::{AdamW, AdamWConfig, TrainableModel};
+use mm_dataset::LmBatch;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+pub struct TrainBench {
+    pub preset: String,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub steps: usize,
+    pub dtype: DType,
+}
+
+pub fn run(b: &TrainBench) -> Result<()> {
+    let cfg = MiniMindConfig::preset(&b.preset)?;
+    let ckpt = random_checkpoint(&cfg, 0, TokenizerFiles::default())?;
+    let model = TrainableModel::from_checkpoint(&ckpt, &Device::Cpu)?;
+    let mut optimizer = AdamW::new(AdamWConfig::default(), model.trainable_vars().into_iter())?;
+    let mut rng = StdRng::seed_from_u64(0);
+    let n = b.batch_size * b.seq_len;
+    let batch = LmBatch {
+        rows: b.batch_size,
+        seq_len: b.seq_len,
+        x: (0..n).map(|_| rng.random_range(3..cfg.vocab_size as u32)).collect(),
+        y: (0..n).map(|_| rng.random_range(3..cfg.vocab_size as u32)).collect(),
+        loss_mask: vec![1.0; n],
+        lines: vec![0; b.batch_size],
+    };
+    println!(
+        "train       preset {} ({:.2}M parameters), batch {}×{}, {:?}, threads {}",
+        b.preset,
+        model.parameter_count() as f64 / 1e6,
+        b.batch_size,
+        b.seq_len,
+        b.dtype,
+        candle_core::utils::get_num_threads()
+    );
+    let mut times = Vec::new();
+    for step in 0..=b.steps {
+        let start = Instant::now();
+        let run_model = model.model_for(b.dtype)?;
+        let parts = LanguageModeling.loss(&run_model, &batch, &Device::Cpu)?;
+        let vars = model.trainable_vars();
+        let mut grads = gradients(&parts.loss.to_dtype(DType::F32)?, &vars)?;
+        clip_grad_norm(&mut grads, 1.0)?;
+        optimizer.step(&vars, &grads, 5e-4)?;
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64()); // step 0 is warm-up
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!("step        median {:.3} s over {} steps (after 1 warm-up)", median, times.len());
+    println!("throughput  {:.1} tokens/s", n as f64 / median);
+    Ok(())
+}
