@@ -5,7 +5,14 @@ use candle_core::{DType, Result, Tensor, D};
 /// Per-token cross-entropy [b, t] of logits [b, t, v] against targets [b, t]
 /// (`CrossEntropyLoss(reduction='none')`), computed in f32.
 pub fn per_token_ce(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let logits = logits.to_dtype(DType::F32)?;
+    if crate::train::fused_ce::supported(&logits, targets) {
+        let dims = targets.dims().to_vec();
+        let v = logits.dim(D::Minus1)?;
+        let rows = crate::train::fused_ce::cross_entropy_rows(&logits.reshape(((), v))?, &targets.flatten_all()?)?;
+        return rows.reshape(dims);
+    }
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     Ok(log_probs.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?.neg()?)
 }
 

@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod encoder;
+pub mod fused_ce;
 pub mod loss;
 pub mod objective;
 pub mod params;
