@@ -8,6 +8,7 @@ mod export;
 mod generate;
 mod init;
 mod inspect;
+mod lora;
 mod template;
 mod tokenize;
 mod train;
@@ -56,6 +57,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Train a model: pretrain, sft (upstream's stages, same data and mathematics).
     Train(train::TrainArgs),
+    /// LoRA adapters: `mm lora merge BASE LORA.pth -o OUT` folds one into the weights.
+    Lora(lora::LoraArgs),
     /// Train a byte-level BPE tokenizer (upstream train_tokenizer.py) on jsonl text.
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
 }
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Train(a) => train::run(a),
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
+        Command::Lora(a) => lora::run(a),
     }
 }
 

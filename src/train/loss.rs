@@ -26,3 +26,18 @@ pub fn masked_mean(per_token: &Tensor, mask: &Tensor) -> Result<Tensor> {
 pub fn token_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(per_token_ce(logits, targets)?.neg()?)
 }
+
+/// `F.logsigmoid`: `min(x, 0) − log(1 + exp(−|x|))`, stable for either sign.
+pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    let tail = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    x.minimum(0f64)?.sub(&tail)
+}
+
+/// `F.kl_div(input, target, reduction='batchmean')` over rows [n, v], with the target given
+/// as log-probabilities: `Σ p·(log p − input) / n`. Terms where `p` underflows to 0 are 0,
+/// as torch's `xlogy` makes them.
+pub fn kl_div_batchmean(input_log_probs: &Tensor, target_log_probs: &Tensor) -> Result<Tensor> {
+    let n = input_log_probs.dim(0)? as f64;
+    let p = target_log_probs.exp()?;
+    (p * (target_log_probs - input_log_probs)?)?.sum_all()? / n
+}

@@ -2,11 +2,16 @@
 //! cosine schedule, masked cross-entropy and one optimizer step with global-norm clipping.
 
 pub mod adamw;
+pub mod distill;
+pub mod dpo;
 pub mod encoder;
 pub mod fused_ce;
+pub mod lora;
 pub mod loss;
 pub mod objective;
 pub mod params;
+pub mod plot;
+pub mod reason;
 pub mod resume;
 pub mod schedule;
 pub mod step;
