@@ -14,7 +14,7 @@ use mm::train::objective::LanguageModeling;
 use mm::train::resume::{self, Resume};
 use mm::train::trainer::{self, TrainOptions, TrainReport};
 use mm::train::TrainableModel;
-use mm_dataset::{Dataset, DatasetOptions, Loader, LoaderOptions, PretrainDataset, SftDataset};
+use mm_dataset::{Dataset, DatasetOptions, DpoDataset, Loader, LoaderOptions, PretrainDataset, SftDataset};
 
 use super::{set_threads, ShapeHints};
 
@@ -30,6 +30,47 @@ enum Stage {
     Pretrain(CommonArgs),
     /// Full supervised fine-tuning on `{"conversations": […]}` (train_full_sft.py).
     Sft(CommonArgs),
+    /// LoRA fine-tuning of the square projections, base frozen (train_lora.py).
+    Lora(LoraArgs),
+    /// Direct preference optimisation on `{"chosen", "rejected"}` pairs (train_dpo.py).
+    Dpo(DpoArgs),
+    /// White-box distillation from a teacher model on SFT data (train_distillation.py).
+    Distill(DistillArgs),
+    /// Reasoning SFT with extra weight on the think/answer tags (train_distill_reason.py).
+    Reason(CommonArgs),
+}
+
+#[derive(Args)]
+pub struct LoraArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Upstream's --lora_name: the file is `<out>/<lora_name>_<hidden>.pth`.
+    #[arg(long, default_value = mm::train::lora::DEFAULT_NAME)]
+    lora_name: String,
+    #[arg(long, default_value_t = mm::train::lora::DEFAULT_RANK)]
+    rank: usize,
+}
+
+#[derive(Args)]
+pub struct DpoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+}
+
+#[derive(Args)]
+pub struct DistillArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The teacher model (any format mm reads).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Weight of the cross-entropy term; the KL term gets 1 - alpha.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    #[arg(long, default_value_t = 1.5)]
+    temperature: f64,
 }
 
 /// The flags every stage shares; `None` means the stage's upstream default.
@@ -126,10 +167,58 @@ const SFT: StageDefaults = StageDefaults {
     save_interval: 100,
 };
 
+const LORA: StageDefaults = StageDefaults {
+    save_weight: "lora",
+    epochs: 50,
+    batch_size: 32,
+    lr: 1e-4,
+    accumulation_steps: 1,
+    max_seq_len: 512,
+    log_interval: 10,
+    save_interval: 1,
+};
+
+const DPO: StageDefaults = StageDefaults {
+    save_weight: "dpo",
+    epochs: 1,
+    batch_size: 4,
+    lr: 4e-8,
+    accumulation_steps: 1,
+    max_seq_len: 1024,
+    log_interval: 100,
+    save_interval: 100,
+};
+
+const DISTILL: StageDefaults = StageDefaults {
+    save_weight: "full_dist",
+    epochs: 6,
+    batch_size: 32,
+    lr: 5e-6,
+    accumulation_steps: 1,
+    max_seq_len: 512,
+    log_interval: 100,
+    save_interval: 100,
+};
+
+const REASON: StageDefaults = StageDefaults {
+    save_weight: "reason",
+    epochs: 1,
+    batch_size: 8,
+    lr: 1e-6,
+    accumulation_steps: 1,
+    max_seq_len: 1024,
+    log_interval: 100,
+    save_interval: 100,
+};
+
 pub fn run(a: TrainArgs) -> Result<()> {
     match a.stage {
         Stage::Pretrain(c) => run_lm(c, &PRETRAIN, false),
         Stage::Sft(c) => run_lm(c, &SFT, true),
+        Stage::Lora(l) => run_lora(l),
+        Stage::Dpo(d) => run_dpo(d),
+        Stage::Distill(d) => run_distill(d),
+        Stage::Reason(c) => run_reason(c),
     }
 }
 
@@ -148,6 +237,7 @@ fn options(c: &CommonArgs, d: &StageDefaults) -> TrainOptions {
         seed: c.seed,
         max_steps: c.max_steps,
         progress: !c.quiet,
+        weights_file: None,
     }
 }
 
@@ -205,28 +295,94 @@ fn loader_for<D: Dataset>(dataset: D, opts: &TrainOptions, resume: Option<&Resum
 }
 
 fn run_lm(c: CommonArgs, d: &StageDefaults, sft: bool) -> Result<()> {
+    let mut p = prepare(&c, d, sft)?;
+    let report = if sft {
+        let ds = SftDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+        let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
+        trainer::train(&mut p.model, &mut LanguageModeling, loader, &p.opts, p.resume.as_ref(), &trainer::save_full_pth)?
+    } else {
+        let ds = PretrainDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+        let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
+        trainer::train(&mut p.model, &mut LanguageModeling, loader, &p.opts, p.resume.as_ref(), &trainer::save_full_pth)?
+    };
+    print_report(&report);
+    Ok(())
+}
+
+/// The shared part of every stage: threads, options, model (fresh or resumed), encoder.
+struct Prepared {
+    opts: TrainOptions,
+    model: TrainableModel,
+    resume: Option<Resume>,
+    encoder: ChatEncoder,
+    data_opts: DatasetOptions,
+}
+
+fn prepare(c: &CommonArgs, d: &StageDefaults, from_required: bool) -> Result<Prepared> {
     set_threads(c.threads);
-    let mut opts = options(&c, d);
-    let (mut model, resume_from) = model_and_resume(&c, &mut opts, sft)?;
-    let max_len = c.max_seq_len.unwrap_or(d.max_seq_len);
+    let mut opts = options(c, d);
+    let (model, resume) = model_and_resume(c, &mut opts, from_required)?;
     let encoder = ChatEncoder::new(&model.tokenizer)?;
-    let data_opts = DatasetOptions::new(max_len).skip_bad_lines(c.skip_bad_lines);
+    let data_opts = DatasetOptions::new(c.max_seq_len.unwrap_or(d.max_seq_len)).skip_bad_lines(c.skip_bad_lines);
     eprintln!(
-        "{}: {:.2}M parameters, {} from {}",
+        "{}: {:.2}M parameters, training on {}",
         opts.save_weight,
         model.parameter_count() as f64 / 1e6,
-        if sft { "SFT" } else { "pretraining" },
         c.data.display()
     );
-    let report = if sft {
-        let ds = SftDataset::open(&c.data, encoder, data_opts).with_context(|| format!("reading {}", c.data.display()))?;
-        let loader = loader_for(ds, &opts, resume_from.as_ref())?;
-        trainer::train(&mut model, &mut LanguageModeling, loader, &opts, resume_from.as_ref(), &trainer::save_full_pth)?
-    } else {
-        let ds = PretrainDataset::open(&c.data, encoder, data_opts).with_context(|| format!("reading {}", c.data.display()))?;
-        let loader = loader_for(ds, &opts, resume_from.as_ref())?;
-        trainer::train(&mut model, &mut LanguageModeling, loader, &opts, resume_from.as_ref(), &trainer::save_full_pth)?
-    };
+    Ok(Prepared { opts, model, resume, encoder, data_opts })
+}
+
+fn run_lora(l: LoraArgs) -> Result<()> {
+    let c = &l.common;
+    let mut p = prepare(c, &LORA, true)?;
+    match &p.resume {
+        Some(r) => mm::train::lora::restore_lora(&mut p.model, &r.lora)?,
+        None => mm::train::lora::add_lora(&mut p.model, l.rank, c.seed)?,
+    }
+    if p.resume.is_none() {
+        p.opts.weights_file = Some(mm::train::lora::lora_file_name(&l.lora_name, &p.model.config));
+    }
+    let ds = SftDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+    let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
+    let report = trainer::train(&mut p.model, &mut LanguageModeling, loader, &p.opts, p.resume.as_ref(), &mm::train::lora::save_lora_pth)?;
+    print_report(&report);
+    Ok(())
+}
+
+fn run_dpo(a: DpoArgs) -> Result<()> {
+    let c = &a.common;
+    let mut p = prepare(c, &DPO, true)?;
+    // The reference is the model the run started from, frozen.
+    let reference = starting_checkpoint(c, true)?;
+    let reference = mm::model::MiniMind::from_checkpoint(&reference, candle_core::DType::F32, &Device::Cpu)?;
+    let mut objective = mm::train::dpo::Dpo::new(reference, a.beta);
+    let ds = DpoDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+    let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
+    let report = trainer::train(&mut p.model, &mut objective, loader, &p.opts, p.resume.as_ref(), &trainer::save_full_pth)?;
+    print_report(&report);
+    Ok(())
+}
+
+fn run_distill(a: DistillArgs) -> Result<()> {
+    let c = &a.common;
+    let mut p = prepare(c, &DISTILL, true)?;
+    let teacher = read_checkpoint(&a.teacher, &c.hints.to_hints()?)?;
+    let teacher = mm::model::MiniMind::from_checkpoint(&teacher, candle_core::DType::F32, &Device::Cpu)?;
+    let mut objective = mm::train::distill::Distillation::new(teacher, a.alpha, a.temperature);
+    let ds = SftDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+    let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
+    let report = trainer::train(&mut p.model, &mut objective, loader, &p.opts, p.resume.as_ref(), &trainer::save_full_pth)?;
+    print_report(&report);
+    Ok(())
+}
+
+fn run_reason(c: CommonArgs) -> Result<()> {
+    let mut p = prepare(&c, &REASON, true)?;
+    let mut objective = mm::train::reason::ReasonSft::new(&p.encoder)?;
+    let ds = SftDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+    let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
+    let report = trainer::train(&mut p.model, &mut objective, loader, &p.opts, p.resume.as_ref(), &trainer::save_full_pth)?;
     print_report(&report);
     Ok(())
 }
@@ -240,4 +396,7 @@ fn print_report(r: &TrainReport) {
     }
     println!("resume:  {}", r.resume_path.display());
     println!("metrics: {}", r.metrics_path.display());
+    if r.curve_path.exists() {
+        println!("curve:   {}", r.curve_path.display());
+    }
 }

@@ -42,6 +42,9 @@ pub struct TrainOptions {
     pub max_steps: Option<u64>,
     /// Draw a progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// The weights file name when it is not `<stem>.pth` (LoRA: `<lora_name>_<hidden>.pth`).
+    #[serde(default)]
+    pub weights_file: Option<String>,
 }
 
 impl TrainOptions {
@@ -81,6 +84,7 @@ pub struct TrainReport {
     pub weights_path: Option<PathBuf>,
     pub resume_path: PathBuf,
     pub metrics_path: PathBuf,
+    pub curve_path: PathBuf,
 }
 
 /// Where the run's files go.
@@ -95,7 +99,7 @@ impl RunPaths {
     pub fn new(opts: &TrainOptions, model: &TrainableModel) -> Self {
         let stem = opts.stem(model);
         Self {
-            weights: opts.out_dir.join(format!("{stem}.pth")),
+            weights: opts.out_dir.join(opts.weights_file.clone().unwrap_or_else(|| format!("{stem}.pth"))),
             resume: opts.out_dir.join(format!("{stem}_resume")),
             metrics: opts.out_dir.join(format!("{stem}.metrics.jsonl")),
             curve: opts.out_dir.join(format!("{stem}.loss.png")),
@@ -161,8 +165,6 @@ where
         .open(&paths.metrics)
         .with_context(|| format!("cannot open {}", paths.metrics.display()))?;
     let started = Instant::now();
-    let mut window_tokens = 0usize;
-    let mut window_start = Instant::now();
     let mut losses = Vec::new();
     let mut weights_path = None;
 
@@ -170,6 +172,7 @@ where
         if opts.max_steps.is_some_and(|m| micro_steps >= m) {
             break;
         }
+        let step_start = Instant::now();
         let step = info.step + 1; // upstream's enumerate(loader, start=1)
         let lr = upstream_lr(info.epoch * iters + step, total_steps, opts.learning_rate);
         let run_model = model.model_for(compute)?;
@@ -182,7 +185,7 @@ where
         let vars = model.trainable_vars();
         accumulate(&mut accumulated, gradients(&scaled, &vars)?)?;
         drop(run_model);
-        window_tokens += objective.tokens(&batch);
+        let step_tokens = objective.tokens(&batch);
         micro_steps += 1;
 
         if (step + 1) % accumulation == 0 {
@@ -196,18 +199,22 @@ where
         bar.set_position(micro_steps);
         bar.set_message(format!("loss {loss_value:.4} lr {lr:.3e}"));
         let last_of_epoch = step == iters;
-        if step % opts.log_interval.max(1) == 0 || last_of_epoch {
-            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-            let metric = Metric {
-                step: micro_steps,
-                epoch: info.epoch + 1,
-                loss: loss_value,
-                lr,
-                tokens_per_s: window_tokens as f64 / secs,
-                elapsed_s: started.elapsed().as_secs_f64(),
-                parts: parts.logged.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect(),
-            };
-            writeln!(metrics, "{}", serde_json::to_string(&metric)?)?;
+        let done = opts.max_steps.is_some_and(|m| micro_steps >= m) || loader.finished();
+        // Every step goes to the metrics file (it feeds the loss curve); the terminal gets a
+        // line every log_interval steps, as upstream prints.
+        let secs = step_start.elapsed().as_secs_f64().max(1e-9);
+        let metric = Metric {
+            step: micro_steps,
+            epoch: info.epoch + 1,
+            loss: loss_value,
+            lr,
+            tokens_per_s: step_tokens as f64 / secs,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            parts: parts.logged.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect(),
+        };
+        // One write per line, so a killed run leaves whole lines behind.
+        metrics.write_all(format!("{}\n", serde_json::to_string(&metric)?).as_bytes())?;
+        if step % opts.log_interval.max(1) == 0 || last_of_epoch || done {
             metrics.flush()?;
             if !bar.is_hidden() {
                 bar.println(format!(
@@ -217,10 +224,7 @@ where
                     metric.tokens_per_s
                 ));
             }
-            window_tokens = 0;
-            window_start = Instant::now();
         }
-        let done = opts.max_steps.is_some_and(|m| micro_steps >= m) || loader.finished();
         if step % opts.save_interval.max(1) == 0 || last_of_epoch || done {
             save_weights(model, &paths.weights)?;
             weights_path = Some(paths.weights.clone());
@@ -230,10 +234,14 @@ where
                 loader: loader.state(),
                 options: opts.clone(),
             };
+            metrics.flush()?;
             resume::write(&paths.resume, model, &optimizer, &accumulated, &state)?;
         }
     }
     bar.finish_and_clear();
+    if let Err(e) = crate::train::plot::write_loss_curve(&paths.metrics, &paths.curve) {
+        eprintln!("note: no loss curve drawn: {e:#}");
+    }
     Ok(TrainReport {
         micro_steps,
         optimizer_steps: optimizer.step,
@@ -241,5 +249,6 @@ where
         weights_path,
         resume_path: paths.resume,
         metrics_path: paths.metrics,
+        curve_path: paths.curve,
     })
 }
