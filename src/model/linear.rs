@@ -50,13 +50,27 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            Weight::Dense(w) => x.broadcast_matmul(&w.t()?)?,
+            Weight::Dense(w) => matmul_rows(x, w)?,
             // QMatMul wants a contiguous input whose last dim is `in`; any leading dims.
             Weight::Quantized { matmul, .. } => matmul.forward(&x.contiguous()?)?,
         };
         match &self.lora {
             None => Ok(y),
-            Some((a, b)) => y + x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?,
+            Some((a, b)) => y + matmul_rows(&matmul_rows(x, a)?, b)?,
         }
     }
+}
+
+/// `x · wᵀ` for x [..., in] and w [out, in], as one 2-D product over all leading rows. A
+/// broadcast batched product would, in training, also materialise one weight gradient per
+/// batch row before summing them.
+fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() == 2 {
+        return x.matmul(&w.t()?);
+    }
+    let inp = dims[dims.len() - 1];
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("x has dims") = w.dim(0)?;
+    x.reshape(((), inp))?.matmul(&w.t()?)?.reshape(out_dims)
 }
