@@ -105,6 +105,8 @@ impl Default for MiniMindConfig {
 pub enum ConfigFlavor {
     MiniMind,
     Llama,
+    /// `Qwen2MoeForCausalLM`, the exact vLLM-native home of MiniMind MoE (see `qwen2_moe`).
+    Qwen2Moe,
 }
 
 impl MiniMindConfig {
@@ -213,6 +215,7 @@ impl MiniMindConfig {
         let cfg = match Self::flavor_of(obj)? {
             ConfigFlavor::MiniMind => Self::from_minimind_fields(obj)?,
             ConfigFlavor::Llama => Self::from_llama_fields(obj)?,
+            ConfigFlavor::Qwen2Moe => Self::from_qwen2_moe_fields(obj)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -227,9 +230,18 @@ impl MiniMindConfig {
         match obj.get("model_type").and_then(Value::as_str) {
             Some("minimind") => Ok(ConfigFlavor::MiniMind),
             Some("llama") => Ok(ConfigFlavor::Llama),
-            Some(other) => bail!("model_type `{other}` is not a MiniMind or Llama model"),
+            Some("qwen2_moe") => Ok(ConfigFlavor::Qwen2Moe),
+            Some(other) => bail!("model_type `{other}` is not a MiniMind, Llama or Qwen2-MoE model"),
             None if obj.contains_key("use_moe") => Ok(ConfigFlavor::MiniMind),
-            None => bail!("config has no model_type"),
+            None => {
+                let arch = obj.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str);
+                match arch {
+                    Some("MiniMindForCausalLM") => Ok(ConfigFlavor::MiniMind),
+                    Some("LlamaForCausalLM") => Ok(ConfigFlavor::Llama),
+                    Some("Qwen2MoeForCausalLM") => Ok(ConfigFlavor::Qwen2Moe),
+                    _ => bail!("config has no model_type"),
+                }
+            }
         }
     }
 
@@ -273,20 +285,7 @@ impl MiniMindConfig {
         let f = Fields(obj);
         let hidden_size = f.required_usize("hidden_size")?;
         let num_attention_heads = f.required_usize("num_attention_heads")?;
-        let rope_theta = match obj.get("rope_parameters") {
-            Some(Value::Object(p)) => {
-                if let Some(kind) = p.get("rope_type").and_then(Value::as_str) {
-                    if kind != "default" {
-                        bail!("Llama rope_type `{kind}` is not supported (MiniMind uses plain RoPE)");
-                    }
-                }
-                Fields(p).f64("rope_theta", 10000.0)?
-            }
-            _ => f.f64("rope_theta", 10000.0)?,
-        };
-        if !matches!(obj.get("rope_scaling"), None | Some(Value::Null)) {
-            bail!("Llama rope_scaling is not supported (MiniMind uses plain RoPE)");
-        }
+        let rope_theta = plain_rope_theta(obj, "Llama")?;
         for flag in ["attention_bias", "mlp_bias"] {
             if f.bool(flag, false)? {
                 bail!("{flag}: true is not supported (MiniMind has no biases)");
@@ -322,6 +321,120 @@ impl MiniMindConfig {
             use_moe: false,
             ..Self::default()
         })
+    }
+
+    /// A `Qwen2MoeForCausalLM` config as `qwen2_moe` writes it: every routed layer sparse, one
+    /// shared expert as wide as the routed ones, no sliding window, plain RoPE.
+    fn from_qwen2_moe_fields(obj: &Map<String, Value>) -> Result<Self> {
+        let f = Fields(obj);
+        let hidden_size = f.required_usize("hidden_size")?;
+        let num_attention_heads = f.required_usize("num_attention_heads")?;
+        let rope_theta = plain_rope_theta(obj, "Qwen2-MoE")?;
+        let moe_width = f.required_usize("moe_intermediate_size")?;
+        let shared_width = f.required_usize("shared_expert_intermediate_size")?;
+        if shared_width != moe_width {
+            bail!(
+                "shared_expert_intermediate_size {shared_width} != moe_intermediate_size {moe_width}: \
+                 MiniMind's shared expert is as wide as its routed experts"
+            );
+        }
+        let step = f.usize("decoder_sparse_step", 1)?;
+        if step != 1 {
+            bail!("decoder_sparse_step {step}: MiniMind MoE has experts in every layer (needs 1)");
+        }
+        match obj.get("mlp_only_layers") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            Some(other) => bail!("mlp_only_layers {other}: MiniMind MoE has experts in every layer (needs [])"),
+        }
+        if f.bool("use_sliding_window", false)? {
+            bail!("use_sliding_window: true is not supported (MiniMind attends to the whole context)");
+        }
+        if let Some(head_dim) = obj.get("head_dim").filter(|v| !v.is_null()) {
+            let head_dim = head_dim.as_u64().context("head_dim is not an integer")? as usize;
+            if num_attention_heads == 0 || head_dim * num_attention_heads != hidden_size {
+                bail!("head_dim {head_dim} × {num_attention_heads} heads != hidden_size {hidden_size}");
+            }
+        }
+        let d = Self::default();
+        Ok(Self {
+            hidden_size,
+            num_hidden_layers: f.required_usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads: f.usize("num_key_value_heads", num_attention_heads)?,
+            vocab_size: f.required_usize("vocab_size")?,
+            intermediate_size: moe_width,
+            rms_norm_eps: f.f64("rms_norm_eps", 1e-6)?,
+            rope_theta,
+            max_position_embeddings: f.usize("max_position_embeddings", 32768)?,
+            inference_rope_scaling: false,
+            rope_scaling: None,
+            dropout: f.f64("attention_dropout", 0.0)?,
+            bos_token_id: f.usize("bos_token_id", d.bos_token_id as usize)? as u32,
+            eos_token_id: f.usize("eos_token_id", d.eos_token_id as usize)? as u32,
+            hidden_act: f.string("hidden_act", "silu")?,
+            tie_word_embeddings: f.bool("tie_word_embeddings", false)?,
+            use_moe: true,
+            num_experts_per_tok: f.required_usize("num_experts_per_tok")?,
+            n_routed_experts: f.required_usize("num_experts")?,
+            n_shared_experts: 1,
+            norm_topk_prob: f.bool("norm_topk_prob", false)?,
+            aux_loss_alpha: f.f64("router_aux_loss_coef", d.aux_loss_alpha)?,
+            ..d
+        })
+    }
+
+    /// The `config.json` of the exact `Qwen2MoeForCausalLM` form of a MiniMind MoE model
+    /// (templates_serving.md §5.2), loadable by transformers 4.x and 5.x and by vLLM.
+    pub fn to_qwen2_moe_json(&self, dtype: &str) -> Result<Value> {
+        if !self.use_moe {
+            bail!("a dense model has no Qwen2-MoE layout (use the Llama layout)");
+        }
+        if self.n_shared_experts != 1 {
+            bail!(
+                "Qwen2-MoE has exactly one shared expert; this model has {} (n_shared_experts)",
+                self.n_shared_experts
+            );
+        }
+        if self.inference_rope_scaling {
+            bail!("the YaRN variant of upstream MiniMind has no Qwen2-MoE equivalent");
+        }
+        Ok(json!({
+            "architectures": ["Qwen2MoeForCausalLM"],
+            "attention_dropout": self.dropout,
+            "bos_token_id": self.bos_token_id,
+            "decoder_sparse_step": 1,
+            "dtype": dtype,
+            "eos_token_id": self.eos_token_id,
+            "hidden_act": self.hidden_act,
+            "hidden_size": self.hidden_size,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "max_window_layers": self.num_hidden_layers,
+            "mlp_only_layers": [],
+            "model_type": "qwen2_moe",
+            "moe_intermediate_size": self.intermediate_size,
+            "norm_topk_prob": self.norm_topk_prob,
+            "num_attention_heads": self.num_attention_heads,
+            "num_experts": self.n_routed_experts,
+            "num_experts_per_tok": self.num_experts_per_tok,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_key_value_heads": self.num_key_value_heads,
+            "output_router_logits": false,
+            "qkv_bias": true,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_scaling": null,
+            "rope_theta": self.rope_theta,
+            "router_aux_loss_coef": self.aux_loss_alpha,
+            "shared_expert_intermediate_size": self.intermediate_size,
+            "sliding_window": null,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": dtype,
+            "use_cache": true,
+            "use_sliding_window": false,
+            "vocab_size": self.vocab_size
+        }))
     }
 
     /// The `config.json` that upstream `convert_torch2transformers_minimind` writes.
@@ -416,6 +529,27 @@ impl MiniMindConfig {
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         self.vocab_size * h + self.num_hidden_layers * (attn + mlp + 2 * h) + h + head
     }
+}
+
+/// `rope_theta` of an HF config (top level, or in transformers 5's `rope_parameters`),
+/// refusing any rope scaling: MiniMind's exportable form uses plain RoPE.
+fn plain_rope_theta(obj: &Map<String, Value>, what: &str) -> Result<f64> {
+    let f = Fields(obj);
+    let rope_theta = match obj.get("rope_parameters") {
+        Some(Value::Object(p)) => {
+            if let Some(kind) = p.get("rope_type").and_then(Value::as_str) {
+                if kind != "default" {
+                    bail!("{what} rope_type `{kind}` is not supported (MiniMind uses plain RoPE)");
+                }
+            }
+            Fields(p).f64("rope_theta", 10000.0)?
+        }
+        _ => f.f64("rope_theta", 10000.0)?,
+    };
+    if !matches!(obj.get("rope_scaling"), None | Some(Value::Null)) {
+        bail!("{what} rope_scaling is not supported (MiniMind uses plain RoPE)");
+    }
+    Ok(rope_theta)
 }
 
 /// Typed access to JSON fields with defaults; errors name the field.
@@ -515,6 +649,19 @@ mod tests {
         assert_eq!(back.intermediate_size, cfg.intermediate_size);
         assert_eq!(back.rope_theta, cfg.rope_theta);
         assert!(back.tie_word_embeddings);
+    }
+
+    #[test]
+    fn qwen2_moe_json_round_trips_moe() {
+        let cfg = MiniMindConfig::preset("moe").unwrap();
+        let v = cfg.to_qwen2_moe_json("float16").unwrap();
+        assert_eq!(v["shared_expert_intermediate_size"], 1728);
+        assert_eq!(MiniMindConfig::from_json(&v).unwrap(), cfg);
+        assert!(MiniMindConfig::preset("small").unwrap().to_qwen2_moe_json("float16").is_err());
+        let mut wide = v.clone();
+        wide["shared_expert_intermediate_size"] = json!(3456);
+        let err = MiniMindConfig::from_json(&wide).unwrap_err().to_string();
+        assert!(err.contains("shared_expert_intermediate_size"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Format {
     HfMiniMind,
     /// HF directory, `LlamaForCausalLM` config (dense only).
     HfLlama,
+    /// HF directory, `Qwen2MoeForCausalLM` (MoE only; exact transform, see `qwen2_moe`).
+    HfQwen2Moe,
     /// llama.cpp GGUF, unquantized (F16, or F32/BF16 when the checkpoint is all that type).
     Gguf,
 }
@@ -34,8 +36,9 @@ impl Format {
             "pth" => Self::Pth,
             "hf" | "hf-minimind" => Self::HfMiniMind,
             "hf-llama" | "llama" => Self::HfLlama,
+            "hf-qwen2-moe" | "qwen2-moe" => Self::HfQwen2Moe,
             "gguf" => Self::Gguf,
-            other => bail!("unknown format `{other}` (use pth, hf, hf-llama, gguf)"),
+            other => bail!("unknown format `{other}` (use pth, hf, hf-llama, hf-qwen2-moe, gguf)"),
         })
     }
 
@@ -44,6 +47,7 @@ impl Format {
             Self::Pth => "pth",
             Self::HfMiniMind => "hf",
             Self::HfLlama => "hf-llama",
+            Self::HfQwen2Moe => "hf-qwen2-moe",
             Self::Gguf => "gguf",
         }
     }
@@ -78,6 +82,7 @@ pub fn write_checkpoint(ckpt: &Checkpoint, path: &Path, format: Format) -> Resul
         Format::Pth => pth::checkpoint::write(ckpt, path),
         Format::HfMiniMind => hf::write(ckpt, path, HfLayout::MiniMind, DEFAULT_MAX_SHARD_BYTES),
         Format::HfLlama => hf::write(ckpt, path, HfLayout::Llama, DEFAULT_MAX_SHARD_BYTES),
+        Format::HfQwen2Moe => hf::write(ckpt, path, HfLayout::Qwen2Moe, DEFAULT_MAX_SHARD_BYTES),
         Format::Gguf => {
             let scheme = match ckpt.uniform_dtype() {
                 Some(DType::F32) => QuantScheme::F32,

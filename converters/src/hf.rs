@@ -1,8 +1,10 @@
 //! HF model directories in the MiniMind layout (`MiniMindForCausalLM`, what upstream
 //! `convert_torch2transformers_minimind` writes) and the Llama layout (`LlamaForCausalLM`,
 //! tied, what `convert_torch2transformers_llama` writes). Dense models use the same tensor
-//! names in both; only config.json differs.
+//! names in both; only config.json differs. MoE models also have the exact Qwen2-MoE layout
+//! (`Qwen2MoeForCausalLM`, see [`crate::qwen2_moe`]).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 
@@ -12,7 +14,7 @@ use serde_json::{json, Value};
 use crate::atomic::{write_dir_atomically, write_file_atomically};
 use crate::checkpoint::{hf_dtype_name, Checkpoint, Provenance, TokenizerFiles};
 use crate::config::{ConfigFlavor, MiniMindConfig};
-use crate::safetensors_file;
+use crate::{qwen2_moe, safetensors_file};
 
 /// HF writes single files up to this size before it shards (transformers' default 5 GB;
 /// MiniMind models never reach it, but users may ask for smaller shards).
@@ -24,9 +26,11 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let json: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config_path.display()))?;
     let config = MiniMindConfig::from_json(&json).with_context(|| format!("{}: unusable config", config_path.display()))?;
-    let format = match MiniMindConfig::flavor_of_json(&json)? {
+    let flavor = MiniMindConfig::flavor_of_json(&json)?;
+    let format = match flavor {
         ConfigFlavor::MiniMind => "hf-minimind",
         ConfigFlavor::Llama => "hf-llama",
+        ConfigFlavor::Qwen2Moe => "hf-qwen2-moe",
     };
     let tensors = safetensors_file::read_dir(dir)?;
     let tokenizer = read_tokenizer_files(dir)?;
@@ -34,7 +38,11 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
     if tokenizer.is_empty() {
         provenance.notes.push("no tokenizer.json in the directory".into());
     }
-    Checkpoint::new(config, tensors, tokenizer, provenance).with_context(|| format!("{}", dir.display()))
+    let ckpt = match flavor {
+        ConfigFlavor::Qwen2Moe => qwen2_moe::checkpoint_from_hf(config, tensors, tokenizer, provenance),
+        _ => Checkpoint::new(config, tensors, tokenizer, provenance),
+    };
+    ckpt.with_context(|| format!("{}", dir.display()))
 }
 
 /// Tokenizer files of a model directory; the chat template may live in
@@ -80,6 +88,8 @@ fn template_from_config(config: &Value) -> Option<String> {
 pub enum HfLayout {
     MiniMind,
     Llama,
+    /// `Qwen2MoeForCausalLM` (MoE only), the exact transform of [`qwen2_moe`].
+    Qwen2Moe,
 }
 
 /// Writes an HF directory atomically: config.json, generation_config.json, safetensors,
@@ -87,20 +97,51 @@ pub enum HfLayout {
 /// 4.x and 5.x both read).
 pub fn write(ckpt: &Checkpoint, dir: &Path, layout: HfLayout, max_shard_bytes: usize) -> Result<()> {
     let dtype = hf_dtype_name(ckpt.uniform_dtype().unwrap_or(candle_core::DType::F32));
-    let config = match layout {
-        HfLayout::MiniMind => ckpt.config.to_minimind_json(dtype),
-        HfLayout::Llama => ckpt.config.to_llama_json(dtype)?,
+    let (config, tensors) = match layout {
+        HfLayout::MiniMind => (ckpt.config.to_minimind_json(dtype), Cow::Borrowed(ckpt.tensors())),
+        HfLayout::Llama => (ckpt.config.to_llama_json(dtype)?, Cow::Borrowed(ckpt.tensors())),
+        HfLayout::Qwen2Moe => {
+            (ckpt.config.to_qwen2_moe_json(dtype)?, Cow::Owned(qwen2_moe::to_hf_tensors(ckpt)?))
+        }
     };
     write_dir_atomically(dir, |tmp| {
         write_json(&tmp.join("config.json"), &config)?;
-        let generation = json!({
-            "bos_token_id": ckpt.config.bos_token_id,
-            "eos_token_id": ckpt.config.eos_token_id,
-        });
-        write_json(&tmp.join("generation_config.json"), &generation)?;
-        safetensors_file::write_dir(tmp, ckpt.tensors(), max_shard_bytes)?;
+        write_json(&tmp.join("generation_config.json"), &generation_config(ckpt))?;
+        safetensors_file::write_dir(tmp, &tensors, max_shard_bytes)?;
         write_tokenizer_files(&ckpt.tokenizer, tmp)
     })
+}
+
+/// `generation_config.json`: the model's bos/eos ids, plus the tokenizer's pad id when it
+/// names one (vLLM and transformers' `generate` stop at `eos_token_id`).
+pub fn generation_config(ckpt: &Checkpoint) -> Value {
+    let mut generation = json!({
+        "bos_token_id": ckpt.config.bos_token_id,
+        "eos_token_id": ckpt.config.eos_token_id,
+    });
+    if let Some(pad) = special_token_id(&ckpt.tokenizer, "pad_token") {
+        generation["pad_token_id"] = json!(pad);
+    }
+    generation
+}
+
+/// The id of a special token named in tokenizer_config.json (`"pad_token": "<|endoftext|>"`
+/// or an AddedToken object), looked up in tokenizer.json's added tokens and vocabulary.
+pub fn special_token_id(tok: &TokenizerFiles, key: &str) -> Option<u32> {
+    let config = tok.tokenizer_config.as_ref()?;
+    let content = match config.get(key)? {
+        Value::String(s) => s.as_str(),
+        Value::Object(o) => o.get("content")?.as_str()?,
+        _ => return None,
+    };
+    let json: Value = serde_json::from_str(tok.tokenizer_json.as_deref()?).ok()?;
+    let added = json.get("added_tokens").and_then(Value::as_array).into_iter().flatten();
+    for t in added {
+        if t.get("content").and_then(Value::as_str) == Some(content) {
+            return t.get("id").and_then(Value::as_u64).map(|id| id as u32);
+        }
+    }
+    json.pointer("/model/vocab")?.get(content)?.as_u64().map(|id| id as u32)
 }
 
 /// Writes tokenizer.json and tokenizer_config.json (with the chat template inside).
@@ -114,6 +155,16 @@ pub fn write_tokenizer_files(tok: &TokenizerFiles, dir: &Path) -> Result<()> {
         // transformers 5's `TokenizersBackend` class is unknown to 4.x; the fast class loads in both.
         if obj.get("tokenizer_class").and_then(Value::as_str) == Some("TokenizersBackend") {
             obj.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+        }
+    }
+    if let Some(obj) = config.as_object_mut() {
+        // transformers 5 writes `extra_special_tokens` as a list, which 4.x cannot load ("'list'
+        // object has no attribute 'keys'"); `additional_special_tokens` means the same to both.
+        if let Some(Value::Array(list)) = obj.get("extra_special_tokens").cloned() {
+            obj.remove("extra_special_tokens");
+            if !list.is_empty() && !obj.contains_key("additional_special_tokens") {
+                obj.insert("additional_special_tokens".into(), Value::Array(list));
+            }
         }
     }
     if tok.tokenizer_config.is_some() || tok.chat_template.is_some() {

@@ -13,6 +13,7 @@ pub mod lora;
 pub mod naming;
 pub mod pth;
 pub mod quant;
+pub mod qwen2_moe;
 pub mod safetensors_file;
 
 pub use checkpoint::{Checkpoint, Provenance, TokenizerFiles};

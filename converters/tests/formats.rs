@@ -63,7 +63,9 @@ fn out_path(dir: &Path, format: Format) -> PathBuf {
 
 fn writers_for(cfg: &MiniMindConfig) -> Vec<Format> {
     let mut v = vec![Format::Pth, Format::HfMiniMind];
-    if !cfg.use_moe {
+    if cfg.use_moe {
+        v.push(Format::HfQwen2Moe);
+    } else {
         v.push(Format::HfLlama);
     }
     v
@@ -324,4 +326,48 @@ fn mis_shaped_tensor_is_named() {
     tensors[1].1 = Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap();
     let err = format!("{:#}", Checkpoint::new(cfg, tensors, TokenizerFiles::default(), Provenance::new("t", Path::new("-"))).unwrap_err());
     assert!(err.contains("model.layers.0.self_attn.q_proj.weight") && err.contains("[3, 3]"), "{err}");
+}
+
+#[test]
+fn qwen2_moe_layout_is_the_exact_transform_and_refuses_what_minimind_cannot_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moe = synthetic(&tiny_config(true)).to_dtype(DType::F16).unwrap();
+    let dir = tmp.path().join("qwen");
+    write_checkpoint(&moe, &dir, Format::HfQwen2Moe).unwrap();
+    let raw: std::collections::HashMap<String, Tensor> =
+        mm_converters::safetensors_file::read_dir(&dir).unwrap().into_iter().collect();
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let down = f32s(&raw["model.layers.1.mlp.shared_expert.down_proj.weight"]);
+    let orig = f32s(moe.get("model.layers.1.mlp.shared_experts.0.down_proj.weight").unwrap());
+    assert!(down.iter().zip(&orig).all(|(a, b)| *a == 2.0 * b));
+    assert!(f32s(&raw["model.layers.0.mlp.shared_expert_gate.weight"]).iter().all(|v| *v == 0.0));
+    assert_eq!(raw["model.layers.0.self_attn.k_proj.bias"].dims(), &[32]);
+    assert!(raw.contains_key("model.layers.0.mlp.experts.3.up_proj.weight"));
+    assert!(!raw.keys().any(|k| k.contains("shared_experts")));
+    let back = read_checkpoint(&dir, &PthHints::default()).unwrap();
+    assert_eq!(back.provenance.format, "hf-qwen2-moe");
+    assert_same(&moe, &back, "qwen2-moe");
+
+    // A gated shared expert or a real attention bias has no MiniMind equivalent.
+    for (name, what) in [
+        ("model.layers.1.mlp.shared_expert_gate.weight", "gates its shared expert"),
+        ("model.layers.0.self_attn.q_proj.bias", "no biases"),
+    ] {
+        let mut tensors: Vec<(String, Tensor)> = mm_converters::safetensors_file::read_dir(&dir).unwrap();
+        for (n, t) in tensors.iter_mut() {
+            if n == name {
+                *t = (t.ones_like().unwrap() * 0.5).unwrap();
+            }
+        }
+        let bad = tmp.path().join("bad");
+        std::fs::create_dir_all(&bad).unwrap();
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(dir.join(f), bad.join(f)).unwrap();
+        }
+        mm_converters::safetensors_file::write_file(&bad.join("model.safetensors"), &tensors).unwrap();
+        let err = error_of(&bad);
+        assert!(err.contains(name) && err.contains(what) && err.contains("not a MiniMind model"), "{err}");
+    }
+    // Dense models have no Qwen2-MoE form.
+    assert!(write_checkpoint(&synthetic(&tiny_config(false)), &tmp.path().join("d"), Format::HfQwen2Moe).is_err());
 }

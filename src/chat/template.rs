@@ -524,6 +524,19 @@ fn strftime_now(fmt: String) -> Value {
     Value::from(pymethods::strftime(&fmt, pymethods::now_unix()))
 }
 
+/// The jinja side of `mm validate ollama`: the chat cases rendered as transformers would.
+impl mm_export::ollama::JinjaRenderer for ChatTemplate {
+    fn render(&self, req: &mm_export::ollama::JinjaRequest) -> Result<String> {
+        let mut r = RenderRequest::new(req.messages.clone()).with_generation_prompt(req.add_generation_prompt);
+        r.tools = req.tools.cloned();
+        r.continue_final_message = req.continue_final_message;
+        if let Some(enabled) = req.thinking {
+            r.extra = self.thinking_kwargs(enabled);
+        }
+        ChatTemplate::render(self, &r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

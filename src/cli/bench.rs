@@ -1,10 +1,10 @@
-//! `mm bench`: load time and prefill/decode throughput on the CPU.
+//! `mm bench`: load time and prefill/decode throughput (CPU, or CUDA with `--device`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use clap::Args;
 
 use mm::converters::pth::checkpoint::PthHints;
@@ -47,10 +47,14 @@ pub struct BenchArgs {
     /// Training compute dtype, f32 or bf16 (with --train).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     super::set_threads(a.threads);
+    let device = super::device_arg(&a.device)?;
     if a.train {
         let dtype = match a.dtype.as_str() {
             "bf16" => DType::BF16,
@@ -62,6 +66,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             seq_len: a.seq_len,
             steps: a.steps,
             dtype,
+            device,
         });
     }
     let threads = candle_core::utils::get_num_threads();
@@ -72,7 +77,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let file = GgufModelFile::read(path)?;
             let load_s = start.elapsed().as_secs_f64();
             let start = Instant::now();
-            let model = MiniMind::from_gguf(&file, DType::F32, &Device::Cpu)?;
+            let model = MiniMind::from_gguf(&file, DType::F32, &device)?;
             (model, file.to_string(), Some(load_s), start.elapsed().as_secs_f64())
         }
         _ => {
@@ -85,7 +90,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 None => (random_checkpoint(&MiniMindConfig::preset(&a.preset)?, 0, TokenizerFiles::default())?, None),
             };
             let start = Instant::now();
-            let model = MiniMind::from_checkpoint(&ckpt, DType::F32, &Device::Cpu)?;
+            let model = MiniMind::from_checkpoint(&ckpt, DType::F32, &device)?;
             (model, ckpt.to_string(), load_s, start.elapsed().as_secs_f64())
         }
     };
@@ -94,19 +99,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
     for _ in 0..a.repeat.max(1) {
         let mut cache = KvCache::new(&model.config);
-        let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let ids = Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?;
         let start = Instant::now();
         let mut logits = model.forward_last(&ids, &mut cache)?;
+        device.synchronize()?;
         best_prefill = best_prefill.min(start.elapsed().as_secs_f64());
         let start = Instant::now();
         for _ in 0..a.decode {
             let next = logits.argmax(candle_core::D::Minus1)?.to_dtype(DType::U32)?;
             logits = model.forward_last(&next.unsqueeze(0)?, &mut cache)?;
         }
+        device.synchronize()?;
         best_decode = best_decode.min(start.elapsed().as_secs_f64());
     }
     println!("model       {summary}");
-    println!("threads     {threads}");
+    println!("device      {device:?}, threads {threads}");
     if let Some(s) = load_s {
         println!("load        {:.3} s (read + validate), model build {:.3} s", s, build_s);
     }

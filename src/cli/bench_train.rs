@@ -19,12 +19,13 @@ pub struct TrainBench {
     pub seq_len: usize,
     pub steps: usize,
     pub dtype: DType,
+    pub device: Device,
 }
 
 pub fn run(b: &TrainBench) -> Result<()> {
     let cfg = MiniMindConfig::preset(&b.preset)?;
     let ckpt = random_checkpoint(&cfg, 0, TokenizerFiles::default())?;
-    let model = TrainableModel::from_checkpoint(&ckpt, &Device::Cpu)?;
+    let model = TrainableModel::from_checkpoint(&ckpt, &b.device)?;
     let mut optimizer = AdamW::new(AdamWConfig::default(), model.trainable_vars().into_iter())?;
     let mut rng = StdRng::seed_from_u64(0);
     let n = b.batch_size * b.seq_len;
@@ -37,23 +38,25 @@ pub fn run(b: &TrainBench) -> Result<()> {
         lines: vec![0; b.batch_size],
     };
     println!(
-        "train       preset {} ({:.2}M parameters), batch {}×{}, {:?}, threads {}",
+        "train       preset {} ({:.2}M parameters), batch {}×{}, {:?}, {:?}, threads {}",
         b.preset,
         model.parameter_count() as f64 / 1e6,
         b.batch_size,
         b.seq_len,
         b.dtype,
+        b.device,
         candle_core::utils::get_num_threads()
     );
     let mut times = Vec::new();
     for step in 0..=b.steps {
         let start = Instant::now();
         let run_model = model.model_for(b.dtype)?;
-        let parts = LanguageModeling.loss(&run_model, &batch, &Device::Cpu)?;
+        let parts = LanguageModeling.loss(&run_model, &batch, &b.device)?;
         let vars = model.trainable_vars();
         let mut grads = gradients(&parts.loss.to_dtype(DType::F32)?, &vars)?;
         clip_grad_norm(&mut grads, 1.0)?;
         optimizer.step(&vars, &grads, 5e-4)?;
+        b.device.synchronize()?; // CUDA queues the step; time it to the end
         if step > 0 {
             times.push(start.elapsed().as_secs_f64()); // step 0 is warm-up
         }

@@ -14,7 +14,7 @@ use super::{default_output, dtype_arg, ShapeHints};
 pub struct ConvertArgs {
     /// A .pth or .gguf file, or an HF model directory.
     input: PathBuf,
-    /// pth, hf (MiniMind layout), hf-llama or gguf (unquantized; see `mm export gguf`).
+    /// pth, hf (MiniMind layout), hf-llama, hf-qwen2-moe or gguf (unquantized; see `mm export gguf`).
     #[arg(long)]
     to: String,
     /// Output path (default: beside the input).
@@ -46,6 +46,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         Format::Pth => default_output(&a.input, ".pth"),
         Format::HfMiniMind => default_output(&a.input, "-hf"),
         Format::HfLlama => default_output(&a.input, "-hf-llama"),
+        Format::HfQwen2Moe => default_output(&a.input, "-hf-qwen2-moe"),
         Format::Gguf => default_output(&a.input, ".gguf"),
     });
     if output == a.input {

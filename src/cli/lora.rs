@@ -78,7 +78,7 @@ fn merge(a: MergeArgs) -> Result<()> {
         let suffix = match format {
             Format::Pth => format!("-{tag}.pth"),
             Format::Gguf => format!("-{tag}.gguf"),
-            Format::HfMiniMind | Format::HfLlama => format!("-{tag}"),
+            Format::HfMiniMind | Format::HfLlama | Format::HfQwen2Moe => format!("-{tag}"),
         };
         default_output(&a.base, &suffix)
     });

@@ -13,6 +13,7 @@ mod template;
 mod tokenize;
 mod train;
 mod train_tokenizer;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +62,8 @@ enum Command {
     Lora(lora::LoraArgs),
     /// Train a byte-level BPE tokenizer (upstream train_tokenizer.py) on jsonl text.
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
+    /// Check a deployment artefact statically: `mm validate hf DIR` for vLLM/transformers.
+    Validate(validate::ValidateArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
         Command::Lora(a) => lora::run(a),
+        Command::Validate(a) => validate::run(a),
     }
 }
 
@@ -123,24 +127,28 @@ pub struct ModelArgs {
     /// Dequantize a quantized GGUF to dense weights instead of running its blocks directly.
     #[arg(long)]
     dequantize: bool,
+    /// cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 impl ModelArgs {
     fn load(&self) -> Result<LoadedModel> {
         set_threads(self.threads);
         let dtype = parse_dtype(&self.dtype)?;
+        let device = device_arg(&self.device)?;
         if !self.dequantize && is_gguf_path(&self.model) && gguf_holds_quantized(&self.model)? {
             let mut file = GgufModelFile::read(&self.model)?;
             if self.rope_scaling {
                 file.config.set_inference_rope_scaling(true);
             }
-            return LoadedModel::from_gguf(&file, self.lora.as_deref(), dtype, &Device::Cpu);
+            return LoadedModel::from_gguf(&file, self.lora.as_deref(), dtype, &device);
         }
         let mut ckpt = mm::converters::read_checkpoint(&self.model, &self.hints.to_hints()?)?;
         if self.rope_scaling {
             ckpt.config.set_inference_rope_scaling(true);
         }
-        LoadedModel::from_checkpoint(&ckpt, self.lora.as_deref(), dtype, &Device::Cpu)
+        LoadedModel::from_checkpoint(&ckpt, self.lora.as_deref(), dtype, &device)
     }
 }
 
@@ -189,6 +197,23 @@ impl SamplingArgs {
 
 pub fn dtype_arg(name: &str) -> Result<DType> {
     parse_dtype(name)
+}
+
+/// `--device`: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+pub fn device_arg(name: &str) -> Result<Device> {
+    let name = name.trim().to_ascii_lowercase();
+    let ordinal = match name.as_str() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:") {
+            Some(n) => n.parse::<usize>().map_err(|_| anyhow::anyhow!("--device {other:?}: expected cuda:N with N a GPU number"))?,
+            None => anyhow::bail!("--device {other:?}: expected cpu, cuda or cuda:N"),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        anyhow::bail!("--device {name}: this mm was built without CUDA; see scripts/build-cuda.sh");
+    }
+    Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device {name}: cannot open CUDA device {ordinal}: {e}"))
 }
 
 /// `in.pth` → `in-hf`, `dir` → `dir.pth`, …: a default output path beside the input.

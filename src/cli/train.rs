@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::{Args, Subcommand};
 
 use mm::converters::{read_checkpoint, Checkpoint, MiniMindConfig, TokenizerFiles};
@@ -128,6 +127,10 @@ pub struct CommonArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature). Checkpoints and resume
+    /// files are the same whichever device wrote them.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -258,7 +261,7 @@ fn starting_checkpoint(c: &CommonArgs, from_required: bool) -> Result<Checkpoint
 
 /// The model and, with `--resume`, the saved run it continues.
 fn model_and_resume(c: &CommonArgs, opts: &mut TrainOptions, from_required: bool) -> Result<(TrainableModel, Option<Resume>)> {
-    let device = Device::Cpu;
+    let device = super::device_arg(&c.device)?;
     if c.resume {
         // The stem depends on the model shape, which the resume directory itself records.
         let probe = starting_checkpoint(c, from_required).ok();
@@ -325,10 +328,11 @@ fn prepare(c: &CommonArgs, d: &StageDefaults, from_required: bool) -> Result<Pre
     let encoder = ChatEncoder::new(&model.tokenizer)?;
     let data_opts = DatasetOptions::new(c.max_seq_len.unwrap_or(d.max_seq_len)).skip_bad_lines(c.skip_bad_lines);
     eprintln!(
-        "{}: {:.2}M parameters, training on {}",
+        "{}: {:.2}M parameters, training on {} ({:?})",
         opts.save_weight,
         model.parameter_count() as f64 / 1e6,
-        c.data.display()
+        c.data.display(),
+        model.device
     );
     Ok(Prepared { opts, model, resume, encoder, data_opts })
 }
@@ -355,7 +359,7 @@ fn run_dpo(a: DpoArgs) -> Result<()> {
     let mut p = prepare(c, &DPO, true)?;
     // The reference is the model the run started from, frozen.
     let reference = starting_checkpoint(c, true)?;
-    let reference = mm::model::MiniMind::from_checkpoint(&reference, candle_core::DType::F32, &Device::Cpu)?;
+    let reference = mm::model::MiniMind::from_checkpoint(&reference, candle_core::DType::F32, &p.model.device)?;
     let mut objective = mm::train::dpo::Dpo::new(reference, a.beta);
     let ds = DpoDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
     let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
@@ -368,7 +372,7 @@ fn run_distill(a: DistillArgs) -> Result<()> {
     let c = &a.common;
     let mut p = prepare(c, &DISTILL, true)?;
     let teacher = read_checkpoint(&a.teacher, &c.hints.to_hints()?)?;
-    let teacher = mm::model::MiniMind::from_checkpoint(&teacher, candle_core::DType::F32, &Device::Cpu)?;
+    let teacher = mm::model::MiniMind::from_checkpoint(&teacher, candle_core::DType::F32, &p.model.device)?;
     let mut objective = mm::train::distill::Distillation::new(teacher, a.alpha, a.temperature);
     let ds = SftDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
     let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;

@@ -1,0 +1,3 @@
+module mm/tests/go_template
+
+go 1.18
