@@ -4,6 +4,8 @@
 #
 #   scripts/gpu-check.sh            # logs to $OUT (the device tool's folder) or /tmp/mm-gpu-check
 #
+# The binary is dist/cuda/mm, or dist/cuda/mm.gz unpacked to a temp dir; MM=path overrides.
+#
 # 1. nvidia-smi and how the binary's libraries resolve;
 # 2. a tiny inference bench on CUDA (the first kernel launch: a PTX-JIT problem shows here);
 # 3. `mm bench --train` on CUDA, MiniMind2-small, batch 32 x 512, bf16 then f32;
@@ -13,11 +15,15 @@
 # Every step runs even if an earlier one failed; the exit status says whether any failed.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-MM="${MM:-dist/cuda/mm}"
 LOGDIR="${OUT:-/tmp/mm-gpu-check}"
 WORK="$(mktemp -d /tmp/mm-gpu-check.XXXXXX)"
 mkdir -p "$LOGDIR"
-LIMIT="${STEP_TIMEOUT:-240}"
+# build-cuda.sh leaves dist/cuda/mm.gz when the binary is too big to carry unpacked.
+if [ -z "${MM:-}" ] && [ ! -e dist/cuda/mm ] && [ -e dist/cuda/mm.gz ]; then
+  gzip -dc dist/cuda/mm.gz > "$WORK/mm" && chmod +x "$WORK/mm" && MM="$WORK/mm"
+fi
+MM="${MM:-dist/cuda/mm}"
+LIMIT="${STEP_TIMEOUT:-120}"
 failed=()
 
 step() { # step NAME CMD...: run with a time limit, log to $LOGDIR/NAME.log, echo it too
@@ -35,7 +41,7 @@ echo "=== host"
 uname -a
 nvidia-smi || failed+=(nvidia-smi)
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
-[ -x "$MM" ] || { echo "no executable $MM (carry dist/cuda)"; exit 1; }
+[ -x "$MM" ] || { echo "no executable $MM (carry dist/cuda; build it with scripts/build-cuda.sh)"; exit 1; }
 ls -l "$MM"
 ldd "$MM" | tee "$LOGDIR/ldd.log"
 grep -q "not found" "$LOGDIR/ldd.log" && failed+=(ldd)
@@ -51,7 +57,7 @@ step train-cuda "$MM" "${TRAIN[@]}" --device cuda --max-steps 5 --out "$WORK/cud
 step train-cpu "$MM" "${TRAIN[@]}" --device cpu --max-steps 5 --out "$WORK/cpu"
 echo
 echo "=== per-step loss, cuda vs cpu (f32)"
-python3 - "$WORK/cuda/pretrain_512.metrics.jsonl" "$WORK/cpu/pretrain_512.metrics.jsonl" <<'PY' | tee "$LOGDIR/loss-compare.log" || failed+=(loss-compare)
+python3 - "$WORK/cuda/pretrain_512.metrics.jsonl" "$WORK/cpu/pretrain_512.metrics.jsonl" <<'PY' > "$LOGDIR/loss-compare.log" 2>&1 || failed+=(loss-compare)
 import json, sys
 rows = [[json.loads(l) for l in open(p)] for p in sys.argv[1:3]]
 worst = 0.0
@@ -62,10 +68,12 @@ for a, b in zip(*rows):
 print(f"max |diff| {worst:.2e} over {min(map(len, rows))} steps")
 sys.exit(0 if rows[0] and worst < 1e-3 else 1)
 PY
+cat "$LOGDIR/loss-compare.log"
 step train-cuda-resume "$MM" "${TRAIN[@]}" --device cuda --max-steps 7 --resume --out "$WORK/cuda"
 step generate-cuda "$MM" generate "$WORK/cuda/pretrain_512.pth" --device cuda --raw --greedy --max-new-tokens 16 -p "hello"
 cp "$WORK"/cuda/*.metrics.jsonl "$LOGDIR/" 2>/dev/null
 mv "$WORK/cpu/pretrain_512.metrics.jsonl" "$LOGDIR/pretrain_512.cpu.metrics.jsonl" 2>/dev/null
+rm -rf "$WORK"
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then
