@@ -197,7 +197,7 @@ where
 
         losses.push((micro_steps, loss_value));
         bar.set_position(micro_steps);
-        bar.set_message(format!("loss {loss_value:.4} lr {lr:.3e}"));
+
         let last_of_epoch = step == iters;
         let done = opts.max_steps.is_some_and(|m| micro_steps >= m) || loader.finished();
         // Every step goes to the metrics file (it feeds the loss curve); the terminal gets a
@@ -214,6 +214,7 @@ where
         };
         // One write per line, so a killed run leaves whole lines behind.
         metrics.write_all(format!("{}\n", serde_json::to_string(&metric)?).as_bytes())?;
+        bar.set_message(format!("loss {loss_value:.4} lr {lr:.3e} {:.0} tok/s", metric.tokens_per_s));
         if step % opts.log_interval.max(1) == 0 || last_of_epoch || done {
             metrics.flush()?;
             if !bar.is_hidden() {
