@@ -7,6 +7,8 @@
 //! `<crate>/../shared`); without them every test prints a skip line and passes, unless
 //! `MM_REQUIRE_SHARED` is set (CI), which turns the skip into a failure.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -19,17 +21,7 @@ use mm::chat::{parse_output, ChatTemplate, Delta, OutputStream, RenderRequest, S
 const KNOWN_BATTERY_GAPS: &[&str] = &[];
 
 fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("MM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if dir.join("reference").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var_os("MM_REQUIRE_SHARED").is_some() {
-        panic!("MM_REQUIRE_SHARED is set but the shared fixtures are missing at {}", dir.display());
-    }
-    println!("skipping: shared fixtures not found at {}", dir.display());
-    None
+    common::shared_or_skip("chat template fixtures")
 }
 
 struct Suite {

@@ -8,6 +8,8 @@
 //! Also: mm's renderer against Go on a battery of template constructs, and ollama's
 //! tool/thinking heuristics on the TEMPLATEs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,17 +22,7 @@ use mm::export::ollama::validate::{self, CaseMode, CaseStatus};
 use mm::export::ollama::{self, ChatCase, Family};
 
 fn shared_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("MM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if dir.join("reference").is_dir() {
-        return Some(dir);
-    }
-    if std::env::var_os("MM_REQUIRE_SHARED").is_some() {
-        panic!("MM_REQUIRE_SHARED is set but the shared fixtures are missing at {}", dir.display());
-    }
-    println!("skipping: shared fixtures not found at {}", dir.display());
-    None
+    common::shared_or_skip("ollama template fixtures")
 }
 
 struct Fixture {
