@@ -684,7 +684,7 @@ impl ChatCase {
 
 /// A number as Go holds it after decoding into `interface{}` (float64), written back as
 /// JSON the way Go writes it: integral values without a fraction.
-fn go_number(v: &Json) -> Json {
+pub(crate) fn go_number(v: &Json) -> Json {
     match v {
         Json::Number(n) => {
             let f = n.as_f64().unwrap_or(0.0);

@@ -719,33 +719,13 @@ fn canonical_json_lines(text: &str) -> String {
             let t = line.trim();
             if t.starts_with('{') {
                 if let Ok(v) = serde_json::from_str::<Json>(t) {
-                    return canonical(&v).to_string();
+                    return data::go_number(&v).to_string();
                 }
             }
             line.to_string()
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn canonical(v: &Json) -> Json {
-    match v {
-        Json::Number(n) => {
-            let f = n.as_f64().unwrap_or(0.0);
-            if f.fract() == 0.0 && f.abs() < 1e15 {
-                json!(f as i64)
-            } else {
-                json!(f)
-            }
-        }
-        Json::Array(a) => Json::Array(a.iter().map(canonical).collect()),
-        Json::Object(o) => {
-            let mut keys: Vec<&String> = o.keys().collect();
-            keys.sort();
-            Json::Object(keys.into_iter().map(|k| (k.clone(), canonical(&o[k]))).collect())
-        }
-        other => other.clone(),
-    }
 }
 
 /// Where two renderings part, for a message.
