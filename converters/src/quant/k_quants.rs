@@ -419,44 +419,33 @@ kernels! {
 /// `dequantize_row_q4_K`: x = (d·sc)·q − dmin·m.
 pub fn dequantize_q4_k(bytes: &[u8], out: &mut [f32]) {
     for (yb, xb) in bytes.chunks_exact(Q4_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
-        let d = f16_bits_to_f32(u16::from_le_bytes([yb[0], yb[1]]));
-        let dmin = f16_bits_to_f32(u16::from_le_bytes([yb[2], yb[3]]));
-        let scales = &yb[4..16];
-        let qs = &yb[16..144];
-        for c in 0..4 {
-            let (sc1, m1) = get_scale_min_k4(2 * c, scales);
-            let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);
-            let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-            let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-            for i in 0..32 {
-                let q = qs[32 * c + i];
-                xb[64 * c + i] = d1 * (q & 0x0F) as f32 - m1;
-                xb[64 * c + 32 + i] = d2 * (q >> 4) as f32 - m2;
-            }
-        }
+        dequantize_scale_min_block(&yb[..16], None, &yb[16..144], xb);
     }
 }
 
 /// `dequantize_row_q5_K`: as Q4_K with a fifth bit from qh.
 pub fn dequantize_q5_k(bytes: &[u8], out: &mut [f32]) {
     for (yb, xb) in bytes.chunks_exact(Q5_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
-        let d = f16_bits_to_f32(u16::from_le_bytes([yb[0], yb[1]]));
-        let dmin = f16_bits_to_f32(u16::from_le_bytes([yb[2], yb[3]]));
-        let scales = &yb[4..16];
-        let qh = &yb[16..48];
-        let qs = &yb[48..176];
-        for c in 0..4 {
-            let (sc1, m1) = get_scale_min_k4(2 * c, scales);
-            let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);
-            let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-            let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-            for i in 0..32 {
-                let q = qs[32 * c + i];
-                let h1 = ((qh[i] >> (2 * c)) & 1) << 4;
-                let h2 = ((qh[i] >> (2 * c + 1)) & 1) << 4;
-                xb[64 * c + i] = d1 * ((q & 0x0F) | h1) as f32 - m1;
-                xb[64 * c + 32 + i] = d2 * ((q >> 4) | h2) as f32 - m2;
-            }
+        dequantize_scale_min_block(&yb[..16], Some(&yb[16..48]), &yb[48..176], xb);
+    }
+}
+
+/// One Q4_K/Q5_K super-block: `head` is d, dmin and the 12 scale bytes; `qh` the fifth bits
+/// (Q5_K only); `qs` the nibbles.
+fn dequantize_scale_min_block(head: &[u8], qh: Option<&[u8]>, qs: &[u8], xb: &mut [f32]) {
+    let d = f16_bits_to_f32(u16::from_le_bytes([head[0], head[1]]));
+    let dmin = f16_bits_to_f32(u16::from_le_bytes([head[2], head[3]]));
+    let scales = &head[4..16];
+    let high = |i: usize, bit: usize| qh.map_or(0, |qh| ((qh[i] >> bit) & 1) << 4);
+    for c in 0..4 {
+        let (sc1, m1) = get_scale_min_k4(2 * c, scales);
+        let (sc2, m2) = get_scale_min_k4(2 * c + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+        for i in 0..32 {
+            let q = qs[32 * c + i];
+            xb[64 * c + i] = d1 * ((q & 0x0F) | high(i, 2 * c)) as f32 - m1;
+            xb[64 * c + 32 + i] = d2 * ((q >> 4) | high(i, 2 * c + 1)) as f32 - m2;
         }
     }
 }
