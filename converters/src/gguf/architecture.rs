@@ -257,7 +257,7 @@ pub fn read_hparams(md: &Metadata, source: &str, vocab_rows: usize, tied: bool) 
         cfg.intermediate_size = int("expert_feed_forward_length")?;
         let shared = get("expert_shared_feed_forward_length").and_then(MetaValue::as_u64).unwrap_or(0) as usize;
         ensure!(
-            shared % cfg.intermediate_size == 0,
+            shared.is_multiple_of(cfg.intermediate_size),
             "{source}: shared expert width {shared} is not a multiple of the expert width {}",
             cfg.intermediate_size
         );

@@ -145,10 +145,9 @@ fn layout(ckpt: &Checkpoint, options: &GgufOptions) -> Result<(Metadata, Vec<(Gg
     let total: u64 = typed.iter().map(|(t, _)| elems(t)).sum();
     let experts: u64 = typed.iter().filter(|(t, _)| t.name.contains("_exps")).map(|(t, _)| elems(t)).sum();
     let n_expert = facts.n_expert as u64;
-    let label = if n_expert > 0 {
-        architecture::size_label(total, total - experts, experts / n_expert, facts.n_expert)
-    } else {
-        architecture::size_label(total, 0, 0, 0)
+    let label = match experts.checked_div(n_expert) {
+        Some(per_expert) => architecture::size_label(total, total - experts, per_expert, facts.n_expert),
+        None => architecture::size_label(total, 0, 0, 0),
     };
 
     let mut md = Metadata::new();

@@ -285,7 +285,7 @@ fn check_tensor_plan(name: &str, ne: &[u64], ty: GgmlType) -> Result<()> {
     );
     ensure!(!ne.is_empty() && ne.len() <= MAX_DIMS, "tensor '{name}' has {} dims; GGUF allows 1 to 4", ne.len());
     ensure!(
-        ne[0] % ty.block_size() as u64 == 0,
+        ne[0].is_multiple_of(ty.block_size() as u64),
         "tensor '{name}': row length {} is not a multiple of the {ty} block size {}",
         ne[0],
         ty.block_size()
@@ -368,10 +368,10 @@ impl<W: Write> GgufWriter<W> {
         ensure!(info.name == name, "tensor '{name}' written out of order (expected '{}')", info.name);
         ensure!(
             bytes.len() as u64 == info.n_bytes(),
-            "tensor '{name}': {} bytes given, {} {} needs {}",
+            "tensor '{name}': {} bytes given, {} {:?} needs {}",
             bytes.len(),
             info.ty,
-            format!("{:?}", info.ne),
+            info.ne,
             info.n_bytes()
         );
         self.out.write_all(bytes)?;
