@@ -2,6 +2,7 @@
 //! `mm-converters`, deployment targets in `mm-export`, data loaders in `mm-dataset`.
 
 pub mod chat;
+pub mod device;
 pub mod generate;
 pub mod loaded;
 pub mod model;

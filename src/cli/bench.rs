@@ -13,7 +13,10 @@ use mm::model::init::random_checkpoint;
 use mm::model::{gguf_holds_quantized, is_gguf_path, GgufModelFile, KvCache, MiniMind};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     /// Model to time loading and running (default: a random model of --preset).
     model: Option<PathBuf>,
     #[arg(long, default_value = "small")]
@@ -32,43 +35,79 @@ pub struct BenchArgs {
     /// Time a quantized GGUF dequantized to f32 instead of running its blocks directly.
     #[arg(long)]
     dequantize: bool,
-    /// Measure training instead (forward + backward + AdamW on random batches of --preset).
+    /// Measure training instead (the same as `mm bench train`).
     #[arg(long)]
     train: bool,
-    /// Training batch size (with --train).
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Training sequence length (with --train).
-    #[arg(long, default_value_t = 256)]
-    seq_len: usize,
-    /// Timed training steps (with --train).
-    #[arg(long, default_value_t = 5)]
-    steps: usize,
-    /// Training compute dtype, f32 or bf16 (with --train).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    training: TrainBenchArgs,
     /// cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
 
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// Training throughput: forward + backward + clipping + AdamW on random batches of
+    /// --preset; prints tokens/s, the step time and (on CUDA) peak GPU memory.
+    Train {
+        #[arg(long, default_value = "small")]
+        preset: String,
+        #[command(flatten)]
+        training: TrainBenchArgs,
+        /// cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Args)]
+struct TrainBenchArgs {
+    /// Training batch size.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Training sequence length.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Timed training steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Training compute dtype, f32 or bf16 (master weights and AdamW stay f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Also time forward, backward, clipping and AdamW apart (synchronising after each).
+    #[arg(long)]
+    phases: bool,
+}
+
+fn bench_train(preset: &str, t: &TrainBenchArgs, device: &str, threads: Option<usize>) -> Result<()> {
+    super::set_threads(threads);
+    let dtype = match t.dtype.as_str() {
+        "bf16" | "bfloat16" => DType::BF16,
+        "f32" | "float32" => DType::F32,
+        other => anyhow::bail!("--dtype {other:?}: training computes in f32 or bf16"),
+    };
+    super::bench_train::run(&super::bench_train::TrainBench {
+        preset: preset.to_string(),
+        batch_size: t.batch_size,
+        seq_len: t.seq_len,
+        steps: t.steps.max(1),
+        dtype,
+        device: super::device_arg(device)?,
+        phases: t.phases,
+    })
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(BenchCommand::Train { preset, training, device, threads }) = &a.command {
+        return bench_train(preset, training, device, *threads);
+    }
+    if a.train {
+        return bench_train(&a.preset, &a.training, &a.device, a.threads);
+    }
     super::set_threads(a.threads);
     let device = super::device_arg(&a.device)?;
-    if a.train {
-        let dtype = match a.dtype.as_str() {
-            "bf16" => DType::BF16,
-            _ => DType::F32,
-        };
-        return super::bench_train::run(&super::bench_train::TrainBench {
-            preset: a.preset.clone(),
-            batch_size: a.batch_size,
-            seq_len: a.seq_len,
-            steps: a.steps,
-            dtype,
-            device,
-        });
-    }
     let threads = candle_core::utils::get_num_threads();
     let (model, summary, load_s, build_s) = match &a.model {
         // A quantized GGUF runs its ggml blocks directly, as `mm generate` does.

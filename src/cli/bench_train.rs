@@ -20,6 +20,8 @@ pub struct TrainBench {
     pub steps: usize,
     pub dtype: DType,
     pub device: Device,
+    /// Also time forward, backward, clipping and AdamW separately (a synchronisation after each).
+    pub phases: bool,
 }
 
 pub fn run(b: &TrainBench) -> Result<()> {
@@ -47,23 +49,63 @@ pub fn run(b: &TrainBench) -> Result<()> {
         b.device,
         candle_core::utils::get_num_threads()
     );
-    let mut times = Vec::new();
-    for step in 0..=b.steps {
-        let start = Instant::now();
+    let mut step = |sync_phases: bool, phases: &mut [f64; 4]| -> Result<()> {
+        let mut mark = Instant::now();
+        let mut lap = |i: usize| -> Result<()> {
+            if sync_phases {
+                b.device.synchronize()?;
+                phases[i] += mark.elapsed().as_secs_f64();
+                mark = Instant::now();
+            }
+            Ok(())
+        };
         let run_model = model.model_for(b.dtype)?;
         let parts = LanguageModeling.loss(&run_model, &batch, &b.device)?;
+        lap(0)?;
         let vars = model.trainable_vars();
         let mut grads = gradients(&parts.loss.to_dtype(DType::F32)?, &vars)?;
+        lap(1)?;
         clip_grad_norm(&mut grads, 1.0)?;
+        lap(2)?;
         optimizer.step(&vars, &grads, 5e-4)?;
+        lap(3)?;
+        Ok(())
+    };
+    let mut phases = [0.0f64; 4];
+    step(false, &mut phases)?; // warm-up: kernel loading, the memory pool's first reservations
+    b.device.synchronize()?;
+    mm::device::reset_peak_memory(&b.device)?;
+    let mut times = Vec::new();
+    for _ in 0..b.steps {
+        let start = Instant::now();
+        step(false, &mut phases)?;
         b.device.synchronize()?; // CUDA queues the step; time it to the end
-        if step > 0 {
-            times.push(start.elapsed().as_secs_f64()); // step 0 is warm-up
-        }
+        times.push(start.elapsed().as_secs_f64());
     }
+    let peak = mm::device::peak_memory(&b.device)?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    println!("step        median {:.3} s over {} steps (after 1 warm-up)", median, times.len());
+    println!("step        median {:.4} s over {} steps (after 1 warm-up)", median, times.len());
     println!("throughput  {:.1} tokens/s", n as f64 / median);
+    if let Some(p) = peak {
+        println!(
+            "memory      peak {:.2} GiB in tensors, {:.2} GiB reserved by the pool",
+            p.used as f64 / (1u64 << 30) as f64,
+            p.reserved as f64 / (1u64 << 30) as f64
+        );
+    }
+    if b.phases {
+        // Each phase waited for separately: their sum exceeds the step time above, which
+        // lets the CPU run ahead of the GPU.
+        let mut phases = [0.0f64; 4];
+        let reps = b.steps.max(1);
+        for _ in 0..reps {
+            step(true, &mut phases)?;
+        }
+        let names = ["forward+loss", "backward", "clip", "adamw"];
+        let parts: Vec<String> =
+            names.iter().zip(phases).map(|(n, t)| format!("{n} {:.1} ms", t * 1e3 / reps as f64)).collect();
+        println!("phases      {}", parts.join(", "));
+    }
     Ok(())
 }

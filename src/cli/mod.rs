@@ -9,6 +9,7 @@ mod generate;
 mod init;
 mod inspect;
 mod lora;
+mod selftest_train_step;
 mod template;
 mod tokenize;
 mod train;
@@ -64,6 +65,9 @@ enum Command {
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
     /// Check a deployment artefact statically: `mm validate hf DIR` for vLLM/transformers.
     Validate(validate::ValidateArgs),
+    /// The upstream training-fixture step on a device (for GPU machines without cargo).
+    #[command(hide = true)]
+    SelftestTrainStep(selftest_train_step::SelftestTrainStepArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
         Command::Lora(a) => lora::run(a),
         Command::Validate(a) => validate::run(a),
+        Command::SelftestTrainStep(a) => selftest_train_step::run(a),
     }
 }
 
@@ -213,7 +218,7 @@ pub fn device_arg(name: &str) -> Result<Device> {
     if !candle_core::utils::cuda_is_available() {
         anyhow::bail!("--device {name}: this mm was built without CUDA; see scripts/build-cuda.sh");
     }
-    Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device {name}: cannot open CUDA device {ordinal}: {e}"))
+    mm::device::open_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device {name}: cannot open CUDA device {ordinal}: {e:#}"))
 }
 
 /// `in.pth` → `in-hf`, `dir` → `dir.pth`, …: a default output path beside the input.

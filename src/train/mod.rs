@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod distill;
 pub mod dpo;
 pub mod encoder;
+pub mod fixture_step;
 pub mod fused_ce;
 pub mod lora;
 pub mod loss;

@@ -1,0 +1,122 @@
+//! Opening the compute device, and what it can tell about memory.
+//!
+//! A CUDA device is set up for one process driving one stream, which is how mm trains and
+//! generates:
+//! * candle's per-allocation CUDA events are turned off. They exist to order buffers shared
+//!   between streams; with one stream they only cost two event records per kernel launch.
+//! * the stream-ordered memory pool keeps what it has reserved. By default it gives memory
+//!   back to the driver at every synchronisation (release threshold 0), so a training step
+//!   that reads its loss would map and unmap gigabytes every step.
+
+use anyhow::Result;
+use candle_core::Device;
+
+/// The peak memory of the device's stream-ordered pool since the last [`reset_peak_memory`]:
+/// bytes handed out to tensors, and bytes the pool reserved from the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeakMemory {
+    pub used: u64,
+    pub reserved: u64,
+}
+
+/// CUDA device `ordinal`, configured as described in the module docs.
+#[cfg(feature = "cuda")]
+pub fn open_cuda(ordinal: usize) -> Result<Device> {
+    let device = Device::new_cuda(ordinal)?;
+    let cuda = device.as_cuda_device()?;
+    // SAFETY: mm drives each device from one stream (candle's), so no buffer is ever shared
+    // across streams and the events have nothing to order.
+    unsafe { cuda.disable_event_tracking() };
+    pool::set_attribute(&device, pool::Attribute::ReleaseThreshold, u64::MAX)?;
+    Ok(device)
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn open_cuda(_ordinal: usize) -> Result<Device> {
+    anyhow::bail!("this mm was built without CUDA; see scripts/build-cuda.sh")
+}
+
+/// Peak pool memory of a CUDA device (`None` on the CPU).
+pub fn peak_memory(device: &Device) -> Result<Option<PeakMemory>> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        return Ok(Some(PeakMemory {
+            used: pool::attribute(device, pool::Attribute::UsedHigh)?,
+            reserved: pool::attribute(device, pool::Attribute::ReservedHigh)?,
+        }));
+    }
+    let _ = device;
+    Ok(None)
+}
+
+/// Starts a new peak-memory window (the high-water marks drop to what is in use now).
+pub fn reset_peak_memory(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        pool::set_attribute(device, pool::Attribute::UsedHigh, 0)?;
+        pool::set_attribute(device, pool::Attribute::ReservedHigh, 0)?;
+    }
+    let _ = device;
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+mod pool {
+    use anyhow::{bail, Result};
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::Device;
+
+    #[derive(Clone, Copy)]
+    pub enum Attribute {
+        ReleaseThreshold,
+        UsedHigh,
+        ReservedHigh,
+    }
+
+    impl Attribute {
+        fn raw(self) -> sys::CUmemPool_attribute {
+            match self {
+                Self::ReleaseThreshold => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                Self::UsedHigh => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                Self::ReservedHigh => sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+            }
+        }
+    }
+
+    fn check(what: &str, r: sys::CUresult) -> Result<()> {
+        if r != sys::CUresult::CUDA_SUCCESS {
+            bail!("CUDA {what} failed: {r:?}");
+        }
+        Ok(())
+    }
+
+    /// The default pool of the device's context (the one `cuMemAllocAsync` draws from).
+    fn default_pool(device: &Device) -> Result<sys::CUmemoryPool> {
+        let stream = device.as_cuda_device()?.cuda_stream();
+        let ctx = stream.context();
+        ctx.bind_to_thread()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: plain driver calls with valid out-pointers on a bound context.
+        check("cuDeviceGetDefaultMemPool", unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) })?;
+        Ok(pool)
+    }
+
+    pub fn set_attribute(device: &Device, attr: Attribute, value: u64) -> Result<()> {
+        let pool = default_pool(device)?;
+        let mut v = value;
+        // SAFETY: the three attributes used here all take a cuuint64_t.
+        check("cuMemPoolSetAttribute", unsafe {
+            sys::cuMemPoolSetAttribute(pool, attr.raw(), &mut v as *mut u64 as *mut std::ffi::c_void)
+        })
+    }
+
+    pub fn attribute(device: &Device, attr: Attribute) -> Result<u64> {
+        let pool = default_pool(device)?;
+        let mut v = 0u64;
+        // SAFETY: as above, a cuuint64_t out-value.
+        check("cuMemPoolGetAttribute", unsafe {
+            sys::cuMemPoolGetAttribute(pool, attr.raw(), &mut v as *mut u64 as *mut std::ffi::c_void)
+        })?;
+        Ok(v)
+    }
+}
