@@ -161,8 +161,8 @@ fn logits_of(m: &MiniMind, batch: &LmBatch) -> Vec<f32> {
     f32s(&m.forward(&x, None, None, Mode::Inference).unwrap().logits)
 }
 
-fn logged(parts: &[(&'static str, f64)], key: &str) -> f64 {
-    parts.iter().find(|(k, _)| *k == key).unwrap().1
+fn logged(parts: &[(&'static str, Tensor)], key: &str) -> f64 {
+    scalar(&parts.iter().find(|(k, _)| *k == key).unwrap().1)
 }
 
 #[test]

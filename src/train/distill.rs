@@ -36,10 +36,6 @@ impl Distillation {
     }
 }
 
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-}
-
 impl Objective for Distillation {
     type Batch = LmBatch;
 
@@ -59,7 +55,7 @@ impl Objective for Distillation {
         let mut ce = (ce_tok * &mask)?.sum_all()?.div(&mask.sum_all()?)?;
         let mut logged = Vec::new();
         if let Some(aux) = out.aux_loss {
-            logged.push(("aux", scalar(&aux)?));
+            logged.push(("aux", aux.detach()));
             ce = ce.add(&aux.to_dtype(DType::F32)?)?;
         }
 
@@ -73,8 +69,8 @@ impl Objective for Distillation {
         let distill = distillation_loss(&pick(&student)?, &pick(&teacher)?, self.temperature)?;
 
         let loss = ((&ce * self.alpha)? + (&distill * (1.0 - self.alpha))?)?;
-        logged.insert(0, ("ce", scalar(&ce)?));
-        logged.insert(1, ("distill", scalar(&distill)?));
+        logged.insert(0, ("ce", ce.detach()));
+        logged.insert(1, ("distill", distill.detach()));
         Ok(LossParts { loss, logged })
     }
 

@@ -64,8 +64,8 @@ impl Dpo {
     }
 }
 
-fn mean(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
+fn mean(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?.mean_all()?.detach())
 }
 
 impl Objective for Dpo {

@@ -7,10 +7,12 @@ use mm_dataset::LmBatch;
 use crate::model::{MiniMind, Mode};
 use crate::train::loss::{masked_mean, per_token_ce};
 
-/// The loss of a micro-batch plus the figures worth logging (name, value).
+/// The loss of a micro-batch plus the figures worth logging (name, scalar tensor). The
+/// figures stay on the device until the trainer writes a log line, so a step never waits
+/// for the GPU to read them.
 pub struct LossParts {
     pub loss: Tensor,
-    pub logged: Vec<(&'static str, f64)>,
+    pub logged: Vec<(&'static str, Tensor)>,
 }
 
 /// A training stage: pretrain and SFT share [`LanguageModeling`]; DPO, distillation and
@@ -43,10 +45,10 @@ impl Objective for LanguageModeling {
         let (x, y, mask) = batch_tensors(batch, device)?;
         let out = model.forward(&x, None, None, Mode::Training)?;
         let ce = masked_mean(&per_token_ce(&out.logits, &y)?, &mask)?;
-        let mut logged = vec![("ce", ce.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64)];
+        let mut logged = vec![("ce", ce.detach())];
         let loss = match out.aux_loss {
             Some(aux) => {
-                logged.push(("aux", aux.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64));
+                logged.push(("aux", aux.detach()));
                 ce.broadcast_add(&aux.to_dtype(ce.dtype())?)?
             }
             None => ce,

@@ -58,10 +58,10 @@ impl Objective for ReasonSft {
         let weights = Tensor::from_vec(weights, shape, device)?;
         let out = model.forward(&x, None, None, Mode::Training)?;
         let ce = ((per_token_ce(&out.logits, &y)? * weights)?.sum_all()? / denominator as f64)?;
-        let mut logged = vec![("ce", ce.to_dtype(DType::F64)?.to_scalar::<f64>()?)];
+        let mut logged = vec![("ce", ce.detach())];
         let loss = match out.aux_loss {
             Some(aux) => {
-                logged.push(("aux", aux.to_dtype(DType::F64)?.to_scalar::<f64>()?));
+                logged.push(("aux", aux.detach()));
                 ce.add(&aux.to_dtype(DType::F32)?)?
             }
             None => ce,

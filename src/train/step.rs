@@ -2,7 +2,7 @@
 //! `clip_grad_norm_` (global L2 norm, clipped with a 1e-6 guard).
 
 use anyhow::Result;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 /// `loss.backward()` then the gradient of each parameter (None where the loss does not
 /// depend on it).
@@ -23,19 +23,31 @@ pub fn accumulate(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Resu
 }
 
 /// The total L2 norm of all gradients (before clipping); scales them by
-/// `max_norm / (total + 1e-6)` when that is below 1, as torch does.
+/// `max_norm / (total + 1e-6)` when that is below 1, as torch does. Reads the norm back.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
-    let mut sq = 0.0f64;
-    for g in grads.iter().flatten() {
-        let n = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()? as f64;
-        sq += n;
-    }
-    let total = sq.sqrt();
-    let coef = max_norm / (total + 1e-6);
-    if coef < 1.0 {
-        for g in grads.iter_mut().flatten() {
-            *g = (&*g * coef)?;
-        }
+    let total = clip_grad_norm_on_device(grads, max_norm)?;
+    Ok(total.to_scalar::<f64>()?)
+}
+
+/// [`clip_grad_norm`] without leaving the device: the norm (an f64 scalar tensor) and the
+/// clip coefficient `min(1, max_norm / (total + 1e-6))` are computed where the gradients
+/// are, and every gradient is multiplied by the coefficient (exactly 1 when not clipping),
+/// so a training step never waits for the GPU here. Per-tensor sums of squares in f32,
+/// their total in f64.
+pub fn clip_grad_norm_on_device(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<Tensor> {
+    let squares: Vec<Tensor> = grads
+        .iter()
+        .flatten()
+        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.reshape(1))
+        .collect::<candle_core::Result<_>>()?;
+    let Some(first) = squares.first() else {
+        return Ok(Tensor::new(0f64, &candle_core::Device::Cpu)?);
+    };
+    let device = first.device().clone();
+    let total = Tensor::cat(&squares, 0)?.sum_all()?.sqrt()?;
+    let coef = total.affine(1.0, 1e-6)?.recip()?.affine(max_norm, 0.0)?.minimum(1.0)?.to_dtype(DType::F32)?;
+    for g in grads.iter_mut().flatten() {
+        *g = g.broadcast_mul(&coef.to_dtype(g.dtype())?.to_device(&device)?)?;
     }
     Ok(total)
 }

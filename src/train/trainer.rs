@@ -20,7 +20,7 @@ use crate::train::objective::Objective;
 use crate::train::params::TrainableModel;
 use crate::train::resume::{self, Resume, ResumeState};
 use crate::train::schedule::upstream_lr;
-use crate::train::step::{accumulate, clip_grad_norm, gradients};
+use crate::train::step::{accumulate, clip_grad_norm_on_device, gradients};
 
 /// The knobs of a run (upstream's argparse flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +116,41 @@ pub fn save_full_pth(model: &TrainableModel, path: &Path) -> Result<()> {
     crate::converters::pth::checkpoint::write(&ckpt, path)
 }
 
+/// A step whose figures are still on the device.
+struct PendingMetric {
+    step: u64,
+    epoch: u64,
+    lr: f64,
+    tokens: usize,
+    elapsed_s: f64,
+    loss: Tensor,
+    logged: Vec<(&'static str, Tensor)>,
+}
+
+/// Reads the pending steps' figures back in one transfer and appends their lines (one write
+/// per line, so a killed run leaves whole lines behind). `rate` is the window's tokens/s.
+fn flush_metrics(pending: &mut Vec<PendingMetric>, rate: f64, out: &mut impl Write) -> Result<Vec<Metric>> {
+    let mut scalars = Vec::new();
+    for p in pending.iter() {
+        scalars.push(p.loss.to_dtype(DType::F32)?.reshape(1)?);
+        for (_, v) in &p.logged {
+            scalars.push(v.to_dtype(DType::F32)?.to_device(p.loss.device())?.reshape(1)?);
+        }
+    }
+    let values: Vec<f32> = Tensor::cat(&scalars, 0)?.to_vec1()?;
+    let mut values = values.into_iter().map(f64::from);
+    let mut written = Vec::new();
+    for p in pending.drain(..) {
+        let loss = values.next().expect("one value per scalar");
+        let parts = p.logged.iter().map(|(k, _)| (k.to_string(), serde_json::json!(values.next().expect("one value per scalar")))).collect();
+        let metric = Metric { step: p.step, epoch: p.epoch, loss, lr: p.lr, tokens_per_s: rate, elapsed_s: p.elapsed_s, parts };
+        out.write_all(format!("{}\n", serde_json::to_string(&metric)?).as_bytes())?;
+        written.push(metric);
+    }
+    out.flush()?;
+    Ok(written)
+}
+
 pub fn train<O, D>(
     model: &mut TrainableModel,
     objective: &mut O,
@@ -165,6 +200,8 @@ where
         .open(&paths.metrics)
         .with_context(|| format!("cannot open {}", paths.metrics.display()))?;
     let started = Instant::now();
+    let mut window_start = Instant::now();
+    let mut pending: Vec<PendingMetric> = Vec::new();
     let mut losses = Vec::new();
     let mut weights_path = None;
 
@@ -172,15 +209,10 @@ where
         if opts.max_steps.is_some_and(|m| micro_steps >= m) {
             break;
         }
-        let step_start = Instant::now();
         let step = info.step + 1; // upstream's enumerate(loader, start=1)
         let lr = upstream_lr(info.epoch * iters + step, total_steps, opts.learning_rate);
         let run_model = model.model_for(compute)?;
         let parts = objective.loss(&run_model, &batch, &model.device)?;
-        let loss_value = parts.loss.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
-        if !loss_value.is_finite() {
-            bail!("loss became {loss_value} at epoch {} step {step}; stopping (last save is intact)", info.epoch + 1);
-        }
         let scaled = (parts.loss.to_dtype(DType::F32)? / accumulation as f64)?;
         let vars = model.trainable_vars();
         accumulate(&mut accumulated, gradients(&scaled, &vars)?)?;
@@ -189,44 +221,55 @@ where
         micro_steps += 1;
 
         if (step + 1) % accumulation == 0 {
-            clip_grad_norm(&mut accumulated, opts.grad_clip)?;
+            clip_grad_norm_on_device(&mut accumulated, opts.grad_clip)?;
             let vars = model.trainable_vars();
             optimizer.step(&vars, &accumulated, lr)?;
             accumulated.iter_mut().for_each(|g| *g = None);
         }
 
-        losses.push((micro_steps, loss_value));
         bar.set_position(micro_steps);
+        pending.push(PendingMetric {
+            step: micro_steps,
+            epoch: info.epoch + 1,
+            lr,
+            tokens: step_tokens,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            loss: parts.loss.detach(),
+            logged: parts.logged,
+        });
 
         let last_of_epoch = step == iters;
         let done = opts.max_steps.is_some_and(|m| micro_steps >= m) || loader.finished();
-        // Every step goes to the metrics file (it feeds the loss curve); the terminal gets a
-        // line every log_interval steps, as upstream prints.
-        let secs = step_start.elapsed().as_secs_f64().max(1e-9);
-        let metric = Metric {
-            step: micro_steps,
-            epoch: info.epoch + 1,
-            loss: loss_value,
-            lr,
-            tokens_per_s: step_tokens as f64 / secs,
-            elapsed_s: started.elapsed().as_secs_f64(),
-            parts: parts.logged.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect(),
-        };
-        // One write per line, so a killed run leaves whole lines behind.
-        metrics.write_all(format!("{}\n", serde_json::to_string(&metric)?).as_bytes())?;
-        bar.set_message(format!("loss {loss_value:.4} lr {lr:.3e} {:.0} tok/s", metric.tokens_per_s));
-        if step % opts.log_interval.max(1) == 0 || last_of_epoch || done {
-            metrics.flush()?;
-            if !bar.is_hidden() {
+        let log_now = step % opts.log_interval.max(1) == 0 || last_of_epoch || done;
+        let save_now = step % opts.save_interval.max(1) == 0 || last_of_epoch || done;
+        // Every step goes to the metrics file (it feeds the loss curve), written when a log
+        // line is due: reading the losses back is the one wait for the GPU per log interval.
+        if log_now || save_now {
+            let rate = pending.iter().map(|p| p.tokens).sum::<usize>() as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+            window_start = Instant::now();
+            let written = flush_metrics(&mut pending, rate, &mut metrics)?;
+            let last = written.last().expect("a step is pending");
+            losses.extend(written.iter().map(|m| (m.step, m.loss)));
+            if let Some(bad) = written.iter().find(|m| !m.loss.is_finite()) {
+                bail!(
+                    "loss became {} at step {} (epoch {}); stopping (last save is intact)",
+                    bad.loss,
+                    bad.step,
+                    bad.epoch
+                );
+            }
+            bar.set_message(format!("loss {:.4} lr {:.3e} {:.0} tok/s", last.loss, last.lr, rate));
+            if log_now && !bar.is_hidden() {
                 bar.println(format!(
-                    "epoch {}/{} step {step}/{iters} loss {loss_value:.6} lr {lr:.3e} {:.0} tok/s",
+                    "epoch {}/{} step {step}/{iters} loss {:.6} lr {:.3e} {rate:.0} tok/s",
                     info.epoch + 1,
                     opts.epochs,
-                    metric.tokens_per_s
+                    last.loss,
+                    last.lr
                 ));
             }
         }
-        if step % opts.save_interval.max(1) == 0 || last_of_epoch || done {
+        if save_now {
             save_weights(model, &paths.weights)?;
             weights_path = Some(paths.weights.clone());
             let state = ResumeState {
@@ -238,6 +281,10 @@ where
             metrics.flush()?;
             resume::write(&paths.resume, model, &optimizer, &accumulated, &state)?;
         }
+    }
+    if !pending.is_empty() {
+        let rate = pending.iter().map(|p| p.tokens).sum::<usize>() as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+        losses.extend(flush_metrics(&mut pending, rate, &mut metrics)?.iter().map(|m| (m.step, m.loss)));
     }
     bar.finish_and_clear();
     if let Err(e) = crate::train::plot::write_loss_curve(&paths.metrics, &paths.curve) {
