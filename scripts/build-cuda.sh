@@ -18,7 +18,8 @@
 # See ../shared/docs/rust_deps.md section 3(e). Knobs (environment):
 #   CUDA_COMPUTE_CAP (default 90: sm_90a, H100/H200 only), CUDAFORGE_THREADS (default 2),
 #   MM_CUDA_LOG (default .cuda-toolchain/build.log, appended to), MM_CUDA_STUB_ROUNDS (default 5),
-#   MM_CUDA_GZIP=0 (always write a plain dist/cuda/mm, whatever its size).
+#   MM_CUDA_GZIP=0 (always write a plain dist/cuda/mm, whatever its size),
+#   MM_CUDA_FEATURES (default cuda,nccl; NCCL links against a generated libnccl.so.2 stub too).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -72,7 +73,7 @@ say "nvcc $NVCC_VER at $CU/bin/nvcc"
 
 # ---------------------------------------------------------------- 2. link stubs
 # lib name : SONAME on the GPU machine
-LIBS=(cuda:libcuda.so.1 nvrtc:libnvrtc.so.13 curand:libcurand.so.10 cublas:libcublas.so.13 cublasLt:libcublasLt.so.13)
+LIBS=(cuda:libcuda.so.1 nvrtc:libnvrtc.so.13 curand:libcurand.so.10 cublas:libcublas.so.13 cublasLt:libcublasLt.so.13 nccl:libnccl.so.2)
 
 cudart="$(ls "$CU"/lib/libcudart.so.13* 2>/dev/null | head -1)"
 [ -n "$cudart" ] || { echo "no libcudart.so.13 in $CU/lib" >&2; exit 1; }
@@ -99,6 +100,7 @@ lib_for() {
     cublasLt*) echo cublasLt ;;
     cublas*) echo cublas ;;
     curand*) echo curand ;;
+    nccl*) echo nccl ;;
     nvrtc*) echo nvrtc ;;
     cuda*) echo "" ;;           # runtime API: the real libcudart from the wheel must have it
     cu*) echo cuda ;;           # driver API
@@ -124,13 +126,15 @@ unset CUDA_PATH CUDA_ROOT CUDA_TOOLKIT_ROOT_DIR CUDNN_LIB
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export CUDARC_CUDA_VERSION=13000
 export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-2}"
+# nccl: data-parallel training (`--gpus N`); the GPU host has libnccl.so.2.
+FEATURES="${MM_CUDA_FEATURES:-cuda,nccl}"
 say "CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CUDAFORGE_THREADS=$CUDAFORGE_THREADS target dir $TARGET_DIR; log $LOG"
 
 # `cargo rustc` so that the extra link flag touches only the final binary (RUSTFLAGS would rebuild
 # everything). rust-lld stops after 20 errors unless told otherwise; GNU ld lists them all.
 LINK_ARGS=(-C link-arg=-Wl,--error-limit=0)
 build() {
-  cargo rustc --release --features cuda --bin mm --target-dir "$TARGET_DIR" -- "${LINK_ARGS[@]}"
+  cargo rustc --release --features "$FEATURES" --bin mm --target-dir "$TARGET_DIR" -- "${LINK_ARGS[@]}"
 }
 
 echo "##### build-cuda.sh $(date)" >> "$LOG"

@@ -38,6 +38,7 @@ mod records;
 
 pub use encoder::{AssistantMarkers, TextEncoder};
 pub use formats::{
+    BatchRows,
     dpo_example, dpo_side, pretrain_example, rlaif_example, sft_example, sft_ids, sft_tools, Dataset, DatasetOptions,
     DpoBatch, DpoDataset, DpoExample, LmBatch, PretrainDataset, RlaifBatch, RlaifDataset, RlaifExample, SftDataset,
 };

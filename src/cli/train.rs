@@ -134,6 +134,11 @@ pub struct CommonArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Data-parallel over this many GPUs of the host (cuda:0 … cuda:N-1), one process each,
+    /// gradients summed with NCCL (upstream: `torchrun --nproc_per_node N`). --batch-size is
+    /// per GPU, as upstream's.
+    #[arg(long, default_value_t = 1)]
+    gpus: usize,
 }
 
 /// Upstream's argparse defaults per stage.
@@ -215,6 +220,20 @@ const REASON: StageDefaults = StageDefaults {
 };
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    let gpus = match &a.stage {
+        Stage::Pretrain(c) | Stage::Sft(c) | Stage::Reason(c) => c.gpus,
+        Stage::Lora(l) => l.common.gpus,
+        Stage::Dpo(d) => d.common.gpus,
+        Stage::Distill(d) => d.common.gpus,
+    };
+    if gpus == 0 {
+        bail!("--gpus 0: pass at least 1");
+    }
+    // The launcher: start one copy of this command per GPU and wait for them.
+    if gpus > 1 && mm::train::distributed::env_role()?.is_none() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return mm::train::distributed::launch(gpus, &args);
+    }
     match a.stage {
         Stage::Pretrain(c) => run_lm(c, &PRETRAIN, false),
         Stage::Sft(c) => run_lm(c, &SFT, true),
@@ -272,9 +291,19 @@ fn model_and_resume(c: &CommonArgs, opts: &mut TrainOptions, from_required: bool
         let moe = if stem_model.use_moe { "_moe" } else { "" };
         let dir = opts.out_dir.join(format!("{}_{}{}_resume", opts.save_weight, stem_model.hidden_size, moe));
         if dir.exists() {
-            let r = resume::read(&dir)?;
+            let mut r = resume::read(&dir)?;
+            // The run continues with its own settings, except the stopping point and, when
+            // given, the per-GPU batch size (to keep the global batch on another GPU count).
+            let world = world()?;
+            let batch_size = c.batch_size.unwrap_or(r.state.options.batch_size);
+            if r.state.world != world || batch_size != r.state.options.batch_size {
+                eprintln!(
+                    "resuming a run saved on {} GPU(s) x {} rows on {world} x {batch_size}: step counters converted",
+                    r.state.world, r.state.options.batch_size
+                );
+                r.state.convert_global_batch(batch_size, world);
+            }
             let model = TrainableModel::from_checkpoint(&r.model, &device)?;
-            // The run continues with its own settings; only the stopping point may change.
             let max_steps = opts.max_steps;
             let progress = opts.progress;
             *opts = r.state.options.clone();
@@ -289,8 +318,16 @@ fn model_and_resume(c: &CommonArgs, opts: &mut TrainOptions, from_required: bool
     Ok((TrainableModel::from_checkpoint(&ckpt, &device)?, None))
 }
 
+/// Data-parallel ranks of this process's run (1 without `--gpus`).
+fn world() -> Result<usize> {
+    Ok(mm::train::distributed::env_role()?.map_or(1, |(_, world)| world))
+}
+
+/// Every rank walks the same global batches (`world × batch_size` rows) and trains on its
+/// share of each.
 fn loader_for<D: Dataset>(dataset: D, opts: &TrainOptions, resume: Option<&Resume>) -> Result<Loader<D>> {
-    let lo = LoaderOptions { batch_size: opts.batch_size, epochs: opts.epochs, shuffle: true, seed: opts.seed, drop_last: false };
+    let global = opts.batch_size * world()?;
+    let lo = LoaderOptions { batch_size: global, epochs: opts.epochs, shuffle: true, seed: opts.seed, drop_last: false };
     match resume {
         Some(r) => Loader::resume(dataset, lo, &r.state.loader),
         None => Loader::new(dataset, lo),
@@ -327,13 +364,16 @@ fn prepare(c: &CommonArgs, d: &StageDefaults, from_required: bool) -> Result<Pre
     let (model, resume) = model_and_resume(c, &mut opts, from_required)?;
     let encoder = ChatEncoder::new(&model.tokenizer)?;
     let data_opts = DatasetOptions::new(c.max_seq_len.unwrap_or(d.max_seq_len)).skip_bad_lines(c.skip_bad_lines);
-    eprintln!(
+    let main_rank = mm::train::distributed::env_role()?.is_none_or(|(rank, _)| rank == 0);
+    if main_rank {
+        eprintln!(
         "{}: {:.2}M parameters, training on {} ({:?})",
         opts.save_weight,
         model.parameter_count() as f64 / 1e6,
         c.data.display(),
         model.device
-    );
+        );
+    }
     Ok(Prepared { opts, model, resume, encoder, data_opts })
 }
 
@@ -392,6 +432,9 @@ fn run_reason(c: CommonArgs) -> Result<()> {
 }
 
 fn print_report(r: &TrainReport) {
+    if mm::train::distributed::current().is_some_and(|p| !p.is_main()) {
+        return;
+    }
     let first = r.losses.first().map(|l| l.1).unwrap_or(f64::NAN);
     let last = r.losses.last().map(|l| l.1).unwrap_or(f64::NAN);
     println!("trained {} steps ({} optimizer steps): loss {first:.4} -> {last:.4}", r.micro_steps, r.optimizer_steps);

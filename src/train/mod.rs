@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod distill;
+pub mod distributed;
 pub mod dpo;
 pub mod encoder;
 pub mod fixture_step;

@@ -26,6 +26,37 @@ pub struct ResumeState {
     pub optimizer_step: u64,
     pub loader: LoaderState,
     pub options: TrainOptions,
+    /// Data-parallel ranks of the run that saved it (the global batch is
+    /// `world × options.batch_size`; older files are single-process).
+    #[serde(default = "one")]
+    pub world: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl ResumeState {
+    /// Re-expresses the step counters for a run continuing with `batch_size` rows per rank on
+    /// `world` ranks (upstream converts its step count when the GPU count changes). The data
+    /// position is in samples and carries over; the batch count within the epoch is
+    /// recomputed from it for the new global batch, and the micro-step count is scaled by
+    /// old global batch / new global batch (unchanged when the global batch is kept). AdamW's
+    /// step count is the number of updates actually taken and stays.
+    pub fn convert_global_batch(&mut self, batch_size: usize, world: usize) {
+        let old = (self.options.batch_size * self.world) as u64;
+        let new = (batch_size * world) as u64;
+        if new == 0 || (old == new && world == self.world) {
+            self.options.batch_size = batch_size;
+            self.world = world;
+            return;
+        }
+        self.loader.step_in_epoch = self.loader.position.index / new;
+        self.loader.batches = self.loader.batches * old / new;
+        self.micro_steps = self.micro_steps * old / new;
+        self.options.batch_size = batch_size;
+        self.world = world;
+    }
 }
 
 /// A resume checkpoint read back.
@@ -115,4 +146,53 @@ pub fn restore_optimizer(resume: &Resume, model: &TrainableModel, optimizer: &mu
     }
     optimizer.step = resume.state.optimizer_step;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(batch_size: usize, world: usize, index: u64, step: u64, micro: u64) -> ResumeState {
+        let options: TrainOptions = serde_json::from_value(serde_json::json!({
+            "save_weight": "pretrain", "epochs": 1, "batch_size": batch_size, "learning_rate": 5e-4,
+            "accumulation_steps": 1, "grad_clip": 1.0, "dtype": "f32", "log_interval": 1,
+            "save_interval": 1, "out_dir": "out", "seed": 42, "max_steps": null, "progress": false
+        }))
+        .unwrap();
+        ResumeState {
+            micro_steps: micro,
+            optimizer_step: micro,
+            loader: LoaderState {
+                position: mm_dataset::Position { epoch: 0, index },
+                seed: 42,
+                shuffle: true,
+                dataset_len: 1000,
+                skipped_at_read: 0,
+                step_in_epoch: step,
+                batches: step,
+            },
+            options,
+            world,
+        }
+    }
+
+    #[test]
+    fn world_change_keeps_the_data_position_and_converts_steps() {
+        // 2 GPUs x 4 rows, 13 batches of 8 samples; on 1 GPU x 4 rows the steps double.
+        let mut s = state(4, 2, 104, 13, 13);
+        s.convert_global_batch(4, 1);
+        assert_eq!((s.loader.position.index, s.loader.step_in_epoch, s.micro_steps, s.optimizer_step), (104, 26, 26, 13));
+        // Keeping the global batch (1 GPU x 8) keeps the counters.
+        let mut s = state(4, 2, 104, 13, 13);
+        s.convert_global_batch(8, 1);
+        assert_eq!((s.loader.step_in_epoch, s.micro_steps, s.world, s.options.batch_size), (13, 13, 1, 8));
+    }
+
+    #[test]
+    fn older_state_files_are_single_process() {
+        let mut v = serde_json::to_value(state(4, 1, 0, 0, 0)).unwrap();
+        v.as_object_mut().unwrap().remove("world");
+        let s: ResumeState = serde_json::from_value(v).unwrap();
+        assert_eq!(s.world, 1);
+    }
 }

@@ -11,11 +11,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use mm_dataset::{Dataset, Loader};
+use mm_dataset::{BatchRows, Dataset, Loader};
 use serde::{Deserialize, Serialize};
 
 use crate::converters::Provenance;
 use crate::train::adamw::{AdamW, AdamWConfig};
+use crate::train::distributed;
 use crate::train::objective::Objective;
 use crate::train::params::TrainableModel;
 use crate::train::resume::{self, Resume, ResumeState};
@@ -116,6 +117,26 @@ pub fn save_full_pth(model: &TrainableModel, path: &Path) -> Result<()> {
     crate::converters::pth::checkpoint::write(&ckpt, path)
 }
 
+/// The logged figures of a data-parallel step, each weighted by the rank's share and summed
+/// over the ranks in one all-reduce (so they describe the global batch, like the loss).
+fn reduce_logged(
+    p: &distributed::DataParallel,
+    loss: &Tensor,
+    logged: Vec<(&'static str, Tensor)>,
+    share: f64,
+) -> Result<Vec<(&'static str, Tensor)>> {
+    if logged.is_empty() {
+        return Ok(logged);
+    }
+    let device = loss.device();
+    let values: Vec<Tensor> = logged
+        .iter()
+        .map(|(_, v)| Ok((v.to_dtype(DType::F32)?.to_device(device)?.reshape(1)? * share)?))
+        .collect::<Result<_>>()?;
+    let summed = p.all_reduce_sum(&Tensor::cat(&values, 0)?)?;
+    logged.into_iter().enumerate().map(|(i, (k, _))| Ok((k, summed.narrow(0, i, 1)?.squeeze(0)?))).collect()
+}
+
 /// A step whose figures are still on the device.
 struct PendingMetric {
     step: u64,
@@ -161,9 +182,13 @@ pub fn train<O, D>(
 ) -> Result<TrainReport>
 where
     O: Objective,
+    O::Batch: BatchRows,
     D: Dataset<Batch = O::Batch>,
 {
     let compute = opts.compute_dtype()?;
+    // Data-parallel rank (None: one process). Only the main process writes files.
+    let parallel = distributed::join(&model.device)?;
+    let main = parallel.is_none_or(|p| p.is_main());
     let accumulation = opts.accumulation_steps.max(1);
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("cannot create {}", opts.out_dir.display()))?;
     let paths = RunPaths::new(opts, model);
@@ -174,14 +199,19 @@ where
     if let Some(r) = resume_from {
         micro_steps = r.state.micro_steps;
         resume::restore_optimizer(r, model, &mut optimizer, &mut accumulated)?;
-    } else {
+        if !main {
+            // A saved half-accumulated gradient is the sum over the saving run's ranks; the
+            // main rank carries it, so the next all-reduce adds it exactly once.
+            accumulated.iter_mut().for_each(|g| *g = None);
+        }
+    } else if main {
         // A fresh run starts a fresh metrics file.
         let _ = std::fs::remove_file(&paths.metrics);
     }
 
     let iters = loader.steps_per_epoch();
     let total_steps = opts.epochs * iters;
-    let bar = if opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    let bar = if main && opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::new(total_steps)
     } else {
         ProgressBar::hidden()
@@ -194,11 +224,17 @@ where
     bar.set_prefix(opts.save_weight.clone());
     bar.set_position(micro_steps.min(total_steps));
 
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.metrics)
-        .with_context(|| format!("cannot open {}", paths.metrics.display()))?;
+    let mut metrics: Box<dyn Write> = if main {
+        Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&paths.metrics)
+                .with_context(|| format!("cannot open {}", paths.metrics.display()))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
     let started = Instant::now();
     let mut window_start = Instant::now();
     let mut pending: Vec<PendingMetric> = Vec::new();
@@ -211,16 +247,38 @@ where
         }
         let step = info.step + 1; // upstream's enumerate(loader, start=1)
         let lr = upstream_lr(info.epoch * iters + step, total_steps, opts.learning_rate);
+        let step_tokens = objective.tokens(&batch);
+        // A rank trains on its rows, its loss weighted by its share of the global batch's
+        // loss tokens: the all-reduced gradient is then that of the global mean loss.
+        let (batch, share) = match parallel {
+            None => (batch, None),
+            Some(p) => {
+                let (start, len) = p.share(batch.rows());
+                if len == 0 {
+                    (batch.select_rows(batch.rows() - 1, 1), Some(0.0))
+                } else {
+                    let local = batch.select_rows(start, len);
+                    let share = objective.tokens(&local) as f64 / step_tokens.max(1) as f64;
+                    (local, Some(share))
+                }
+            }
+        };
         let run_model = model.model_for(compute)?;
-        let parts = objective.loss(&run_model, &batch, &model.device)?;
+        let mut parts = objective.loss(&run_model, &batch, &model.device)?;
+        if let (Some(p), Some(share)) = (parallel, share) {
+            parts.loss = (parts.loss * share)?;
+            parts.logged = reduce_logged(p, &parts.loss, std::mem::take(&mut parts.logged), share)?;
+        }
         let scaled = (parts.loss.to_dtype(DType::F32)? / accumulation as f64)?;
         let vars = model.trainable_vars();
         accumulate(&mut accumulated, gradients(&scaled, &vars)?)?;
         drop(run_model);
-        let step_tokens = objective.tokens(&batch);
         micro_steps += 1;
 
         if (step + 1) % accumulation == 0 {
+            if let Some(p) = parallel {
+                p.all_reduce_grads(&mut accumulated)?;
+            }
             clip_grad_norm_on_device(&mut accumulated, opts.grad_clip)?;
             let vars = model.trainable_vars();
             optimizer.step(&vars, &accumulated, lr)?;
@@ -234,7 +292,11 @@ where
             lr,
             tokens: step_tokens,
             elapsed_s: started.elapsed().as_secs_f64(),
-            loss: parts.loss.detach(),
+            loss: match parallel {
+                // The logged loss is the global batch's: Σ of the ranks' weighted losses.
+                Some(p) => p.all_reduce_sum(&parts.loss.detach().to_dtype(DType::F32)?.reshape(1)?)?,
+                None => parts.loss.detach(),
+            },
             logged: parts.logged,
         });
 
@@ -244,7 +306,9 @@ where
         let save_now = step % opts.save_interval.max(1) == 0 || last_of_epoch || done;
         // Every step goes to the metrics file (it feeds the loss curve), written when a log
         // line is due: reading the losses back is the one wait for the GPU per log interval.
-        if log_now || save_now {
+        if (log_now || save_now) && !main {
+            pending.clear();
+        } else if log_now || save_now {
             let rate = pending.iter().map(|p| p.tokens).sum::<usize>() as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
             window_start = Instant::now();
             let written = flush_metrics(&mut pending, rate, &mut metrics)?;
@@ -270,24 +334,39 @@ where
             }
         }
         if save_now {
-            save_weights(model, &paths.weights)?;
-            weights_path = Some(paths.weights.clone());
-            let state = ResumeState {
-                micro_steps,
-                optimizer_step: optimizer.step,
-                loader: loader.state(),
-                options: opts.clone(),
+            // Mid-accumulation, the saved gradient is the sum over the ranks (every rank takes
+            // part in that all-reduce; the main rank writes).
+            let saved_accumulation = match parallel {
+                Some(p) if accumulated.iter().any(Option::is_some) => {
+                    let mut summed = accumulated.clone();
+                    p.all_reduce_grads(&mut summed)?;
+                    summed
+                }
+                _ => accumulated.clone(),
             };
-            metrics.flush()?;
-            resume::write(&paths.resume, model, &optimizer, &accumulated, &state)?;
+            if main {
+                save_weights(model, &paths.weights)?;
+                weights_path = Some(paths.weights.clone());
+                let state = ResumeState {
+                    micro_steps,
+                    optimizer_step: optimizer.step,
+                    loader: loader.state(),
+                    options: opts.clone(),
+                    world: parallel.map_or(1, |p| p.world),
+                };
+                metrics.flush()?;
+                resume::write(&paths.resume, model, &optimizer, &saved_accumulation, &state)?;
+            }
         }
     }
-    if !pending.is_empty() {
+    if !pending.is_empty() && main {
         let rate = pending.iter().map(|p| p.tokens).sum::<usize>() as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
         losses.extend(flush_metrics(&mut pending, rate, &mut metrics)?.iter().map(|m| (m.step, m.loss)));
     }
     bar.finish_and_clear();
-    if let Err(e) = crate::train::plot::write_loss_curve(&paths.metrics, &paths.curve) {
+    if !main {
+        // The main rank reports; the others only trained.
+    } else if let Err(e) = crate::train::plot::write_loss_curve(&paths.metrics, &paths.curve) {
         eprintln!("note: no loss curve drawn: {e:#}");
     }
     Ok(TrainReport {

@@ -1,0 +1,281 @@
+//! Data parallelism over the GPUs of one host, the way upstream's `torchrun` + DDP does it:
+//! one process per GPU, each with a full copy of the model, gradients summed with NCCL.
+//!
+//! `mm train <stage> --gpus N` starts N copies of itself ([`launch`]); copy `r` trains on
+//! `cuda:r` and learns its place from the environment (`MM_DIST_RANK`, `MM_DIST_WORLD`,
+//! `MM_DIST_NCCL_ID`, read by [`current`]). Every step each rank takes its share of the
+//! global batch (`--batch-size` rows per GPU, so the global batch is `N × batch`) and
+//! weights its loss by its share of the global batch's loss tokens, so the summed gradient
+//! is the gradient of the global batch's mean loss: the same mathematics as one GPU fed the
+//! global batch. All ranks then clip and step identically, so the weights stay equal
+//! without being broadcast. Rank 0 alone logs, draws progress and saves.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+
+/// Environment variables a launched rank reads.
+pub const ENV_RANK: &str = "MM_DIST_RANK";
+pub const ENV_WORLD: &str = "MM_DIST_WORLD";
+pub const ENV_NCCL_ID: &str = "MM_DIST_NCCL_ID";
+
+/// This process's place in a data-parallel run.
+pub struct DataParallel {
+    pub rank: usize,
+    pub world: usize,
+    #[cfg(feature = "nccl")]
+    comm: nccl::Communicator,
+}
+
+static CURRENT: std::sync::OnceLock<Option<DataParallel>> = std::sync::OnceLock::new();
+
+/// The run's data-parallel role, `None` in a single-process run. Joins the NCCL group on
+/// first use (`device` is this rank's GPU); every rank must call it.
+pub fn join(device: &candle_core::Device) -> Result<Option<&'static DataParallel>> {
+    if let Some(dp) = CURRENT.get() {
+        return Ok(dp.as_ref());
+    }
+    let dp = from_env(device)?;
+    Ok(CURRENT.get_or_init(|| dp).as_ref())
+}
+
+/// The role joined by [`join`] (None before it, or in a single-process run).
+pub fn current() -> Option<&'static DataParallel> {
+    CURRENT.get().and_then(Option::as_ref)
+}
+
+/// The rank and world size the launcher gave this process, if any.
+pub fn env_role() -> Result<Option<(usize, usize)>> {
+    let (Ok(rank), Ok(world)) = (std::env::var(ENV_RANK), std::env::var(ENV_WORLD)) else {
+        return Ok(None);
+    };
+    let rank: usize = rank.parse().with_context(|| format!("{ENV_RANK}={rank:?} is not a number"))?;
+    let world: usize = world.parse().with_context(|| format!("{ENV_WORLD}={world:?} is not a number"))?;
+    if world == 0 || rank >= world {
+        bail!("{ENV_RANK}={rank} does not fit {ENV_WORLD}={world}");
+    }
+    Ok(Some((rank, world)))
+}
+
+fn from_env(device: &candle_core::Device) -> Result<Option<DataParallel>> {
+    let Some((rank, world)) = env_role()? else { return Ok(None) };
+    if world == 1 {
+        return Ok(None);
+    }
+    #[cfg(feature = "nccl")]
+    {
+        let id = std::env::var(ENV_NCCL_ID).with_context(|| format!("{ENV_NCCL_ID} is not set"))?;
+        let comm = nccl::Communicator::join(device, rank, world, &id)?;
+        Ok(Some(DataParallel { rank, world, comm }))
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        let _ = device;
+        bail!("rank {rank} of {world}: this mm was built without NCCL (scripts/build-cuda.sh builds it with)")
+    }
+}
+
+impl DataParallel {
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// The rows `[start, start + len)` of a global batch of `rows` that this rank trains on:
+    /// contiguous, as even as possible. A rank whose share is empty (a short last batch)
+    /// gets the last row with weight 0 (`len == 0` tells it so).
+    pub fn share(&self, rows: usize) -> (usize, usize) {
+        share_of(rows, self.rank, self.world)
+    }
+
+    /// Σ over ranks, element-wise (f32 tensors on this rank's GPU).
+    pub fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "nccl")]
+        {
+            self.comm.all_reduce_sum(t)
+        }
+        #[cfg(not(feature = "nccl"))]
+        {
+            let _ = t;
+            unreachable!("a DataParallel exists only in an NCCL build")
+        }
+    }
+
+    /// Sums every gradient over the ranks.
+    pub fn all_reduce_grads(&self, grads: &mut [Option<Tensor>]) -> Result<()> {
+        for g in grads.iter_mut().flatten() {
+            *g = self.all_reduce_sum(g)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rank `rank`'s contiguous rows of a global batch of `rows`: (start, len).
+fn share_of(rows: usize, rank: usize, world: usize) -> (usize, usize) {
+    let start = rows * rank / world;
+    let end = rows * (rank + 1) / world;
+    (start, end - start)
+}
+
+/// Starts `world` copies of this program, one per GPU (`cuda:0` … `cuda:world-1`), with
+/// `args` minus any `--device`/`--gpus` flags, and waits for them. The first failure stops
+/// the others.
+pub fn launch(world: usize, args: &[String]) -> Result<()> {
+    #[cfg(not(feature = "nccl"))]
+    {
+        let _ = args;
+        bail!("--gpus {world}: this mm was built without NCCL; see scripts/build-cuda.sh");
+    }
+    #[cfg(feature = "nccl")]
+    {
+        let id = nccl::new_id()?;
+        let exe = std::env::current_exe().context("locating the mm executable to start the ranks")?;
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if a == "--device" || a == "--gpus" {
+                it.next();
+            } else if !(a.starts_with("--device=") || a.starts_with("--gpus=")) {
+                rest.push(a.clone());
+            }
+        }
+        let mut children = Vec::new();
+        for rank in 0..world {
+            let child = std::process::Command::new(&exe)
+                .args(&rest)
+                .arg("--device")
+                .arg(format!("cuda:{rank}"))
+                .env(ENV_RANK, rank.to_string())
+                .env(ENV_WORLD, world.to_string())
+                .env(ENV_NCCL_ID, &id)
+                .spawn()
+                .with_context(|| format!("starting rank {rank}"))?;
+            children.push(child);
+        }
+        let mut failed = None;
+        loop {
+            let mut running = 0;
+            for (rank, c) in children.iter_mut().enumerate() {
+                match c.try_wait()? {
+                    Some(status) if !status.success() && failed.is_none() => failed = Some((rank, status)),
+                    Some(_) => {}
+                    None => running += 1,
+                }
+            }
+            if let Some((rank, status)) = failed {
+                for c in children.iter_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                bail!("rank {rank} failed ({status}); stopped the other ranks");
+            }
+            if running == 0 {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+#[cfg(feature = "nccl")]
+mod nccl {
+    use anyhow::{bail, Context, Result};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
+    use candle_core::cuda_backend::CudaStorage;
+    use candle_core::{CustomOp1, DType, Layout, Shape, Tensor};
+
+    pub struct Communicator {
+        comm: std::sync::Arc<Comm>,
+    }
+
+    // SAFETY: a rank drives its communicator from the one thread that trains; the static
+    // that holds it (`CURRENT`) needs Send + Sync but no second thread ever touches it.
+    unsafe impl Send for Communicator {}
+    unsafe impl Sync for Communicator {}
+
+    /// A fresh NCCL unique id as hex (it travels to the ranks in the environment).
+    pub fn new_id() -> Result<String> {
+        let id = Id::new().map_err(|e| anyhow::anyhow!("ncclGetUniqueId: {e:?}"))?;
+        Ok(id.internal().iter().map(|&b| format!("{:02x}", b as u8)).collect())
+    }
+
+    fn parse_id(hex: &str) -> Result<Id> {
+        if hex.len() != 256 {
+            bail!("{}: expected 256 hex digits, got {}", super::ENV_NCCL_ID, hex.len());
+        }
+        let mut raw = [0 as std::ffi::c_char; 128];
+        for (i, b) in raw.iter_mut().enumerate() {
+            let byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).with_context(|| format!("{}: not hex", super::ENV_NCCL_ID))?;
+            *b = byte as std::ffi::c_char;
+        }
+        Ok(Id::uninit(raw))
+    }
+
+    impl Communicator {
+        pub fn join(device: &candle_core::Device, rank: usize, world: usize, id: &str) -> Result<Self> {
+            let stream = device.as_cuda_device().context("data-parallel ranks run on CUDA devices")?.cuda_stream();
+            let comm = Comm::from_rank(stream, rank, world, parse_id(id)?)
+                .map_err(|e| anyhow::anyhow!("rank {rank} of {world}: ncclCommInitRank failed: {e:?}"))?;
+            Ok(Self { comm: std::sync::Arc::new(comm) })
+        }
+
+        pub fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
+            if t.dtype() != DType::F32 {
+                bail!("all-reduce of {:?} tensors: gradients are f32", t.dtype());
+            }
+            Ok(t.contiguous()?.apply_op1_no_bwd(&AllReduceSum { comm: self.comm.clone() })?)
+        }
+    }
+
+    /// Σ over ranks into a new buffer, on the tensor's stream (queued, no host wait).
+    struct AllReduceSum {
+        comm: std::sync::Arc<Comm>,
+    }
+
+    // SAFETY: the communicator is used only from the thread that drives this rank's stream;
+    // candle requires custom ops to be Send + Sync but never moves them across threads here.
+    unsafe impl Send for AllReduceSum {}
+    unsafe impl Sync for AllReduceSum {}
+
+    impl CustomOp1 for AllReduceSum {
+        fn name(&self) -> &'static str {
+            "nccl-all-reduce-sum"
+        }
+
+        fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("NCCL all-reduce needs CUDA tensors")
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+            let (start, end) = l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("all-reduce input is not contiguous".into()))?;
+            let device = s.device().clone();
+            let src = s.as_cuda_slice::<f32>()?.slice(start..end);
+            // SAFETY: every element is written by the all-reduce before anyone reads it.
+            let mut dst = unsafe { device.alloc::<f32>(end - start) }?;
+            self.comm
+                .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+                .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {e:?}")))?;
+            Ok((CudaStorage::wrap_cuda_slice(dst, device), l.shape().clone()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_of;
+
+    #[test]
+    fn shares_cover_the_batch_once_in_order() {
+        for rows in 0..20 {
+            for world in 1..5 {
+                let mut next = 0;
+                for rank in 0..world {
+                    let (start, len) = share_of(rows, rank, world);
+                    assert_eq!(start, next);
+                    assert!(len == rows / world || len == rows / world + 1);
+                    next += len;
+                }
+                assert_eq!(next, rows);
+            }
+        }
+    }
+}
