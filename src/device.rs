@@ -120,3 +120,96 @@ mod pool {
         Ok(v)
     }
 }
+
+/// `data` as a tensor of `shape` on `device`. On CUDA the copy goes through page-locked host
+/// memory and is queued on the stream: a copy from ordinary memory would make the host wait
+/// until the GPU has finished all queued work (the previous training step), and the GPU would
+/// then idle while the host queues the next forward pass.
+pub fn upload<T: candle_core::WithDType + UploadType>(data: &[T], shape: &[usize], device: &Device) -> Result<candle_core::Tensor> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        return pinned::upload(data, shape, device);
+    }
+    Ok(candle_core::Tensor::from_slice(data, shape, device)?)
+}
+
+/// Element types [`upload`] takes.
+#[cfg(feature = "cuda")]
+pub trait UploadType: candle_core::cuda_backend::CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr + candle_core::cuda_backend::cudarc::driver::ValidAsZeroBits {}
+#[cfg(not(feature = "cuda"))]
+pub trait UploadType {}
+impl UploadType for u32 {}
+impl UploadType for f32 {}
+
+#[cfg(feature = "cuda")]
+mod pinned {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use anyhow::Result;
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::PinnedHostSlice;
+    use candle_core::cuda_backend::{CudaStorage, WrapErr};
+    use candle_core::{CustomOp1, DType, Device, Layout, Shape, Tensor, WithDType};
+
+    use super::UploadType;
+
+    /// Staging buffers of recent uploads. A buffer may be freed only once its copy has run;
+    /// freeing waits for that, so keeping the last few bounds how far the host runs ahead.
+    static IN_FLIGHT: Mutex<VecDeque<Box<dyn Send>>> = Mutex::new(VecDeque::new());
+    const KEEP: usize = 16;
+
+    struct Upload<T> {
+        staged: Mutex<Option<PinnedHostSlice<T>>>,
+        shape: Shape,
+    }
+
+    impl<T: WithDType + UploadType> CustomOp1 for Upload<T> {
+        fn name(&self) -> &'static str {
+            "mm-pinned-upload"
+        }
+
+        fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("pinned upload runs on CUDA only")
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+            let dev = s.device().clone();
+            let stream = dev.cuda_stream();
+            let staged = self.staged.lock().expect("upload lock").take().ok_or_else(|| candle_core::Error::Msg("upload ran twice".into()))?;
+            // SAFETY: the copy below writes every element.
+            let mut dst = unsafe { stream.alloc::<T>(staged.len()) }.w()?;
+            stream.memcpy_htod(&staged, &mut dst).w()?;
+            let mut in_flight = IN_FLIGHT.lock().expect("upload queue lock");
+            in_flight.push_back(Box::new(SendSlice(staged)));
+            while in_flight.len() > KEEP {
+                in_flight.pop_front(); // waits for that copy if it has not run yet
+            }
+            Ok((CudaStorage::wrap_cuda_slice(dst, dev), self.shape.clone()))
+        }
+    }
+
+    /// A staging buffer parked until its copy has run.
+    struct SendSlice<T>(#[allow(dead_code)] PinnedHostSlice<T>);
+    // SAFETY: page-locked host memory is plain memory; the slice is only dropped (which waits on
+    // its CUDA event) after being parked, never used from two threads.
+    unsafe impl<T> Send for SendSlice<T> {}
+
+    pub(super) fn upload<T: WithDType + UploadType>(data: &[T], shape: &[usize], device: &Device) -> Result<Tensor> {
+        let count: usize = shape.iter().product();
+        if count != data.len() {
+            anyhow::bail!("upload: {} values for shape {shape:?}", data.len());
+        }
+        if data.is_empty() {
+            return Ok(Tensor::from_slice(data, shape, device)?);
+        }
+        let cuda = device.as_cuda_device()?;
+        let ctx = cuda.cuda_stream().context().clone();
+        // SAFETY: every element is written right below before any use.
+        let mut staged = unsafe { ctx.alloc_pinned::<T>(data.len()) }?;
+        staged.as_mut_slice()?.copy_from_slice(data);
+        let op = Upload { staged: Mutex::new(Some(staged)), shape: Shape::from(shape) };
+        let seed = Tensor::zeros((), DType::U8, device)?;
+        Ok(seed.apply_op1_no_bwd(&op)?)
+    }
+}

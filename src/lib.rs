@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod device;
+pub mod fused;
 pub mod generate;
 pub mod loaded;
 pub mod model;

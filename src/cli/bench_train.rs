@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use mm::converters::{MiniMindConfig, TokenizerFiles};
 use mm::model::init::random_checkpoint;
 use mm::train::objective::{LanguageModeling, Objective};
-use mm::train::step::{clip_grad_norm_on_device, gradients};
+use mm::train::step::{clip_coefficient_on_device, gradients};
 use mm::train::{AdamW, AdamWConfig, TrainableModel};
 use mm_dataset::LmBatch;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -63,11 +63,11 @@ pub fn run(b: &TrainBench) -> Result<()> {
         let parts = LanguageModeling.loss(&run_model, &batch, &b.device)?;
         lap(0)?;
         let vars = model.trainable_vars();
-        let mut grads = gradients(&parts.loss.to_dtype(DType::F32)?, &vars)?;
+        let grads = gradients(&parts.loss.to_dtype(DType::F32)?, &vars)?;
         lap(1)?;
-        clip_grad_norm_on_device(&mut grads, 1.0)?;
+        let (_, clip) = clip_coefficient_on_device(&grads, 1.0)?;
         lap(2)?;
-        optimizer.step(&vars, &grads, 5e-4)?;
+        optimizer.step_scaled(&vars, &grads, 5e-4, Some(&clip))?;
         lap(3)?;
         Ok(())
     };

@@ -1,6 +1,6 @@
 //! `mm export`: deployment targets. `mm export gguf` = llama.cpp's converter + llama-quantize
 //! in one step; `mm export ollama` = that GGUF plus a Modelfile whose TEMPLATE is the model's
-//! chat template in Go.
+//! chat template in Go; `mm export mnn` (export_mnn.rs) = MNN's llmexport.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -33,6 +33,9 @@ enum Target {
     /// A directory for `ollama create`: the GGUF and a Modelfile (Go TEMPLATE, stops,
     /// parameters), checked by `mm validate ollama` afterwards.
     Ollama(OllamaArgs),
+    /// A directory for MNN's LLM runtime: llm.mnn graph, 4/8-bit llm.mnn.weight,
+    /// tokenizer.mtok and configs (what MNN's llmexport.py writes).
+    Mnn(super::export_mnn::MnnArgs),
 }
 
 #[derive(Args)]
@@ -62,6 +65,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         Target::Gguf(g) => gguf(g),
         Target::Hf(h) => hf(h),
         Target::Ollama(o) => ollama(o),
+        Target::Mnn(m) => super::export_mnn::run(m),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `mm inspect`: what a checkpoint is and holds.
+//! `mm inspect`: what a checkpoint (or an MNN model directory) is and holds.
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use super::ShapeHints;
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A .pth file or an HF model directory.
+    /// A .pth file, an HF model directory, a .gguf, or an MNN directory (config.json + llm.mnn).
     path: PathBuf,
     /// Machine-readable output.
     #[arg(long)]
@@ -22,6 +22,15 @@ pub struct InspectArgs {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
+    if mm::export::mnn::inspect::is_mnn_dir(&a.path) {
+        let report = mm::export::mnn::inspect::inspect_dir(&a.path)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        } else {
+            print!("{}", report.to_text());
+        }
+        return Ok(());
+    }
     let ckpt = read_checkpoint(&a.path, &a.hints.to_hints()?)?;
     let cfg = &ckpt.config;
     let tensors: Vec<_> = ckpt

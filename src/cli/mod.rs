@@ -5,10 +5,12 @@ mod bench_train;
 mod chat;
 mod convert;
 mod export;
+mod export_mnn;
 mod generate;
 mod init;
 mod inspect;
 mod lora;
+mod selftest_fused;
 mod selftest_train_step;
 mod template;
 mod tokenize;
@@ -65,6 +67,9 @@ enum Command {
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
     /// Check a deployment artefact statically: `mm validate hf DIR` for vLLM/transformers.
     Validate(validate::ValidateArgs),
+    /// The fused training ops on a device against their CPU path, and their speed.
+    #[command(hide = true)]
+    SelftestFused(selftest_fused::SelftestFusedArgs),
     /// The upstream training-fixture step on a device (for GPU machines without cargo).
     #[command(hide = true)]
     SelftestTrainStep(selftest_train_step::SelftestTrainStepArgs),
@@ -85,6 +90,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
         Command::Lora(a) => lora::run(a),
         Command::Validate(a) => validate::run(a),
+        Command::SelftestFused(a) => selftest_fused::run(a),
         Command::SelftestTrainStep(a) => selftest_train_step::run(a),
     }
 }

@@ -27,10 +27,25 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
+/// How attention is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// candle's fused kernels (no backward): generation.
+    Inference,
+    /// Differentiable composite ops: training on the CPU, or with a padding mask or cache.
+    Composite,
+    /// mm's fused kernels with backward (RoPE, causal softmax): training on CUDA. The mask
+    /// must be the plain causal one (no cache, no padding); the kernel builds it.
+    FusedCausal,
+}
+
 /// Applies the rotation to x [b, h, t, d] with cos/sin [t, d/2].
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, differentiable: bool) -> Result<Tensor> {
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, path: AttentionPath) -> Result<Tensor> {
     let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    if differentiable {
+    if path == AttentionPath::FusedCausal {
+        return crate::fused::rope(x, &cos, &sin);
+    }
+    if path == AttentionPath::Composite {
         candle_nn::rotary_emb::rope_slow(x, &cos, &sin)
     } else {
         candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
@@ -47,23 +62,26 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 }
 
 impl Attention {
-    /// x [b, t, hidden]; positions start at `cache.len()`. `mask` is an additive
-    /// [b or 1, 1, t, total] bias built by the caller.
+    /// x: the `b·t` rows [b·t, hidden] of a [b, t] batch (rows, so the projections need no
+    /// reshapes, which in training would each cost a gradient pass); returns rows too.
+    /// Positions start at `cache.len()`. `mask` is an additive [b or 1, 1, t, total] bias
+    /// built by the caller.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,
+        (b, t): (usize, usize),
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut LayerCache>,
-        differentiable: bool,
+        path: AttentionPath,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let q = self.q_proj.forward(x)?.reshape((b, t, self.n_heads, self.head_dim))?.transpose(1, 2)?;
         let k = self.k_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?.transpose(1, 2)?;
         let v = self.v_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?.transpose(1, 2)?;
-        let q = rotate(&q, cos, sin, differentiable)?;
-        let mut k = rotate(&k, cos, sin, differentiable)?;
+        let q = rotate(&q, cos, sin, path)?;
+        let mut k = rotate(&k, cos, sin, path)?;
         let mut v = v.contiguous()?;
         if let Some(cache) = cache {
             if let Some((pk, pv)) = &cache.kv {
@@ -76,6 +94,15 @@ impl Attention {
         let k = repeat_kv(&k, n_rep)?;
         let v = repeat_kv(&v, n_rep)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if path == AttentionPath::FusedCausal {
+            // Scores in the compute dtype; scale, causal mask and softmax in f32 in one kernel.
+            // cuBLAS takes kᵀ as a transposed view: no copy.
+            let scores = q.matmul(&k.t()?)?;
+            let probs = crate::fused::causal_softmax(&scores, scale as f32)?;
+            let out = probs.matmul(&v)?;
+            let out = out.transpose(1, 2)?.reshape((b * t, self.n_heads * self.head_dim))?;
+            return self.o_proj.forward(&out);
+        }
         let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
@@ -83,13 +110,13 @@ impl Attention {
         // Softmax in f32 like upstream, back to the compute dtype for the value product.
         let dtype = scores.dtype();
         let scores = scores.to_dtype(DType::F32)?;
-        let probs = if differentiable {
+        let probs = if path == AttentionPath::Composite {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let out = probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        let out = out.transpose(1, 2)?.reshape((b * t, self.n_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 }

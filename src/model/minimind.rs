@@ -9,7 +9,7 @@ use mm_converters::config::MiniMindConfig;
 use mm_converters::lora::Lora;
 use mm_converters::Checkpoint;
 
-use super::attention::{attention_bias, Attention, LayerCache};
+use super::attention::{attention_bias, Attention, AttentionPath, LayerCache};
 use super::linear::Linear;
 use super::mlp::{FeedForward, Mlp, MoeFeedForward};
 use super::norm::RmsNorm;
@@ -258,40 +258,65 @@ impl MiniMind {
     pub fn forward_hidden(
         &self,
         input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        padding: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t) = input_ids.dims2()?;
+        let (rows, aux) = self.forward_rows(input_ids, cache, padding, mode)?;
+        Ok((rows.reshape((b, t, ()))?, aux))
+    }
+
+    /// [`forward_hidden`](Self::forward_hidden) as rows [b·t, hidden].
+    fn forward_rows(
+        &self,
+        input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         padding: Option<&Tensor>,
         mode: Mode,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (_b, t) = input_ids.dims2()?;
+        let (b, t) = input_ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (cos, sin) = self.rope.slice(past, t)?;
-        let bias = attention_bias(t, past, padding, self.device())?;
-        let differentiable = mode == Mode::Training;
-        let mut x = self.embed_tokens.embedding(&input_ids.flatten_all()?)?.reshape((input_ids.dim(0)?, t, ()))?;
+        let path = match mode {
+            Mode::Inference => AttentionPath::Inference,
+            Mode::Training if super::fused_kernels(self.device()) && past == 0 && padding.is_none() => AttentionPath::FusedCausal,
+            Mode::Training => AttentionPath::Composite,
+        };
+        let bias = if path == AttentionPath::FusedCausal { None } else { attention_bias(t, past, padding, self.device())? };
+        let ids = input_ids.flatten_all()?;
+        let mut x = if super::fused_kernels(self.device()) && ids.dtype() == candle_core::DType::U32 {
+            crate::fused::embedding(&self.embed_tokens, &ids)?
+        } else {
+            self.embed_tokens.embedding(&ids)?
+        };
+        // The decoder works on the b·t rows [b·t, hidden]: every projection is then one 2-D
+        // product with no reshape around it (each reshape would cost a gradient pass).
         let mut aux: Option<Tensor> = None;
         for (i, block) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let h = block.self_attn.forward(
                 &block.input_layernorm.forward(&x)?,
+                (b, t),
                 &cos,
                 &sin,
                 bias.as_ref(),
                 layer_cache,
-                differentiable,
+                path,
             )?;
             x = (x + h)?;
             let normed = block.post_attention_layernorm.forward(&x)?;
             let y = match &block.mlp {
                 Mlp::Dense(ffn) => ffn.forward(&normed)?,
                 Mlp::Moe(moe) => {
-                    let out = moe.forward(&normed, mode == Mode::Training)?;
+                    let out = moe.forward(&normed.reshape((b, t, ()))?, mode == Mode::Training)?;
                     if let Some(a) = out.aux_loss {
                         aux = Some(match aux {
                             None => a,
                             Some(prev) => (prev + a)?,
                         });
                     }
-                    out.y
+                    out.y.reshape((b * t, ()))?
                 }
             };
             x = (x + y)?;
@@ -329,8 +354,9 @@ impl MiniMind {
         padding: Option<&Tensor>,
         mode: Mode,
     ) -> Result<ModelOutput> {
-        let (hidden, aux_loss) = self.forward_hidden(input_ids, cache, padding, mode)?;
-        Ok(ModelOutput { logits: self.logits(&hidden)?, aux_loss })
+        let (b, t) = input_ids.dims2()?;
+        let (rows, aux_loss) = self.forward_rows(input_ids, cache, padding, mode)?;
+        Ok(ModelOutput { logits: self.logits(&rows)?.reshape((b, t, ()))?, aux_loss })
     }
 
     /// Logits of the last position only, [b, vocab]: what generation needs.

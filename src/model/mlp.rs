@@ -14,6 +14,10 @@ pub struct FeedForward {
 
 impl FeedForward {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if super::fused_kernels(x.device()) {
+            let hidden = crate::fused::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+            return self.down_proj.forward(&hidden);
+        }
         let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }

@@ -12,3 +12,11 @@ pub mod rope;
 pub use gguf::{gguf_holds_quantized, is_gguf_path, GgufModelFile, GgufWeight};
 pub use minimind::{KvCache, MiniMind, Mode, ModelOutput};
 pub(crate) use minimind::WeightSource;
+
+/// Whether tensors on `device` run through mm's fused CUDA kernels (`crate::fused`): on CUDA,
+/// unless `MM_NO_FUSED` is set (to measure or debug against candle's composite ops). The CPU
+/// keeps the composite forms, which the upstream parity tests pin.
+pub fn fused_kernels(device: &candle_core::Device) -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    device.is_cuda() && !*DISABLED.get_or_init(|| std::env::var_os("MM_NO_FUSED").is_some())
+}

@@ -13,8 +13,12 @@ impl RmsNorm {
         Self { weight, eps }
     }
 
-    /// Differentiable form (candle's fused rms_norm has no backward).
+    /// Differentiable form (candle's fused rms_norm has no backward); on CUDA mm's fused
+    /// kernel, which has one.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if super::fused_kernels(x.device()) {
+            return crate::fused::rms_norm(x, &self.weight, self.eps);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let mean_sq = xf.sqr()?.mean_keepdim(D::Minus1)?;

@@ -39,8 +39,27 @@ pub fn inverse_frequencies(dim: usize, end: usize, base: f64, scaling: Option<&R
 }
 
 impl RopeTables {
+    /// Tables for every position of the config. Cached per (shape, base, scaling, device):
+    /// training rebuilds its compute-dtype model every step, and recomputing ~1M angles and
+    /// uploading them would stall the GPU each time.
     pub fn new(cfg: &MiniMindConfig, device: &Device) -> Result<Self> {
-        Self::with_length(cfg, cfg.max_position_embeddings, device)
+        type Cache = std::sync::Mutex<std::collections::HashMap<String, RopeTables>>;
+        static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+        let key = format!(
+            "{}/{}/{}/{:?}/{:?}",
+            cfg.head_dim(),
+            cfg.max_position_embeddings,
+            cfg.rope_theta.to_bits(),
+            cfg.rope_scaling,
+            device.location()
+        );
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(t) = cache.lock().expect("rope cache lock").get(&key) {
+            return Ok(t.clone());
+        }
+        let tables = Self::with_length(cfg, cfg.max_position_embeddings, device)?;
+        cache.lock().expect("rope cache lock").insert(key, tables.clone());
+        Ok(tables)
     }
 
     /// Tables for `len` positions. The YaRN switch depends on max_position_embeddings

@@ -43,6 +43,38 @@ impl AdamW {
     /// One update of every parameter with its gradient (`None`: no gradient, left as is, as
     /// torch skips parameters whose `.grad` is None).
     pub fn step(&mut self, params: &[&Var], grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step_scaled(params, grads, lr, None)
+    }
+
+    /// [`step`](Self::step) with every gradient first multiplied by `grad_scale` (an f32
+    /// scalar on the parameters' device: the clip coefficient, never read back). On CUDA each
+    /// parameter is one fused kernel (`crate::fused::adamw_step_`) updating it and its moments
+    /// in place; elsewhere the composite form below.
+    pub fn step_scaled(&mut self, params: &[&Var], grads: &[Option<Tensor>], lr: f64, grad_scale: Option<&Tensor>) -> Result<()> {
+        ensure!(params.len() == self.exp_avg.len() && grads.len() == params.len(), "optimizer state does not fit the parameters");
+        let fused = params.first().is_some_and(|p| crate::model::fused_kernels(p.device()));
+        if fused {
+            self.step += 1;
+            let c = self.config;
+            let hyper = crate::fused::AdamWStep { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, step: self.step };
+            for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+                let Some(g) = g else { continue };
+                crate::fused::adamw_step_(p.as_tensor(), &self.exp_avg[i], &self.exp_avg_sq[i], &g.to_dtype(candle_core::DType::F32)?, &hyper, grad_scale)?;
+            }
+            return Ok(());
+        }
+        let scaled: Vec<Option<Tensor>>;
+        let grads = match grad_scale {
+            None => grads,
+            Some(s) => {
+                scaled = grads.iter().map(|g| g.as_ref().map(|g| g.broadcast_mul(&s.to_dtype(g.dtype())?)).transpose()).collect::<candle_core::Result<_>>()?;
+                &scaled
+            }
+        };
+        self.step_composite(params, grads, lr)
+    }
+
+    fn step_composite(&mut self, params: &[&Var], grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         ensure!(params.len() == self.exp_avg.len() && grads.len() == params.len(), "optimizer state does not fit the parameters");
         self.step += 1;
         let c = self.config;

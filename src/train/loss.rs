@@ -5,6 +5,12 @@ use candle_core::{DType, Result, Tensor, D};
 /// Per-token cross-entropy [b, t] of logits [b, t, v] against targets [b, t]
 /// (`CrossEntropyLoss(reduction='none')`), computed in f32.
 pub fn per_token_ce(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if crate::model::fused_kernels(logits.device()) && targets.dtype() == DType::U32 {
+        // One kernel over the logits in their own dtype (f32 math), no f32 copy of them.
+        let dims = targets.dims().to_vec();
+        let v = logits.dim(D::Minus1)?;
+        return crate::fused::cross_entropy(&logits.reshape(((), v))?, &targets.flatten_all()?)?.reshape(dims);
+    }
     let logits = logits.to_dtype(DType::F32)?;
     if crate::train::fused_ce::supported(&logits, targets) {
         let dims = targets.dims().to_vec();

@@ -27,11 +27,11 @@ pub trait Objective {
 
 /// `[rows, seq_len]` tensors of a batch on `device`: X, Y and the loss mask (f32).
 pub fn batch_tensors(batch: &LmBatch, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
-    let shape = (batch.rows, batch.seq_len);
+    let shape = [batch.rows, batch.seq_len];
     Ok((
-        Tensor::from_slice(&batch.x, shape, device)?,
-        Tensor::from_slice(&batch.y, shape, device)?,
-        Tensor::from_slice(&batch.loss_mask, shape, device)?,
+        crate::device::upload(&batch.x, &shape, device)?,
+        crate::device::upload(&batch.y, &shape, device)?,
+        crate::device::upload(&batch.loss_mask, &shape, device)?,
     ))
 }
 

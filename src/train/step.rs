@@ -35,19 +35,36 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
 /// so a training step never waits for the GPU here. Per-tensor sums of squares in f32,
 /// their total in f64.
 pub fn clip_grad_norm_on_device(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<Tensor> {
+    let (total, coef) = clip_coefficient_on_device(grads, max_norm)?;
+    for g in grads.iter_mut().flatten() {
+        *g = g.broadcast_mul(&coef.to_dtype(g.dtype())?.to_device(g.device())?)?;
+    }
+    Ok(total)
+}
+
+/// The global norm (f64 scalar tensor) and the clip coefficient `min(1, max_norm / (total +
+/// 1e-6))` (f32 scalar), both on the gradients' device, leaving the gradients as they are
+/// (AdamW applies the coefficient: `AdamW::step_scaled`). Deterministic: per-tensor sums of
+/// squares in f32, their total in f64.
+pub fn clip_coefficient_on_device(grads: &[Option<Tensor>], max_norm: f64) -> Result<(Tensor, Tensor)> {
+    let present: Vec<Tensor> = grads.iter().flatten().cloned().collect();
+    if present.first().is_some_and(|g| crate::model::fused_kernels(g.device())) {
+        // One kernel per gradient writing fixed partial sums, added in order: deterministic.
+        let total = crate::fused::sum_of_squares(&present)?.to_dtype(DType::F64)?.sqrt()?;
+        let coef = total.affine(1.0, 1e-6)?.recip()?.affine(max_norm, 0.0)?.minimum(1.0)?.to_dtype(DType::F32)?;
+        return Ok((total, coef));
+    }
     let squares: Vec<Tensor> = grads
         .iter()
         .flatten()
         .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.reshape(1))
         .collect::<candle_core::Result<_>>()?;
     let Some(first) = squares.first() else {
-        return Ok(Tensor::new(0f64, &candle_core::Device::Cpu)?);
+        let cpu = candle_core::Device::Cpu;
+        return Ok((Tensor::new(0f64, &cpu)?, Tensor::new(1f32, &cpu)?));
     };
     let device = first.device().clone();
     let total = Tensor::cat(&squares, 0)?.sum_all()?.sqrt()?;
     let coef = total.affine(1.0, 1e-6)?.recip()?.affine(max_norm, 0.0)?.minimum(1.0)?.to_dtype(DType::F32)?;
-    for g in grads.iter_mut().flatten() {
-        *g = g.broadcast_mul(&coef.to_dtype(g.dtype())?.to_device(&device)?)?;
-    }
-    Ok(total)
+    Ok((total, coef.to_device(&device)?))
 }

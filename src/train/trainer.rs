@@ -21,7 +21,7 @@ use crate::train::objective::Objective;
 use crate::train::params::TrainableModel;
 use crate::train::resume::{self, Resume, ResumeState};
 use crate::train::schedule::upstream_lr;
-use crate::train::step::{accumulate, clip_grad_norm_on_device, gradients};
+use crate::train::step::{accumulate, clip_coefficient_on_device, gradients};
 
 /// The knobs of a run (upstream's argparse flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,9 +279,10 @@ where
             if let Some(p) = parallel {
                 p.all_reduce_grads(&mut accumulated)?;
             }
-            clip_grad_norm_on_device(&mut accumulated, opts.grad_clip)?;
+            // The clip coefficient stays on the device; AdamW multiplies it in.
+            let (_, clip) = clip_coefficient_on_device(&accumulated, opts.grad_clip)?;
             let vars = model.trainable_vars();
-            optimizer.step(&vars, &accumulated, lr)?;
+            optimizer.step_scaled(&vars, &accumulated, lr, Some(&clip))?;
             accumulated.iter_mut().for_each(|g| *g = None);
         }
 

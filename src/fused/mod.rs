@@ -1,0 +1,40 @@
+//! Fused forward+backward kernels for training: candle custom ops that take part in autograd,
+//! each with a plain-Rust CPU path (the reference the tests check) and, with the `cuda`
+//! feature, a CUDA kernel compiled to PTX by build.rs from `kernels/*.cu`.
+//!
+//! Every op takes f32 or bf16 activations, computes in f32 and rounds where the composite
+//! candle form it replaces would have stored a tensor (see each op's module docs and
+//! [`reference`]). Inputs may be non-contiguous: the wrappers copy them first.
+//!
+//! * [`cross_entropy`]`(logits [n, v], targets [n] u32)`: f32 loss per row; dlogits.
+//! * [`rms_norm`]`(x [.., h], w [h], eps)`: dx and dw.
+//! * [`causal_softmax`]`(scores [.., t, t], scale)`: dscores; the causal mask built in.
+//! * [`rope`]`(x [b, h, t, d], cos, sin [t, d/2])`: dx; bit-identical to `rope_slow`.
+//! * [`swiglu`]`(gate, up)`: `silu(gate) * up`; dgate and dup.
+//! * [`embedding`]`(weight [v, h], ids)`: rows; a deterministic dweight (no atomics).
+//! * [`adamw_step_`]: one in-place AdamW step of a parameter and its moments (f32), with
+//!   [`sum_of_squares`] and [`clip_coefficient`] for gradient clipping without a host sync.
+
+mod adamw;
+mod causal_softmax;
+pub mod compare;
+mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod embedding;
+mod float;
+mod grad_norm;
+pub mod reference;
+mod rms_norm;
+mod rope;
+mod swiglu;
+
+pub use adamw::{adamw_step_, AdamWStep};
+pub use causal_softmax::causal_softmax;
+pub use cross_entropy::cross_entropy;
+pub use embedding::embedding;
+pub use float::FusedFloat;
+pub use grad_norm::{clip_coefficient, sum_of_squares};
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+pub use swiglu::swiglu;
