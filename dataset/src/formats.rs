@@ -175,42 +175,6 @@ impl LmBatch {
     }
 }
 
-/// A batch that can be split by rows (data-parallel ranks each train on a share of it).
-pub trait BatchRows: Sized {
-    fn rows(&self) -> usize;
-    /// Rows `[start, start + len)`, in order.
-    fn select_rows(&self, start: usize, len: usize) -> Self;
-}
-
-impl BatchRows for LmBatch {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn select_rows(&self, start: usize, len: usize) -> Self {
-        let cells = start * self.seq_len..(start + len) * self.seq_len;
-        Self {
-            rows: len,
-            seq_len: self.seq_len,
-            x: self.x[cells.clone()].to_vec(),
-            y: self.y[cells.clone()].to_vec(),
-            loss_mask: self.loss_mask[cells].to_vec(),
-            lines: self.lines[start..start + len].to_vec(),
-        }
-    }
-}
-
-impl BatchRows for DpoBatch {
-    /// Pairs.
-    fn rows(&self) -> usize {
-        self.chosen.rows
-    }
-
-    fn select_rows(&self, start: usize, len: usize) -> Self {
-        Self { chosen: self.chosen.select_rows(start, len), rejected: self.rejected.select_rows(start, len) }
-    }
-}
-
 /// A DPO batch; [`concatenated`](Self::concatenated) gives `torch.cat([chosen, rejected])`
 /// as `train_dpo.py` builds it.
 #[derive(Debug, Clone, PartialEq)]

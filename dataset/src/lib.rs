@@ -38,12 +38,11 @@ mod records;
 
 pub use encoder::{AssistantMarkers, TextEncoder};
 pub use formats::{
-    BatchRows,
     dpo_example, dpo_side, pretrain_example, rlaif_example, sft_example, sft_ids, sft_tools, Dataset, DatasetOptions,
     DpoBatch, DpoDataset, DpoExample, LmBatch, PretrainDataset, RlaifBatch, RlaifDataset, RlaifExample, SftDataset,
 };
 pub use jsonl::{JsonlIndex, LineError, SkipReport};
-pub use loader::{epoch_order, BatchInfo, Loader, LoaderOptions, LoaderState, Position, SplitMix64};
+pub use loader::{epoch_order, shard_of, BatchInfo, Loader, LoaderOptions, LoaderState, Position, SplitMix64};
 pub use mask::{assistant_loss_mask, non_pad_mask, LmExample};
 
 #[cfg(test)]

@@ -119,6 +119,9 @@ pub struct BatchInfo {
     /// Position of its first sample and the position after it (the resume point).
     pub start: Position,
     pub end: Position,
+    /// With a [`Loader::shard`]: this rank's share of the global batch was empty (a short
+    /// last batch), and the batch holds one stand-in row that must get weight 0.
+    pub stand_in: bool,
 }
 
 /// Batches of a [`Dataset`] over epochs.
@@ -132,9 +135,29 @@ pub struct Loader<D: Dataset> {
     step_in_epoch: u64,
     batches: u64,
     report: SkipReport,
+    /// (rank, world): read only this rank's rows of each global batch.
+    shard: Option<(usize, usize)>,
+}
+
+/// Rank `rank`'s contiguous rows of a global batch of `rows`: (start, len), as even as possible.
+pub fn shard_of(rows: usize, rank: usize, world: usize) -> (usize, usize) {
+    let start = rows * rank / world;
+    let end = rows * (rank + 1) / world;
+    (start, end - start)
 }
 
 impl<D: Dataset> Loader<D> {
+    /// Data parallelism: every rank walks the same global batches (`batch_size` samples, the
+    /// same order and positions, so the resume state is shared) but reads and returns only its
+    /// [`shard_of`] rows. With `skip_bad_lines` a bad line makes its rank's share shorter
+    /// instead of being replaced (the ranks never need to agree on replacements).
+    pub fn shard(mut self, rank: usize, world: usize) -> Self {
+        if world > 1 {
+            self.shard = Some((rank, world));
+        }
+        self
+    }
+
     pub fn new(dataset: D, opts: LoaderOptions) -> anyhow::Result<Self> {
         if opts.batch_size == 0 {
             anyhow::bail!("batch_size must be at least 1");
@@ -144,7 +167,17 @@ impl<D: Dataset> Loader<D> {
             anyhow::bail!("{} has no usable lines ({} lines, {} skipped)", idx.path().display(), idx.total_lines(), idx.report().at_index);
         }
         let report = dataset.index().report().clone();
-        Ok(Self { dataset, opts, pos: Position::default(), order: Vec::new(), order_epoch: None, step_in_epoch: 0, batches: 0, report })
+        Ok(Self {
+            dataset,
+            opts,
+            pos: Position::default(),
+            order: Vec::new(),
+            order_epoch: None,
+            step_in_epoch: 0,
+            batches: 0,
+            report,
+            shard: None,
+        })
     }
 
     /// A loader that continues where `state` was saved. The seed, shuffle and dataset length
@@ -249,6 +282,9 @@ impl<D: Dataset> Loader<D> {
                 continue;
             }
             self.ensure_order();
+            if let Some((rank, world)) = self.shard {
+                return self.next_shard(rank, world).map(Some);
+            }
             let start = self.pos;
             let mut cursor = self.pos.index as usize;
             let mut examples = Vec::with_capacity(bs);
@@ -279,11 +315,64 @@ impl<D: Dataset> Loader<D> {
             if examples.is_empty() || (self.opts.drop_last && examples.len() < bs) {
                 continue; // the rest of the epoch was all bad lines, or a short batch is dropped
             }
-            let info = BatchInfo { epoch: start.epoch, step: self.step_in_epoch, start, end: self.pos };
+            let info = BatchInfo { epoch: start.epoch, step: self.step_in_epoch, start, end: self.pos, stand_in: false };
             self.step_in_epoch += 1;
             self.batches += 1;
             return Ok(Some((info, self.dataset.collate(examples, lines))));
         }
+    }
+}
+
+impl<D: Dataset> Loader<D> {
+    /// The rank's rows of the next global batch (the epoch has samples left, order is ready).
+    fn next_shard(&mut self, rank: usize, world: usize) -> anyhow::Result<(BatchInfo, D::Batch)> {
+        let n = self.dataset.len();
+        let start = self.pos;
+        let first = self.pos.index as usize;
+        let end = (first + self.opts.batch_size).min(n);
+        let (offset, len) = shard_of(end - first, rank, world);
+        let dataset = &self.dataset;
+        let read = |picks: &[usize]| -> Vec<(usize, Result<D::Example, crate::LineError>)> {
+            picks.par_iter().map(|&i| (i, dataset.example(i))).collect()
+        };
+        let mut examples = Vec::with_capacity(len);
+        let mut lines = Vec::with_capacity(len);
+        let mut skipped = Vec::new();
+        for (i, result) in read(&self.order[first + offset..first + offset + len]) {
+            match result {
+                Ok(e) => {
+                    examples.push(e);
+                    lines.push(dataset.index().line_number(i));
+                }
+                Err(e) if dataset.skip_bad_lines() => skipped.push(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut stand_in = false;
+        if examples.is_empty() {
+            // An empty share still runs a step (every rank joins each all-reduce): the first
+            // readable sample of the global batch, weighted 0 by the trainer.
+            stand_in = true;
+            for (i, result) in read(&self.order[first..end]) {
+                if let Ok(e) = result {
+                    examples.push(e);
+                    lines.push(dataset.index().line_number(i));
+                    break;
+                }
+            }
+            if examples.is_empty() {
+                anyhow::bail!("every sample of a global batch failed to read ({} lines)", end - first);
+            }
+        }
+        for e in skipped {
+            self.report.at_read += 1;
+            self.report.keep(e);
+        }
+        self.pos.index = end as u64;
+        let info = BatchInfo { epoch: start.epoch, step: self.step_in_epoch, start, end: self.pos, stand_in };
+        self.step_in_epoch += 1;
+        self.batches += 1;
+        Ok((info, self.dataset.collate(examples, lines)))
     }
 }
 

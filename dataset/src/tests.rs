@@ -471,3 +471,30 @@ fn samples_are_clean() {
     }
 }
 
+
+#[test]
+fn sharded_loaders_split_each_global_batch_in_order() {
+    let lines: Vec<String> = (0..11).map(|i| json!({"text": format!("t{i}")}).to_string()).collect();
+    let (_dir, path) = write_file(&lines);
+    let opts = LoaderOptions { epochs: 1, ..LoaderOptions::new(4) }; // shuffled, global batch 4
+    let open = || PretrainDataset::open(&path, Fake::plain(), DatasetOptions::new(8)).unwrap();
+    let whole: Vec<_> = Loader::new(open(), opts).unwrap().map(|b| b.unwrap()).collect();
+    let ranks: Vec<Vec<_>> =
+        (0..3).map(|r| Loader::new(open(), opts).unwrap().shard(r, 3).map(|b| b.unwrap()).collect()).collect();
+    assert_eq!(whole.len(), 3); // 4 + 4 + 3 samples
+    for (step, (info, batch)) in whole.iter().enumerate() {
+        let mut joined = Vec::new();
+        for rank in &ranks {
+            let (rinfo, rbatch) = &rank[step];
+            assert_eq!((rinfo.start, rinfo.end, rinfo.step), (info.start, info.end, info.step));
+            assert!(!rinfo.stand_in);
+            joined.extend(rbatch.lines.iter().copied());
+        }
+        assert_eq!(joined, batch.lines, "step {step}: the shards are the global batch, in order");
+    }
+    // More ranks than rows in the short last batch: the empty shard gets a stand-in row.
+    let last: Vec<_> = (0..4).map(|r| Loader::new(open(), opts).unwrap().shard(r, 4).map(|b| b.unwrap()).last().unwrap()).collect();
+    assert_eq!(last.iter().filter(|(info, _)| info.stand_in).count(), 1);
+    assert!(last.iter().all(|(_, b)| b.rows == 1));
+    assert_eq!(crate::shard_of(3, 0, 4), (0, 0));
+}

@@ -326,12 +326,14 @@ fn world() -> Result<usize> {
 /// Every rank walks the same global batches (`world × batch_size` rows) and trains on its
 /// share of each.
 fn loader_for<D: Dataset>(dataset: D, opts: &TrainOptions, resume: Option<&Resume>) -> Result<Loader<D>> {
-    let global = opts.batch_size * world()?;
-    let lo = LoaderOptions { batch_size: global, epochs: opts.epochs, shuffle: true, seed: opts.seed, drop_last: false };
-    match resume {
-        Some(r) => Loader::resume(dataset, lo, &r.state.loader),
-        None => Loader::new(dataset, lo),
-    }
+    let role = mm::train::distributed::env_role()?;
+    let (rank, world) = role.unwrap_or((0, 1));
+    let lo = LoaderOptions { batch_size: opts.batch_size * world, epochs: opts.epochs, shuffle: true, seed: opts.seed, drop_last: false };
+    let loader = match resume {
+        Some(r) => Loader::resume(dataset, lo, &r.state.loader)?,
+        None => Loader::new(dataset, lo)?,
+    };
+    Ok(loader.shard(rank, world))
 }
 
 fn run_lm(c: CommonArgs, d: &StageDefaults, sft: bool) -> Result<()> {

@@ -3,8 +3,8 @@
 //!
 //! `mm train <stage> --gpus N` starts N copies of itself ([`launch`]); copy `r` trains on
 //! `cuda:r` and learns its place from the environment (`MM_DIST_RANK`, `MM_DIST_WORLD`,
-//! `MM_DIST_NCCL_ID`, read by [`current`]). Every step each rank takes its share of the
-//! global batch (`--batch-size` rows per GPU, so the global batch is `N × batch`) and
+//! `MM_DIST_NCCL_ID`, read by [`current`]). Every step each rank reads its share of the
+//! global batch (`mm_dataset::Loader::shard`) (`--batch-size` rows per GPU, so the global batch is `N × batch`) and
 //! weights its loss by its share of the global batch's loss tokens, so the summed gradient
 //! is the gradient of the global batch's mean loss: the same mathematics as one GPU fed the
 //! global batch. All ranks then clip and step identically, so the weights stay equal
@@ -79,13 +79,6 @@ impl DataParallel {
         self.rank == 0
     }
 
-    /// The rows `[start, start + len)` of a global batch of `rows` that this rank trains on:
-    /// contiguous, as even as possible. A rank whose share is empty (a short last batch)
-    /// gets the last row with weight 0 (`len == 0` tells it so).
-    pub fn share(&self, rows: usize) -> (usize, usize) {
-        share_of(rows, self.rank, self.world)
-    }
-
     /// Σ over ranks, element-wise (f32 tensors on this rank's GPU).
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "nccl")]
@@ -106,13 +99,6 @@ impl DataParallel {
         }
         Ok(())
     }
-}
-
-/// Rank `rank`'s contiguous rows of a global batch of `rows`: (start, len).
-fn share_of(rows: usize, rank: usize, world: usize) -> (usize, usize) {
-    let start = rows * rank / world;
-    let end = rows * (rank + 1) / world;
-    (start, end - start)
 }
 
 /// Starts `world` copies of this program, one per GPU (`cuda:0` … `cuda:world-1`), with
@@ -255,27 +241,6 @@ mod nccl {
                 .all_reduce(&src, &mut dst, &ReduceOp::Sum)
                 .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {e:?}")))?;
             Ok((CudaStorage::wrap_cuda_slice(dst, device), l.shape().clone()))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::share_of;
-
-    #[test]
-    fn shares_cover_the_batch_once_in_order() {
-        for rows in 0..20 {
-            for world in 1..5 {
-                let mut next = 0;
-                for rank in 0..world {
-                    let (start, len) = share_of(rows, rank, world);
-                    assert_eq!(start, next);
-                    assert!(len == rows / world || len == rows / world + 1);
-                    next += len;
-                }
-                assert_eq!(next, rows);
-            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use mm_dataset::{BatchRows, Dataset, Loader};
+use mm_dataset::{Dataset, Loader};
 use serde::{Deserialize, Serialize};
 
 use crate::converters::Provenance;
@@ -123,7 +123,7 @@ fn reduce_logged(
     p: &distributed::DataParallel,
     loss: &Tensor,
     logged: Vec<(&'static str, Tensor)>,
-    share: f64,
+    share: &Tensor,
 ) -> Result<Vec<(&'static str, Tensor)>> {
     if logged.is_empty() {
         return Ok(logged);
@@ -131,7 +131,7 @@ fn reduce_logged(
     let device = loss.device();
     let values: Vec<Tensor> = logged
         .iter()
-        .map(|(_, v)| Ok((v.to_dtype(DType::F32)?.to_device(device)?.reshape(1)? * share)?))
+        .map(|(_, v)| Ok(v.to_dtype(DType::F32)?.to_device(device)?.reshape(1)?.mul(share)?))
         .collect::<Result<_>>()?;
     let summed = p.all_reduce_sum(&Tensor::cat(&values, 0)?)?;
     logged.into_iter().enumerate().map(|(i, (k, _))| Ok((k, summed.narrow(0, i, 1)?.squeeze(0)?))).collect()
@@ -143,25 +143,50 @@ struct PendingMetric {
     epoch: u64,
     lr: f64,
     tokens: usize,
+    /// Data parallel: the global batch's loss tokens (Σ over ranks, on the device).
+    global_tokens: Option<Tensor>,
     elapsed_s: f64,
     loss: Tensor,
     logged: Vec<(&'static str, Tensor)>,
 }
 
 /// Reads the pending steps' figures back in one transfer and appends their lines (one write
-/// per line, so a killed run leaves whole lines behind). `rate` is the window's tokens/s.
-fn flush_metrics(pending: &mut Vec<PendingMetric>, rate: f64, out: &mut impl Write) -> Result<Vec<Metric>> {
+/// per line, so a killed run leaves whole lines behind). The tokens/s of every line is the
+/// window's (`window_s` seconds; data parallel: the global batches' tokens).
+fn flush_metrics(pending: &mut Vec<PendingMetric>, window_s: f64, out: &mut impl Write) -> Result<Vec<Metric>> {
     let mut scalars = Vec::new();
     for p in pending.iter() {
+        if let Some(g) = &p.global_tokens {
+            scalars.push(g.to_dtype(DType::F32)?.reshape(1)?);
+        }
         scalars.push(p.loss.to_dtype(DType::F32)?.reshape(1)?);
         for (_, v) in &p.logged {
             scalars.push(v.to_dtype(DType::F32)?.to_device(p.loss.device())?.reshape(1)?);
         }
     }
     let values: Vec<f32> = Tensor::cat(&scalars, 0)?.to_vec1()?;
+    let tokens: f64 = {
+        let mut at = 0;
+        let mut total = 0.0;
+        for p in pending.iter() {
+            total += match p.global_tokens {
+                Some(_) => {
+                    at += 1;
+                    values[at - 1] as f64
+                }
+                None => p.tokens as f64,
+            };
+            at += 1 + p.logged.len();
+        }
+        total
+    };
+    let rate = tokens / window_s.max(1e-9);
     let mut values = values.into_iter().map(f64::from);
     let mut written = Vec::new();
     for p in pending.drain(..) {
+        if p.global_tokens.is_some() {
+            values.next();
+        }
         let loss = values.next().expect("one value per scalar");
         let parts = p.logged.iter().map(|(k, _)| (k.to_string(), serde_json::json!(values.next().expect("one value per scalar")))).collect();
         let metric = Metric { step: p.step, epoch: p.epoch, loss, lr: p.lr, tokens_per_s: rate, elapsed_s: p.elapsed_s, parts };
@@ -182,7 +207,6 @@ pub fn train<O, D>(
 ) -> Result<TrainReport>
 where
     O: Objective,
-    O::Batch: BatchRows,
     D: Dataset<Batch = O::Batch>,
 {
     let compute = opts.compute_dtype()?;
@@ -247,26 +271,22 @@ where
         }
         let step = info.step + 1; // upstream's enumerate(loader, start=1)
         let lr = upstream_lr(info.epoch * iters + step, total_steps, opts.learning_rate);
-        let step_tokens = objective.tokens(&batch);
-        // A rank trains on its rows, its loss weighted by its share of the global batch's
-        // loss tokens: the all-reduced gradient is then that of the global mean loss.
-        let (batch, share) = match parallel {
-            None => (batch, None),
+        let step_tokens = if info.stand_in { 0 } else { objective.tokens(&batch) };
+        // A rank trains on its rows of the global batch (the loader reads only those), its
+        // loss weighted by its share of the global batch's loss tokens: the all-reduced
+        // gradient is then that of the global mean loss. Counts and share stay on the device.
+        let (share, global_tokens) = match parallel {
+            None => (None, None),
             Some(p) => {
-                let (start, len) = p.share(batch.rows());
-                if len == 0 {
-                    (batch.select_rows(batch.rows() - 1, 1), Some(0.0))
-                } else {
-                    let local = batch.select_rows(start, len);
-                    let share = objective.tokens(&local) as f64 / step_tokens.max(1) as f64;
-                    (local, Some(share))
-                }
+                let local = crate::device::upload(&[step_tokens as f32], &[1], &model.device)?;
+                let global = p.all_reduce_sum(&local)?;
+                (Some((&local / global.maximum(1f64)?)?), Some(global))
             }
         };
         let run_model = model.model_for(compute)?;
         let mut parts = objective.loss(&run_model, &batch, &model.device)?;
-        if let (Some(p), Some(share)) = (parallel, share) {
-            parts.loss = (parts.loss * share)?;
+        if let (Some(p), Some(share)) = (parallel, &share) {
+            parts.loss = parts.loss.broadcast_mul(&share.to_dtype(parts.loss.dtype())?.reshape(())?)?;
             parts.logged = reduce_logged(p, &parts.loss, std::mem::take(&mut parts.logged), share)?;
         }
         let scaled = (parts.loss.to_dtype(DType::F32)? / accumulation as f64)?;
@@ -292,6 +312,7 @@ where
             epoch: info.epoch + 1,
             lr,
             tokens: step_tokens,
+            global_tokens,
             elapsed_s: started.elapsed().as_secs_f64(),
             loss: match parallel {
                 // The logged loss is the global batch's: Σ of the ranks' weighted losses.
@@ -310,10 +331,10 @@ where
         if (log_now || save_now) && !main {
             pending.clear();
         } else if log_now || save_now {
-            let rate = pending.iter().map(|p| p.tokens).sum::<usize>() as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+            let written = flush_metrics(&mut pending, window_start.elapsed().as_secs_f64(), &mut metrics)?;
             window_start = Instant::now();
-            let written = flush_metrics(&mut pending, rate, &mut metrics)?;
             let last = written.last().expect("a step is pending");
+            let rate = last.tokens_per_s;
             losses.extend(written.iter().map(|m| (m.step, m.loss)));
             if let Some(bad) = written.iter().find(|m| !m.loss.is_finite()) {
                 bail!(
@@ -361,8 +382,7 @@ where
         }
     }
     if !pending.is_empty() && main {
-        let rate = pending.iter().map(|p| p.tokens).sum::<usize>() as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-        losses.extend(flush_metrics(&mut pending, rate, &mut metrics)?.iter().map(|m| (m.step, m.loss)));
+        losses.extend(flush_metrics(&mut pending, window_start.elapsed().as_secs_f64(), &mut metrics)?.iter().map(|m| (m.step, m.loss)));
     }
     bar.finish_and_clear();
     if !main {
