@@ -51,7 +51,7 @@ pub fn clip_coefficient_on_device(grads: &[Option<Tensor>], max_norm: f64) -> Re
     if present.first().is_some_and(|g| crate::model::fused_kernels(g.device())) {
         // One kernel per gradient writing fixed partial sums, added in order: deterministic.
         let total = crate::fused::sum_of_squares(&present)?.to_dtype(DType::F64)?.sqrt()?;
-        let coef = total.affine(1.0, 1e-6)?.recip()?.affine(max_norm, 0.0)?.minimum(1.0)?.to_dtype(DType::F32)?;
+        let coef = clip_coefficient(&total, max_norm)?;
         return Ok((total, coef));
     }
     let squares: Vec<Tensor> = grads
@@ -65,6 +65,11 @@ pub fn clip_coefficient_on_device(grads: &[Option<Tensor>], max_norm: f64) -> Re
     };
     let device = first.device().clone();
     let total = Tensor::cat(&squares, 0)?.sum_all()?.sqrt()?;
-    let coef = total.affine(1.0, 1e-6)?.recip()?.affine(max_norm, 0.0)?.minimum(1.0)?.to_dtype(DType::F32)?;
+    let coef = clip_coefficient(&total, max_norm)?;
     Ok((total, coef.to_device(&device)?))
+}
+
+/// torch's `min(1, max_norm / (total + 1e-6))` from the f64 norm, as an f32 scalar.
+fn clip_coefficient(total: &Tensor, max_norm: f64) -> Result<Tensor> {
+    Ok(total.affine(1.0, 1e-6)?.recip()?.affine(max_norm, 0.0)?.minimum(1.0)?.to_dtype(DType::F32)?)
 }
