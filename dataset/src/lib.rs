@@ -34,6 +34,7 @@ pub mod formats;
 pub mod jsonl;
 pub mod loader;
 pub mod mask;
+pub mod prefetch;
 mod records;
 
 pub use encoder::{AssistantMarkers, TextEncoder};
@@ -42,6 +43,7 @@ pub use formats::{
     DpoBatch, DpoDataset, DpoExample, LmBatch, PretrainDataset, RlaifBatch, RlaifDataset, RlaifExample, SftDataset,
 };
 pub use jsonl::{JsonlIndex, LineError, SkipReport};
+pub use prefetch::Prefetch;
 pub use loader::{epoch_order, shard_of, BatchInfo, Loader, LoaderOptions, LoaderState, Position, SplitMix64};
 pub use mask::{assistant_loss_mask, non_pad_mask, LmExample};
 

@@ -498,3 +498,28 @@ fn sharded_loaders_split_each_global_batch_in_order() {
     assert!(last.iter().all(|(_, b)| b.rows == 1));
     assert_eq!(crate::shard_of(3, 0, 4), (0, 0));
 }
+
+#[test]
+fn prefetch_yields_the_loader_batches_and_states_in_order() {
+    let lines: Vec<String> = (0..9).map(|i| json!({"text": format!("t{i}")}).to_string()).collect();
+    let (_dir, path) = write_file(&lines);
+    let opts = LoaderOptions { epochs: 2, ..LoaderOptions::new(4) };
+    let open = || PretrainDataset::open(&path, Fake::plain(), DatasetOptions::new(8)).unwrap();
+    let mut plain = Loader::new(open(), opts).unwrap();
+    let mut ahead = crate::Prefetch::new(Loader::new(open(), opts).unwrap(), 2);
+    let mut count = 0;
+    while let Some((info, batch)) = plain.next_batch().unwrap() {
+        let (pinfo, pbatch) = ahead.next_batch().unwrap().unwrap();
+        assert_eq!((pinfo.start, pinfo.end, pinfo.step), (info.start, info.end, info.step));
+        assert_eq!(pbatch.lines, batch.lines);
+        assert_eq!(ahead.state(), plain.state(), "the state is the one after this batch, not after the read-ahead");
+        assert_eq!(ahead.finished(), plain.finished());
+        count += 1;
+    }
+    assert_eq!(count, 6);
+    assert!(ahead.next_batch().unwrap().is_none());
+    // Dropped with batches still queued: the worker stops instead of blocking.
+    let mut early = crate::Prefetch::new(Loader::new(open(), opts).unwrap(), 1);
+    early.next_batch().unwrap().unwrap();
+    drop(early);
+}

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use mm_dataset::{Dataset, Loader};
+use mm_dataset::{Dataset, Loader, Prefetch};
 use serde::{Deserialize, Serialize};
 
 use crate::converters::Provenance;
@@ -200,14 +200,15 @@ fn flush_metrics(pending: &mut Vec<PendingMetric>, window_s: f64, out: &mut impl
 pub fn train<O, D>(
     model: &mut TrainableModel,
     objective: &mut O,
-    mut loader: Loader<D>,
+    loader: Loader<D>,
     opts: &TrainOptions,
     resume_from: Option<&Resume>,
     save_weights: SaveWeights,
 ) -> Result<TrainReport>
 where
     O: Objective,
-    D: Dataset<Batch = O::Batch>,
+    D: Dataset<Batch = O::Batch> + Send + 'static,
+    O::Batch: Send + 'static,
 {
     let compute = opts.compute_dtype()?;
     // Data-parallel rank (None: one process). Only the main process writes files.
@@ -234,6 +235,8 @@ where
     }
 
     let iters = loader.steps_per_epoch();
+    // The next batches are read and tokenised on a thread while this one trains.
+    let mut loader = Prefetch::new(loader, 2);
     let total_steps = opts.epochs * iters;
     let bar = if main && opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::new(total_steps)
