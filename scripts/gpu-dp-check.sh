@@ -22,13 +22,14 @@ failed=()
 nvidia-smi --query-gpu=index,name,memory.total --format=csv
 
 # Longer documents than the samples (pretraining rows of 512 tokens are mostly full): each
-# line joins 8 sample texts; 2000 lines.
+# line joins 8 sample texts; 4000 lines, so that 2 GPUs x 32 rows still run 60 full steps
+# (a short last batch in the measured window would understate the rate).
 python3 - dataset/samples/pretrain_sample.jsonl "$WORK/long.jsonl" <<'PY'
 import json, random, sys
 texts = [json.loads(l)["text"] for l in open(sys.argv[1])]
 rng = random.Random(0)
 with open(sys.argv[2], "w") as f:
-    for _ in range(2000):
+    for _ in range(4000):
         f.write(json.dumps({"text": "".join(rng.choice(texts) for _ in range(8))}, ensure_ascii=False) + "\n")
 PY
 
