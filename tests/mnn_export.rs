@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use mm::converters::pth::checkpoint::PthHints;
 use mm::converters::{read_checkpoint, write_checkpoint, Checkpoint, Format, MiniMindConfig, TokenizerFiles};
-use mm::export::mnn::decoder_graph::{decoder_graph, rotary_inverse_frequencies, DecoderGraphSpec};
+use mm::export::mnn::decoder_graph::{decoder_graph, DecoderGraphSpec};
 use mm::export::mnn::net_flatbuffer::read_net;
 use mm::export::mnn::weights::{
     linear_header, plan_decoder, DecoderQuant, DecoderWeights, LinearRecord, QuantOptions, QuantizedMatrix,
@@ -306,19 +306,6 @@ fn exports_run_in_mnn_like_mm() {
         q8,
         None,
     );
-}
-
-/// The rotary constants in the graph are mm's, bit for bit, with and without YaRN.
-#[test]
-fn rotary_frequencies_are_mms() {
-    let yarn = mm::converters::config::RopeScaling::upstream_yarn();
-    for (dim, end, theta) in [(64, 32768, 1e6), (96, 32768, 1e6), (64, 4096, 1e4), (64, 2048, 1e6)] {
-        for scaling in [None, Some(&yarn)] {
-            let ours = rotary_inverse_frequencies(dim, end, theta, scaling);
-            let mms = mm::model::rope::inverse_frequencies(dim, end, theta, scaling);
-            assert_eq!(ours, mms, "dim {dim} end {end} theta {theta} scaling {}", scaling.is_some());
-        }
-    }
 }
 
 #[test]

@@ -67,6 +67,34 @@ pub fn default_intermediate_size(hidden_size: usize) -> usize {
     64 * raw.div_ceil(64)
 }
 
+/// The per-pair rotary inverse frequencies `1/θ^(2i/dim)` in f32 as upstream
+/// `precompute_freqs_cis` computes them, rescaled (YaRN-style) when `rope_scaling` is set and
+/// `end` (upstream: max_position_embeddings) exceeds the original context. The model's RoPE
+/// tables and the MNN graph's rotary constants both come from here.
+pub fn rope_inverse_frequencies(dim: usize, end: usize, base: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
+    let half = dim / 2;
+    let base = base as f32;
+    let mut freqs: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
+    if let Some(s) = scaling {
+        let orig_max = s.original_max_position_embeddings as f32;
+        if end as f64 / s.original_max_position_embeddings as f64 > 1.0 {
+            // The first pair whose wavelength exceeds the original context; pairs below it
+            // are blended by beta, the rest are divided by the factor.
+            let two_pi = (2.0 * std::f64::consts::PI) as f32;
+            let corr_dim = (0..half).find(|&i| two_pi / freqs[i] > orig_max).unwrap_or(half);
+            let (factor, fast, slow) = (s.factor as f32, s.beta_fast as f32, s.beta_slow as f32);
+            let denom = (half.saturating_sub(1)).max(1) as f32;
+            for (i, f) in freqs.iter_mut().enumerate() {
+                let power = i as f32 / denom;
+                let beta = slow + (fast - slow) * power;
+                let scale = if i < corr_dim { (beta * factor - beta + 1.0) / (beta * factor) } else { 1.0 / factor };
+                *f *= scale;
+            }
+        }
+    }
+    freqs
+}
+
 impl Default for MiniMindConfig {
     /// Upstream `MiniMindConfig()` with no arguments (MiniMind2-small).
     fn default() -> Self {
@@ -601,6 +629,20 @@ impl Fields<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn yarn_rescales_only_the_frequencies() {
+        let plain = rope_inverse_frequencies(64, 32768, 1e6, None);
+        assert_eq!(plain[0], 1.0);
+        assert_eq!(plain[1], 1.0 / 1e6f32.powf(2.0 / 64.0));
+        let yarn = RopeScaling::upstream_yarn();
+        let scaled = rope_inverse_frequencies(64, 32768, 1e6, Some(&yarn));
+        // Fast-rotating pairs keep nearly their frequency, slow ones are divided by 4.
+        assert!((scaled[0] - 1.0).abs() < 1e-6);
+        assert_eq!(scaled[31], plain[31] / 4.0);
+        // No extrapolation needed: unchanged.
+        assert_eq!(rope_inverse_frequencies(64, 2048, 1e6, Some(&yarn)), plain);
+    }
+
     use super::*;
 
     #[test]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use mm_export::mnn::decoder_graph::{decoder_graph, rotary_inverse_frequencies, DecoderGraphSpec};
+use mm_converters::config::rope_inverse_frequencies;
+use mm_export::mnn::decoder_graph::{decoder_graph, DecoderGraphSpec};
 use mm_export::mnn::graph::{BlobData, OpParam};
 use mm_export::mnn::net_flatbuffer::read_net;
 use mm_export::mnn::weights::{plan_decoder, DecoderQuant, DecoderShape, QuantOptions};
@@ -73,7 +74,7 @@ fn our_graph_has_llmexports_linear_norm_and_attention_ops() {
     let spec = DecoderGraphSpec {
         shape: shape.clone(),
         rms_norm_eps: 1e-6,
-        inv_freq: rotary_inverse_frequencies(64, 32768, 1e6, None),
+        inv_freq: rope_inverse_frequencies(64, 32768, 1e6, None),
     };
     let quant = DecoderQuant::uniform(QuantOptions { hqq: true, ..Default::default() });
     let ours = decoder_graph(&spec, &plan_decoder(&shape, &quant).unwrap()).unwrap();

@@ -3,39 +3,13 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use mm_converters::config::{MiniMindConfig, RopeScaling};
+use mm_converters::config::{rope_inverse_frequencies, MiniMindConfig};
 
 /// cos/sin tables of shape [positions, head_dim / 2] (the halves upstream duplicates).
 #[derive(Debug, Clone)]
 pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,
-}
-
-/// The per-pair inverse frequencies, rescaled when `rope_scaling` is set and the table is
-/// longer than the original context.
-pub fn inverse_frequencies(dim: usize, end: usize, base: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
-    let half = dim / 2;
-    let base = base as f32;
-    let mut freqs: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32)).collect();
-    if let Some(s) = scaling {
-        let orig_max = s.original_max_position_embeddings as f32;
-        if end as f64 / s.original_max_position_embeddings as f64 > 1.0 {
-            // The first pair whose wavelength exceeds the original context; pairs below it
-            // are blended by beta, the rest are divided by the factor.
-            let two_pi = (2.0 * std::f64::consts::PI) as f32;
-            let corr_dim = (0..half).find(|&i| two_pi / freqs[i] > orig_max).unwrap_or(half);
-            let (factor, fast, slow) = (s.factor as f32, s.beta_fast as f32, s.beta_slow as f32);
-            let denom = (half.saturating_sub(1)).max(1) as f32;
-            for (i, f) in freqs.iter_mut().enumerate() {
-                let power = i as f32 / denom;
-                let beta = slow + (fast - slow) * power;
-                let scale = if i < corr_dim { (beta * factor - beta + 1.0) / (beta * factor) } else { 1.0 / factor };
-                *f *= scale;
-            }
-        }
-    }
-    freqs
 }
 
 impl RopeTables {
@@ -66,7 +40,7 @@ impl RopeTables {
     /// (upstream's `end`), not on `len`.
     pub fn with_length(cfg: &MiniMindConfig, len: usize, device: &Device) -> Result<Self> {
         let half = cfg.head_dim() / 2;
-        let freqs = inverse_frequencies(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let freqs = rope_inverse_frequencies(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling.as_ref());
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
         for t in 0..len {

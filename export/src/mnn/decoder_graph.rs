@@ -16,7 +16,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 
-use mm_converters::config::RopeScaling;
+use mm_converters::config::rope_inverse_frequencies;
 use mm_converters::MiniMindConfig;
 
 use super::graph::{
@@ -52,7 +52,7 @@ impl DecoderGraphSpec {
     pub fn from_config(cfg: &MiniMindConfig) -> Result<Self> {
         cfg.validate().context("the checkpoint's config cannot be exported to MNN")?;
         let shape = DecoderShape::from_config(cfg)?;
-        let inv_freq = rotary_inverse_frequencies(
+        let inv_freq = rope_inverse_frequencies(
             shape.head_dim,
             cfg.max_position_embeddings,
             cfg.rope_theta,
@@ -60,35 +60,6 @@ impl DecoderGraphSpec {
         );
         Ok(Self { shape, rms_norm_eps: cfg.rms_norm_eps as f32, inv_freq })
     }
-}
-
-/// mm's per-pair inverse frequencies (src/model/rope.rs `inverse_frequencies` with
-/// `end = max_position_embeddings`): `1/θ^(2i/D)` in f32; with `rope_scaling`, when the
-/// context exceeds the original one, pairs below the first whose wavelength exceeds the
-/// original context are blended by `β(i)` and the rest divided by the factor.
-pub fn rotary_inverse_frequencies(
-    head_dim: usize,
-    max_positions: usize,
-    theta: f64,
-    scaling: Option<&RopeScaling>,
-) -> Vec<f32> {
-    let half = head_dim / 2;
-    let base = theta as f32;
-    let mut freqs: Vec<f32> = (0..half).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
-    let Some(s) = scaling else { return freqs };
-    if max_positions as f64 / s.original_max_position_embeddings as f64 <= 1.0 {
-        return freqs;
-    }
-    let original = s.original_max_position_embeddings as f32;
-    let two_pi = (2.0 * std::f64::consts::PI) as f32;
-    let corr_dim = (0..half).find(|&i| two_pi / freqs[i] > original).unwrap_or(half);
-    let (factor, fast, slow) = (s.factor as f32, s.beta_fast as f32, s.beta_slow as f32);
-    let denom = half.saturating_sub(1).max(1) as f32;
-    for (i, f) in freqs.iter_mut().enumerate() {
-        let beta = slow + (fast - slow) * (i as f32 / denom);
-        *f *= if i < corr_dim { (beta * factor - beta + 1.0) / (beta * factor) } else { 1.0 / factor };
-    }
-    freqs
 }
 
 /// Checks a Linear record has the shape the graph wires it with.
@@ -425,19 +396,5 @@ mod tests {
     fn moe_is_refused_with_the_reason() {
         let e = DecoderGraphSpec::from_config(&MiniMindConfig::preset("moe").unwrap()).unwrap_err();
         assert!(e.to_string().contains("MoE"), "{e}");
-    }
-
-    #[test]
-    fn yarn_rescales_only_the_frequencies() {
-        let plain = rotary_inverse_frequencies(64, 32768, 1e6, None);
-        assert_eq!(plain[0], 1.0);
-        assert_eq!(plain[1], 1.0 / 1e6f32.powf(2.0 / 64.0));
-        let yarn = RopeScaling::upstream_yarn();
-        let scaled = rotary_inverse_frequencies(64, 32768, 1e6, Some(&yarn));
-        // Fast-rotating pairs keep nearly their frequency, slow ones are divided by 4.
-        assert!((scaled[0] - 1.0).abs() < 1e-6);
-        assert_eq!(scaled[31], plain[31] / 4.0);
-        // No extrapolation needed: unchanged.
-        assert_eq!(rotary_inverse_frequencies(64, 2048, 1e6, Some(&yarn)), plain);
     }
 }
