@@ -15,6 +15,7 @@ use clap::Args;
 
 use mm::fused::compare::{compare, random, Tol};
 use mm::fused::{self, reference, AdamWStep};
+use mm::train::step::clip_coefficient;
 
 #[derive(Args)]
 pub struct SelftestFusedArgs {
@@ -275,7 +276,7 @@ fn minimind_param_shapes() -> Vec<Vec<usize>> {
 }
 
 /// Three clipped AdamW steps of a few parameters (odd sizes included) on the device and on the
-/// CPU: sum_of_squares, clip_coefficient and adamw_step_ together.
+/// CPU: sum_of_squares, the trainer's clip coefficient and adamw_step_ together.
 fn check_adamw(dev: &Device) -> Result<usize> {
     let shapes: Vec<Vec<usize>> = vec![vec![37], vec![1408, 512], vec![3, 5, 7]];
     let run = |dev: &Device| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
@@ -290,7 +291,7 @@ fn check_adamw(dev: &Device) -> Result<usize> {
                 .map(|(i, s)| random(s, 2.0, 300 + 10 * step + i as u64).to_device(dev))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let total = fused::sum_of_squares(&grads)?;
-            let coef = fused::clip_coefficient(&total, 1.0)?;
+            let coef = clip_coefficient(&total.to_dtype(DType::F64)?.sqrt()?, 1.0)?;
             let h = AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, step };
             for ((p, (m, v)), g) in params.iter().zip(&state).zip(&grads) {
                 fused::adamw_step_(p, m, v, g, &h, Some(&coef))?;
@@ -369,7 +370,7 @@ fn time_adamw(dev: &Device, reps: usize) -> Result<[f64; 2]> {
     };
     let fused_ms = time_ms(dev, reps, || {
         let h = hyper();
-        let coef = fused::clip_coefficient(&fused::sum_of_squares(&grads)?, 1.0)?;
+        let coef = clip_coefficient(&fused::sum_of_squares(&grads)?.to_dtype(DType::F64)?.sqrt()?, 1.0)?;
         for (((p, m), v), g) in params.iter().zip(&ms).zip(&vs).zip(&grads) {
             fused::adamw_step_(p, m, v, g, &h, Some(&coef))?;
         }

@@ -1,9 +1,9 @@
 //! The global gradient norm and upstream's clip coefficient, kept on the device:
 //! `clip_grad_norm_` needs `Σ‖g‖²` over every gradient, and reading it back each step would
 //! stall the stream. [`sum_of_squares`] adds each tensor's squares into one f32 on the device
-//! (one kernel per tensor on CUDA); [`clip_coefficient`] turns that into
+//! (one kernel per tensor on CUDA); `crate::train::step::clip_coefficient` turns its root into
 //! `min(1, max_norm / (√total + 1e-6))`, which [`adamw_step_`](super::adamw_step_) takes as
-//! its `grad_scale`. The norm itself, for logging, is `total.sqrt()`.
+//! its `grad_scale`.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, InplaceOp2, Layout, Result, Tensor};
@@ -30,13 +30,6 @@ pub fn sum_of_squares(tensors: &[Tensor]) -> Result<Tensor> {
         }
     }
     acc.to_dtype(DType::F64)?.sum_all()?.to_dtype(DType::F32)
-}
-
-/// `min(1, max_norm / (√total_sq + 1e-6))` as torch's `clip_grad_norm_` computes it (in f32,
-/// on total_sq's device).
-pub fn clip_coefficient(total_sq: &Tensor, max_norm: f64) -> Result<Tensor> {
-    let denom = (total_sq.to_dtype(DType::F32)?.sqrt()? + 1e-6)?;
-    Tensor::new(max_norm as f32, total_sq.device())?.broadcast_div(&denom)?.minimum(1f64)
 }
 
 /// Adds Σ src² to the f32 scalar it is applied to.
@@ -102,14 +95,5 @@ mod tests {
             .sum();
         let got = sum_of_squares(&ts).unwrap().to_scalar::<f32>().unwrap() as f64;
         assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
-    }
-
-    #[test]
-    fn clip_coefficient_is_capped_at_one() {
-        let dev = candle_core::Device::Cpu;
-        let big = clip_coefficient(&Tensor::new(400f32, &dev).unwrap(), 1.0).unwrap().to_scalar::<f32>().unwrap();
-        assert!((big - 1.0 / (20.0 + 1e-6)).abs() < 1e-7, "{big}");
-        let small = clip_coefficient(&Tensor::new(0.25f32, &dev).unwrap(), 1.0).unwrap().to_scalar::<f32>().unwrap();
-        assert_eq!(small, 1.0);
     }
 }

@@ -13,7 +13,7 @@
 //! * [`swiglu`]`(gate, up)`: `silu(gate) * up`; dgate and dup.
 //! * [`embedding`]`(weight [v, h], ids)`: rows; a deterministic dweight (no atomics).
 //! * [`adamw_step_`]: one in-place AdamW step of a parameter and its moments (f32), with
-//!   [`sum_of_squares`] and [`clip_coefficient`] for gradient clipping without a host sync.
+//!   [`sum_of_squares`] for gradient clipping without a host sync.
 
 mod adamw;
 mod causal_softmax;
@@ -34,7 +34,7 @@ pub use causal_softmax::causal_softmax;
 pub use cross_entropy::cross_entropy;
 pub use embedding::embedding;
 pub use float::FusedFloat;
-pub use grad_norm::{clip_coefficient, sum_of_squares};
+pub use grad_norm::sum_of_squares;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use swiglu::swiglu;
