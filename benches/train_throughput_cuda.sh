@@ -10,10 +10,7 @@
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
-MM="${MM:-dist/cuda/mm}"
-if [ ! -x "$MM" ] && [ -e dist/cuda/mm.gz ]; then
-  gzip -dc dist/cuda/mm.gz > /tmp/mm-bench && chmod +x /tmp/mm-bench && MM=/tmp/mm-bench
-fi
+. scripts/cuda-binary.sh && cuda_binary "$(mktemp -d /tmp/mm-bench.XXXXXX)"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for preset in small base; do
   echo "== $preset"

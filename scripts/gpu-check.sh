@@ -21,11 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOGDIR="${OUT:-/tmp/mm-gpu-check}"
 WORK="$(mktemp -d /tmp/mm-gpu-check.XXXXXX)"
 mkdir -p "$LOGDIR"
-# build-cuda.sh leaves dist/cuda/mm.gz when the binary is too big to carry unpacked.
-if [ -z "${MM:-}" ] && [ ! -e dist/cuda/mm ] && [ -e dist/cuda/mm.gz ]; then
-  gzip -dc dist/cuda/mm.gz > "$WORK/mm" && chmod +x "$WORK/mm" && MM="$WORK/mm"
-fi
-MM="${MM:-dist/cuda/mm}"
+. scripts/cuda-binary.sh && cuda_binary "$WORK"
 LIMIT="${STEP_TIMEOUT:-120}"
 failed=()
 

@@ -14,10 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOGDIR="${OUT:-/tmp/mm-dp-check}"
 WORK="$(mktemp -d /tmp/mm-dp-check.XXXXXX)"
 mkdir -p "$LOGDIR"
-if [ -z "${MM:-}" ] && [ ! -e dist/cuda/mm ] && [ -e dist/cuda/mm.gz ]; then
-  gzip -dc dist/cuda/mm.gz > "$WORK/mm" && chmod +x "$WORK/mm" && MM="$WORK/mm"
-fi
-MM="${MM:-dist/cuda/mm}"
+. scripts/cuda-binary.sh && cuda_binary "$WORK"
 failed=()
 nvidia-smi --query-gpu=index,name,memory.total --format=csv
 
