@@ -165,33 +165,23 @@ fn flush_metrics(pending: &mut Vec<PendingMetric>, window_s: f64, out: &mut impl
         }
     }
     let values: Vec<f32> = Tensor::cat(&scalars, 0)?.to_vec1()?;
-    let tokens: f64 = {
-        let mut at = 0;
-        let mut total = 0.0;
-        for p in pending.iter() {
-            total += match p.global_tokens {
-                Some(_) => {
-                    at += 1;
-                    values[at - 1] as f64
-                }
-                None => p.tokens as f64,
-            };
-            at += 1 + p.logged.len();
-        }
-        total
-    };
-    let rate = tokens / window_s.max(1e-9);
     let mut values = values.into_iter().map(f64::from);
+    let mut next = || values.next().expect("one value per scalar");
+    let mut tokens = 0.0;
     let mut written = Vec::new();
     for p in pending.drain(..) {
-        if p.global_tokens.is_some() {
-            values.next();
-        }
-        let loss = values.next().expect("one value per scalar");
-        let parts = p.logged.iter().map(|(k, _)| (k.to_string(), serde_json::json!(values.next().expect("one value per scalar")))).collect();
-        let metric = Metric { step: p.step, epoch: p.epoch, loss, lr: p.lr, tokens_per_s: rate, elapsed_s: p.elapsed_s, parts };
+        tokens += match p.global_tokens {
+            Some(_) => next(),
+            None => p.tokens as f64,
+        };
+        let loss = next();
+        let parts = p.logged.iter().map(|(k, _)| (k.to_string(), serde_json::json!(next()))).collect();
+        written.push(Metric { step: p.step, epoch: p.epoch, loss, lr: p.lr, tokens_per_s: 0.0, elapsed_s: p.elapsed_s, parts });
+    }
+    let rate = tokens / window_s.max(1e-9);
+    for metric in &mut written {
+        metric.tokens_per_s = rate;
         out.write_all(format!("{}\n", serde_json::to_string(&metric)?).as_bytes())?;
-        written.push(metric);
     }
     out.flush()?;
     Ok(written)
