@@ -124,11 +124,45 @@ pub fn rlaif_example<E: TextEncoder + ?Sized>(encoder: &E, contents: &[&str]) ->
     Ok(RlaifExample { prompt, answer: answer.to_string() })
 }
 
+/// The longest `max_length` (`--max-seq-len`) a dataset takes: 2^17 tokens (MiniMind trains
+/// at 512 to 1024 and has a 32768-position context).
+pub const MAX_LENGTH: usize = 1 << 17;
+
+/// The most tokens one micro-batch may hold, `batch_size × max_length`: 2^18 (upstream's
+/// defaults use 16 384). The model's activations grow with it (the logits alone take
+/// `tokens × vocab × 4` bytes), so a mistyped `--batch-size` is refused before training starts.
+pub const MAX_BATCH_TOKENS: usize = 1 << 18;
+
+fn no_reply_tokens(max_length: usize) -> String {
+    format!(
+        "no loss tokens: no assistant reply token within --max-seq-len {max_length} (the reply is cut off, or there is none)"
+    )
+}
+
 fn check_max_length(max_length: usize) -> Result<()> {
     if max_length < 2 {
         bail!("max_length must be at least 2 (X and Y are ids[:-1] and ids[1:]), got {max_length}");
     }
+    if max_length > MAX_LENGTH {
+        bail!("max_length {max_length} exceeds the limit of {MAX_LENGTH} tokens a sample may have");
+    }
     Ok(())
+}
+
+/// Checks a micro-batch of `batch_size` rows of `max_length` tokens against [`MAX_LENGTH`] and
+/// [`MAX_BATCH_TOKENS`] before anything is allocated for it.
+pub fn check_micro_batch(batch_size: usize, max_length: usize) -> Result<()> {
+    if batch_size == 0 {
+        bail!("the batch size must be at least 1");
+    }
+    check_max_length(max_length)?;
+    match batch_size.checked_mul(max_length) {
+        Some(tokens) if tokens <= MAX_BATCH_TOKENS => Ok(()),
+        _ => bail!(
+            "a batch of {batch_size} rows x {max_length} tokens exceeds the limit of {MAX_BATCH_TOKENS} tokens per \
+             micro-batch (use a smaller batch size with --accumulation-steps for the same effective batch)"
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,6 +273,10 @@ pub trait Dataset: Sync {
     /// Rows in order; `lines` are their file lines.
     fn collate(&self, examples: Vec<Self::Example>, lines: Vec<u64>) -> Self::Batch;
     fn skip_bad_lines(&self) -> bool;
+    /// Why `example` has no token to train on, if it has none (its loss would be 0/0).
+    fn without_loss_tokens(&self, _example: &Self::Example) -> Option<String> {
+        None
+    }
 
     fn len(&self) -> usize {
         self.index().len()
@@ -299,6 +337,10 @@ impl<E: TextEncoder + Sync> Dataset for PretrainDataset<E> {
     fn skip_bad_lines(&self) -> bool {
         self.opts.skip_bad_lines
     }
+
+    fn without_loss_tokens(&self, e: &LmExample) -> Option<String> {
+        (!e.has_loss_tokens()).then(|| "no loss tokens (the text encodes to fewer than 2 tokens)".into())
+    }
 }
 
 /// SFT `{"conversations": [...]}` lines (tools in a first system message's `functions`).
@@ -341,6 +383,10 @@ impl<E: TextEncoder + Sync> Dataset for SftDataset<E> {
     fn skip_bad_lines(&self) -> bool {
         self.opts.skip_bad_lines
     }
+
+    fn without_loss_tokens(&self, e: &LmExample) -> Option<String> {
+        (!e.has_loss_tokens()).then(|| no_reply_tokens(self.opts.max_length))
+    }
 }
 
 /// DPO `{"chosen": [...], "rejected": [...]}` lines.
@@ -375,6 +421,14 @@ impl<E: TextEncoder + Sync> Dataset for DpoDataset<E> {
         records::dpo(&v).map_err(|m| self.index.error(i, m))?;
         dpo_example(&self.encoder, &self.markers, &v["chosen"], &v["rejected"], self.opts.max_length)
             .map_err(at(&self.index, i))
+    }
+
+    fn without_loss_tokens(&self, e: &DpoExample) -> Option<String> {
+        match (e.chosen.has_loss_tokens(), e.rejected.has_loss_tokens()) {
+            (true, true) => None,
+            (false, _) => Some(format!("chosen: {}", no_reply_tokens(self.opts.max_length))),
+            (_, false) => Some(format!("rejected: {}", no_reply_tokens(self.opts.max_length))),
+        }
     }
 
     fn collate(&self, examples: Vec<DpoExample>, lines: Vec<u64>) -> DpoBatch {

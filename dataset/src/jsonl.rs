@@ -64,6 +64,12 @@ pub type Validator = fn(&Value) -> Result<(), String>;
 /// Lines processed per parallel round while indexing.
 const CHUNK_BYTES: usize = 16 << 20;
 
+/// The longest line a jsonl file may have: 1 MiB. Longer lines are bad lines (an error naming
+/// the file and line, or skipped with `skip_bad_lines`) and are never held in memory: a sample
+/// is tokenized whole before it is cut to `max_seq_len`, and tokenizing costs about 100 bytes
+/// of memory per byte of text.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
 /// The good lines of a jsonl file: their byte ranges and line numbers.
 #[derive(Debug)]
 pub struct JsonlIndex {
@@ -86,6 +92,12 @@ impl JsonlIndex {
     /// line, as it is for upstream's `json.loads`.
     pub fn build(path: &Path, skip_bad_lines: bool, validate: Validator) -> anyhow::Result<Self> {
         let open = || File::open(path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()));
+        // A device or FIFO (`/dev/zero`, `<(…)`) may never end, and lines are read back by
+        // position later: only regular files.
+        let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+        if !meta.is_file() {
+            anyhow::bail!("{}: not a regular file (training data must be a jsonl file)", path.display());
+        }
         let mut reader = BufReader::with_capacity(1 << 20, open()?);
         let mut index = Self {
             path: path.to_path_buf(),
@@ -97,25 +109,29 @@ impl JsonlIndex {
             report: SkipReport::default(),
         };
         let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK_BYTES + (1 << 16));
-        // (start in chunk, end in chunk without the newline)
-        let mut ranges: Vec<(usize, usize)> = Vec::new();
-        let mut chunk_offset = 0u64; // file offset of chunk[0]
+        let mut ranges: Vec<LineSpan> = Vec::new();
+        let mut file_offset = 0u64; // file offset of the next line
         loop {
             let before = chunk.len();
-            let n = reader
-                .read_until(b'\n', &mut chunk)
-                .map_err(|e| anyhow::anyhow!("reading {} after line {}: {e}", path.display(), index.total_lines))?;
-            if n > 0 {
-                let end = if chunk.last() == Some(&b'\n') { chunk.len() - 1 } else { chunk.len() };
-                ranges.push((before, end));
+            let read = read_line_bounded(&mut reader, &mut chunk, MAX_LINE_BYTES + 1, !skip_bad_lines).map_err(|e| {
+                anyhow::anyhow!("reading {} after line {}: {e}", path.display(), index.total_lines + ranges.len() as u64)
+            })?;
+            let cut = read.cut;
+            if read.consumed > 0 {
+                let end = if !cut && chunk.last() == Some(&b'\n') { chunk.len() - 1 } else { chunk.len() };
+                ranges.push(LineSpan { start: before, end, file_offset, too_long: cut });
+                file_offset += read.consumed;
+                if cut {
+                    // Keep none of an over-long line's bytes.
+                    chunk.truncate(before);
+                }
             }
-            if n == 0 || chunk.len() >= CHUNK_BYTES {
-                index.take_chunk(&chunk, &ranges, chunk_offset, skip_bad_lines, validate)?;
-                chunk_offset += chunk.len() as u64;
+            if read.consumed == 0 || chunk.len() >= CHUNK_BYTES || cut {
+                index.take_chunk(&chunk, &ranges, skip_bad_lines, validate)?;
                 chunk.clear();
                 ranges.clear();
             }
-            if n == 0 {
+            if read.consumed == 0 {
                 break;
             }
         }
@@ -124,25 +140,25 @@ impl JsonlIndex {
         Ok(index)
     }
 
-    fn take_chunk(
-        &mut self,
-        chunk: &[u8],
-        ranges: &[(usize, usize)],
-        chunk_offset: u64,
-        skip_bad_lines: bool,
-        validate: Validator,
-    ) -> anyhow::Result<()> {
-        let checked: Vec<Result<(), String>> =
-            ranges.par_iter().map(|&(s, e)| parse_line(&chunk[s..e]).and_then(|v| validate(&v))).collect();
-        for (&(s, e), result) in ranges.iter().zip(checked) {
+    fn take_chunk(&mut self, chunk: &[u8], ranges: &[LineSpan], skip_bad_lines: bool, validate: Validator) -> anyhow::Result<()> {
+        let checked: Vec<Result<(), String>> = ranges
+            .par_iter()
+            .map(|r| {
+                if r.too_long {
+                    return Err(format!("line is longer than {MAX_LINE_BYTES} bytes, the most a line may have"));
+                }
+                parse_line(&chunk[r.start..r.end]).and_then(|v| validate(&v))
+            })
+            .collect();
+        for (r, result) in ranges.iter().zip(checked) {
             self.total_lines += 1;
             let line = self.total_lines;
             let result = result.and_then(|()| {
-                u32::try_from(e - s).map_err(|_| format!("line is longer than {} bytes", u32::MAX))
+                u32::try_from(r.end - r.start).map_err(|_| format!("line is longer than {} bytes", u32::MAX))
             });
             match result {
                 Ok(len) => {
-                    self.starts.push(chunk_offset + s as u64);
+                    self.starts.push(r.file_offset);
                     self.lens.push(len);
                 }
                 Err(message) => {
@@ -221,6 +237,59 @@ impl JsonlIndex {
     /// An error about good line `index`, with its file and line number.
     pub fn error(&self, index: usize, message: impl Into<String>) -> LineError {
         LineError { path: self.path.clone(), line: self.line_number(index), message: message.into() }
+    }
+}
+
+/// One line read while indexing: its bytes in the chunk (without the newline), where it
+/// starts in the file, and whether it was longer than [`MAX_LINE_BYTES`] (then no bytes kept).
+struct LineSpan {
+    start: usize,
+    end: usize,
+    file_offset: u64,
+    too_long: bool,
+}
+
+/// What [`read_line_bounded`] read.
+struct BoundedRead {
+    /// Bytes taken from the reader (the whole line and its newline, unless stopped early).
+    consumed: u64,
+    /// The line had more than `max` bytes; only the first `max` were kept.
+    cut: bool,
+}
+
+/// `read_until(b'\n')` that keeps at most `max` bytes of the line (newline included). The rest
+/// of a longer line is read and dropped, or with `stop_when_cut` not read at all.
+fn read_line_bounded(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize, stop_when_cut: bool) -> std::io::Result<BoundedRead> {
+    let mut read = BoundedRead { consumed: 0, cut: false };
+    let mut kept = 0usize;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(read);
+        }
+        let (line_part, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let room = max - kept;
+        let take = line_part.len().min(room);
+        if !read.cut {
+            buf.extend_from_slice(&line_part[..take]);
+            kept += take;
+        }
+        if line_part.len() > room {
+            read.cut = true;
+        }
+        let n = line_part.len();
+        reader.consume(n);
+        read.consumed += n as u64;
+        if done || (read.cut && stop_when_cut) {
+            return Ok(read);
+        }
     }
 }
 

@@ -39,10 +39,10 @@ mod records;
 
 pub use encoder::{AssistantMarkers, TextEncoder};
 pub use formats::{
-    dpo_example, dpo_side, pretrain_example, rlaif_example, sft_example, sft_ids, sft_tools, Dataset, DatasetOptions,
-    DpoBatch, DpoDataset, DpoExample, LmBatch, PretrainDataset, RlaifBatch, RlaifDataset, RlaifExample, SftDataset,
+    check_micro_batch, dpo_example, dpo_side, pretrain_example, rlaif_example, sft_example, sft_ids, sft_tools, Dataset, DatasetOptions,
+    DpoBatch, DpoDataset, DpoExample, LmBatch, PretrainDataset, MAX_BATCH_TOKENS, MAX_LENGTH, RlaifBatch, RlaifDataset, RlaifExample, SftDataset,
 };
-pub use jsonl::{JsonlIndex, LineError, SkipReport};
+pub use jsonl::{JsonlIndex, LineError, SkipReport, MAX_LINE_BYTES};
 pub use prefetch::Prefetch;
 pub use loader::{epoch_order, shard_of, BatchInfo, Loader, LoaderOptions, LoaderState, Position, SplitMix64};
 pub use mask::{assistant_loss_mask, non_pad_mask, LmExample};

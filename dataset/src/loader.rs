@@ -137,6 +137,8 @@ pub struct Loader<D: Dataset> {
     report: SkipReport,
     /// (rank, world): read only this rank's rows of each global batch.
     shard: Option<(usize, usize)>,
+    /// Rows skipped because they had no loss tokens (reported on stderr as they are met).
+    rows_without_loss: u64,
 }
 
 /// Rank `rank`'s contiguous rows of a global batch of `rows`: (start, len), as even as possible.
@@ -177,6 +179,7 @@ impl<D: Dataset> Loader<D> {
             batches: 0,
             report,
             shard: None,
+            rows_without_loss: 0,
         })
     }
 
@@ -287,9 +290,11 @@ impl<D: Dataset> Loader<D> {
             }
             let start = self.pos;
             let mut cursor = self.pos.index as usize;
-            let mut examples = Vec::with_capacity(bs);
-            let mut lines = Vec::with_capacity(bs);
+            // Never more rows than the file has, whatever the batch size says.
+            let mut examples = Vec::with_capacity(bs.min(n - cursor));
+            let mut lines = Vec::with_capacity(bs.min(n - cursor));
             let mut skipped = Vec::new();
+            let mut empty = Vec::new();
             while examples.len() < bs && cursor < n {
                 let want = (bs - examples.len()).min(n - cursor);
                 let picks = &self.order[cursor..cursor + want];
@@ -297,16 +302,20 @@ impl<D: Dataset> Loader<D> {
                 let got: Vec<_> = picks.par_iter().map(|&i| dataset.example(i)).collect();
                 for (&i, result) in picks.iter().zip(got) {
                     match result {
-                        Ok(e) => {
-                            examples.push(e);
-                            lines.push(dataset.index().line_number(i));
-                        }
+                        Ok(e) => match dataset.without_loss_tokens(&e) {
+                            Some(why) => empty.push(dataset.index().error(i, why)),
+                            None => {
+                                examples.push(e);
+                                lines.push(dataset.index().line_number(i));
+                            }
+                        },
                         Err(e) if dataset.skip_bad_lines() => skipped.push(e),
                         Err(e) => return Err(e.into()),
                     }
                 }
                 cursor += want;
             }
+            self.note_rows_without_loss(empty);
             for e in skipped {
                 self.report.at_read += 1;
                 self.report.keep(e);
@@ -324,12 +333,32 @@ impl<D: Dataset> Loader<D> {
 }
 
 impl<D: Dataset> Loader<D> {
+    /// Rows without loss tokens would make a batch's masked mean 0/0 (NaN); they are skipped
+    /// like bad lines, always, and each of the first few is named on stderr.
+    fn note_rows_without_loss(&mut self, rows: Vec<crate::LineError>) {
+        const NAMED: u64 = 10;
+        for row in rows {
+            self.rows_without_loss += 1;
+            let n = self.rows_without_loss;
+            if n <= NAMED {
+                eprintln!("note: {row}; row skipped");
+            } else if n.is_power_of_two() {
+                eprintln!("note: {n} rows without loss tokens skipped so far");
+            }
+        }
+    }
+
+    /// Rows skipped so far because they had no loss tokens.
+    pub fn rows_without_loss(&self) -> u64 {
+        self.rows_without_loss
+    }
+
     /// The rank's rows of the next global batch (the epoch has samples left, order is ready).
     fn next_shard(&mut self, rank: usize, world: usize) -> anyhow::Result<(BatchInfo, D::Batch)> {
         let n = self.dataset.len();
         let start = self.pos;
         let first = self.pos.index as usize;
-        let end = (first + self.opts.batch_size).min(n);
+        let end = first.saturating_add(self.opts.batch_size).min(n);
         let (offset, len) = shard_of(end - first, rank, world);
         let dataset = &self.dataset;
         let read = |picks: &[usize]| -> Vec<(usize, Result<D::Example, crate::LineError>)> {
@@ -338,12 +367,16 @@ impl<D: Dataset> Loader<D> {
         let mut examples = Vec::with_capacity(len);
         let mut lines = Vec::with_capacity(len);
         let mut skipped = Vec::new();
+        let mut empty = Vec::new();
         for (i, result) in read(&self.order[first + offset..first + offset + len]) {
             match result {
-                Ok(e) => {
-                    examples.push(e);
-                    lines.push(dataset.index().line_number(i));
-                }
+                Ok(e) => match dataset.without_loss_tokens(&e) {
+                    Some(why) => empty.push(dataset.index().error(i, why)),
+                    None => {
+                        examples.push(e);
+                        lines.push(dataset.index().line_number(i));
+                    }
+                },
                 Err(e) if dataset.skip_bad_lines() => skipped.push(e),
                 Err(e) => return Err(e.into()),
             }
@@ -354,7 +387,8 @@ impl<D: Dataset> Loader<D> {
             // readable sample of the global batch, weighted 0 by the trainer.
             stand_in = true;
             for (i, result) in read(&self.order[first..end]) {
-                if let Ok(e) = result {
+                // A stand-in needs loss tokens too: 0 × (0/0) is still NaN.
+                if let Some(e) = result.ok().filter(|e| dataset.without_loss_tokens(e).is_none()) {
                     examples.push(e);
                     lines.push(dataset.index().line_number(i));
                     break;
@@ -368,6 +402,7 @@ impl<D: Dataset> Loader<D> {
             self.report.at_read += 1;
             self.report.keep(e);
         }
+        self.note_rows_without_loss(empty);
         self.pos.index = end as u64;
         let info = BatchInfo { epoch: start.epoch, step: self.step_in_epoch, start, end: self.pos, stand_in };
         self.step_in_epoch += 1;

@@ -83,6 +83,11 @@ impl LmExample {
         self.x.is_empty()
     }
 
+    /// Whether any position carries loss.
+    pub fn has_loss_tokens(&self) -> bool {
+        self.loss_mask.iter().any(|&m| m != 0)
+    }
+
     /// How many positions carry loss.
     pub fn mask_count(&self) -> usize {
         self.loss_mask.iter().filter(|&&m| m != 0).count()

@@ -523,3 +523,46 @@ fn prefetch_yields_the_loader_batches_and_states_in_order() {
     early.next_batch().unwrap().unwrap();
     drop(early);
 }
+
+#[test]
+fn an_over_long_line_is_a_bad_line_and_never_held_whole() {
+    let long = json!({"text": "x".repeat(MAX_LINE_BYTES)}).to_string();
+    let lines = vec![json!({"text": "ok"}).to_string(), long, json!({"text": "after"}).to_string()];
+    let (_dir, path) = write_file(&lines);
+    let err = PretrainDataset::open(&path, Fake::plain(), DatasetOptions::new(8)).err().unwrap();
+    let le = line_error(&err);
+    assert_eq!(le.line, 2);
+    assert!(le.message.contains("longer than 1048576 bytes"), "{}", le.message);
+    // Skipped, the lines around it keep their numbers and bytes.
+    let ds = PretrainDataset::open(&path, Fake::plain(), DatasetOptions::new(8).skip_bad_lines(true)).unwrap();
+    assert_eq!(ds.len(), 2);
+    assert_eq!(ds.index().skipped_lines(), &[2]);
+    assert_eq!(ds.index().line_number(1), 3);
+    assert_eq!(ds.index().read_json(1).unwrap()["text"], "after");
+    // A line of exactly the limit is fine.
+    let exact = format!("{{\"text\": \"{}\"}}", "y".repeat(MAX_LINE_BYTES - 12));
+    assert_eq!(exact.len(), MAX_LINE_BYTES);
+    let (_d, p) = write_file(&[exact]);
+    assert_eq!(PretrainDataset::open(&p, Fake::plain(), DatasetOptions::new(8)).unwrap().len(), 1);
+}
+
+#[test]
+#[cfg(unix)]
+fn devices_are_not_training_data() {
+    let err = PretrainDataset::open(std::path::Path::new("/dev/zero"), Fake::plain(), DatasetOptions::new(8)).err().unwrap();
+    assert!(err.to_string().contains("/dev/zero: not a regular file"), "{err}");
+}
+
+#[test]
+fn huge_lengths_and_batches_are_refused_up_front() {
+    let (_dir, path) = write_file(&pretrain_lines(3));
+    let err = PretrainDataset::open(&path, Fake::plain(), DatasetOptions::new(1_000_000_000)).err().unwrap();
+    assert!(err.to_string().contains("max_length 1000000000 exceeds"), "{err}");
+    assert!(check_micro_batch(1_000_000_000, 512).unwrap_err().to_string().contains("micro-batch"));
+    assert!(check_micro_batch(usize::MAX, 512).is_err());
+    assert!(check_micro_batch(32, 512).is_ok());
+    // A batch larger than the file allocates only what the file has.
+    let ds = PretrainDataset::open(&path, Fake::plain(), DatasetOptions::new(8)).unwrap();
+    let mut loader = Loader::new(ds, LoaderOptions { shuffle: false, ..LoaderOptions::new(1 << 40) }).unwrap();
+    assert_eq!(loader.next_batch().unwrap().unwrap().1.rows, 3);
+}
