@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::atomic::{write_dir_atomically, write_file_atomically};
+use crate::output_guard::FileKind;
 use crate::checkpoint::{hf_dtype_name, Checkpoint, Provenance, TokenizerFiles};
 use crate::config::{ConfigFlavor, MiniMindConfig};
 use crate::{qwen2_moe, safetensors_file};
@@ -147,7 +148,7 @@ pub fn special_token_id(tok: &TokenizerFiles, key: &str) -> Option<u32> {
 /// Writes tokenizer.json and tokenizer_config.json (with the chat template inside).
 pub fn write_tokenizer_files(tok: &TokenizerFiles, dir: &Path) -> Result<()> {
     if let Some(text) = &tok.tokenizer_json {
-        write_file_atomically(&dir.join("tokenizer.json"), |w| Ok(w.write_all(text.as_bytes())?))?;
+        write_file_atomically(&dir.join("tokenizer.json"), FileKind::Json, |w| Ok(w.write_all(text.as_bytes())?))?;
     }
     let mut config = tok.tokenizer_config.clone().unwrap_or_else(|| json!({}));
     if let (Some(obj), Some(template)) = (config.as_object_mut(), &tok.chat_template) {
@@ -174,5 +175,5 @@ pub fn write_tokenizer_files(tok: &TokenizerFiles, dir: &Path) -> Result<()> {
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<()> {
-    write_file_atomically(path, |w| Ok(w.write_all(serde_json::to_string_pretty(value)?.as_bytes())?))
+    write_file_atomically(path, FileKind::Json, |w| Ok(w.write_all(serde_json::to_string_pretty(value)?.as_bytes())?))
 }

@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod hf;
 pub mod lora;
 pub mod naming;
+pub mod output_guard;
 pub mod pth;
 pub mod quant;
 pub mod qwen2_moe;

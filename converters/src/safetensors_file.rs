@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
 use crate::atomic::write_file_atomically;
+use crate::output_guard::FileKind;
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -138,7 +139,7 @@ pub fn write_dir(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: usiz
         }
     }
     let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    write_file_atomically(&dir.join(INDEX_FILE), |w| {
+    write_file_atomically(&dir.join(INDEX_FILE), FileKind::Json, |w| {
         Ok(w.write_all(serde_json::to_string_pretty(&index)?.as_bytes())?)
     })
 }
@@ -156,7 +157,7 @@ fn write_shard(path: &Path, tensors: &[&(String, Tensor)], metadata: &Option<Has
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (n.as_str(), t)), metadata.clone())
         .with_context(|| format!("cannot serialise {}", path.display()))?;
-    write_file_atomically(path, |w| Ok(w.write_all(&bytes)?))
+    write_file_atomically(path, FileKind::Safetensors, |w| Ok(w.write_all(&bytes)?))
 }
 
 fn candle_dtype(dtype: Dtype) -> Result<DType> {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use mm_converters::atomic::write_file_atomically;
+use mm_converters::output_guard::FileKind;
 use mm_converters::gguf::checkpoint::{GgufOptions, GgufSummary};
 use mm_converters::Checkpoint;
 
@@ -322,7 +323,7 @@ pub fn export(
     let gguf = dir.join(&gguf_name);
     let summary = crate::llamacpp::export_gguf(ckpt, &gguf, &opts.gguf, progress)?;
     let modelfile = dir.join("Modelfile");
-    write_file_atomically(&modelfile, |w| Ok(std::io::Write::write_all(w, text.as_bytes())?))?;
+    write_file_atomically(&modelfile, FileKind::Modelfile, |w| Ok(std::io::Write::write_all(w, text.as_bytes())?))?;
     let warnings = summary.warnings.clone();
     Ok(OllamaExport { family, gguf, modelfile, summary, warnings })
 }

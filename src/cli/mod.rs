@@ -37,6 +37,11 @@ use mm::model::{gguf_holds_quantized, is_gguf_path, GgufModelFile};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Replace an existing output even when it is not an earlier output of mm's (a foreign
+    /// file, or a directory holding files the new output would not write again). Without it
+    /// such a target is refused; devices, FIFOs and links are refused either way.
+    #[arg(long, global = true)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +81,7 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    mm::converters::output_guard::set_force(cli.force);
     match cli.command {
         Command::Init(a) => init::run(a),
         Command::Convert(a) => convert::run(a),

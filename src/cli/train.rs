@@ -290,6 +290,8 @@ fn model_and_resume(c: &CommonArgs, opts: &mut TrainOptions, from_required: bool
         };
         let moe = if stem_model.use_moe { "_moe" } else { "" };
         let dir = opts.out_dir.join(format!("{}_{}{}_resume", opts.save_weight, stem_model.hidden_size, moe));
+        // A run killed while swapping in a new resume directory left the previous one aside.
+        mm::converters::atomic::recover_interrupted_swap(&dir)?;
         if dir.exists() {
             let mut r = resume::read(&dir)?;
             // The run continues with its own settings, except the stopping point and, when
@@ -304,15 +306,24 @@ fn model_and_resume(c: &CommonArgs, opts: &mut TrainOptions, from_required: bool
                 r.state.convert_global_batch(batch_size, world);
             }
             let model = TrainableModel::from_checkpoint(&r.model, &device)?;
-            let max_steps = opts.max_steps;
-            let progress = opts.progress;
+            // Outputs always go under this run's --out (state.json's paths are where the run
+            // was, not where it may write: a moved or edited resume directory must not send
+            // them elsewhere).
+            let (max_steps, progress, out_dir) = (opts.max_steps, opts.progress, opts.out_dir.clone());
             *opts = r.state.options.clone();
             opts.max_steps = max_steps;
             opts.progress = progress;
+            opts.out_dir = out_dir;
+            opts.weights_file = None;
             eprintln!("resuming {} at step {} (epoch {})", dir.display(), r.state.micro_steps, r.state.loader.position.epoch + 1);
             return Ok((model, Some(r)));
         }
-        eprintln!("no resume checkpoint at {}; starting fresh", dir.display());
+        bail!(
+            "--resume: no resume checkpoint at {} (for --save-weight {:?}, hidden size {}); run without --resume to start fresh",
+            dir.display(),
+            opts.save_weight,
+            stem_model.hidden_size
+        );
     }
     let ckpt = starting_checkpoint(c, from_required)?;
     Ok((TrainableModel::from_checkpoint(&ckpt, &device)?, None))
@@ -363,7 +374,9 @@ struct Prepared {
 fn prepare(c: &CommonArgs, d: &StageDefaults, from_required: bool) -> Result<Prepared> {
     set_threads(c.threads);
     let mut opts = options(c, d);
+    opts.validate()?;
     let (model, resume) = model_and_resume(c, &mut opts, from_required)?;
+    opts.validate()?;
     let encoder = ChatEncoder::new(&model.tokenizer)?;
     let data_opts = DatasetOptions::new(c.max_seq_len.unwrap_or(d.max_seq_len)).skip_bad_lines(c.skip_bad_lines);
     let main_rank = mm::train::distributed::env_role()?.is_none_or(|(rank, _)| rank == 0);
@@ -380,15 +393,17 @@ fn prepare(c: &CommonArgs, d: &StageDefaults, from_required: bool) -> Result<Pre
 }
 
 fn run_lora(l: LoraArgs) -> Result<()> {
-    let c = &l.common;
+    // Upstream names both the adapter file and the resume checkpoint after --lora_name
+    // (`<lora_name>_<hidden>.pth`, `<lora_name>_<hidden>_resume`); so do metrics and curve.
+    let mut common = l.common.clone();
+    common.save_weight.get_or_insert_with(|| l.lora_name.clone());
+    let c = &common;
     let mut p = prepare(c, &LORA, true)?;
     match &p.resume {
         Some(r) => mm::train::lora::restore_lora(&mut p.model, &r.lora)?,
         None => mm::train::lora::add_lora(&mut p.model, l.rank, c.seed)?,
     }
-    if p.resume.is_none() {
-        p.opts.weights_file = Some(mm::train::lora::lora_file_name(&l.lora_name, &p.model.config));
-    }
+    p.opts.weights_file = Some(mm::train::lora::lora_file_name(&l.lora_name, &p.model.config));
     let ds = SftDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
     let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
     let report = trainer::train(&mut p.model, &mut LanguageModeling, loader, &p.opts, p.resume.as_ref(), &mm::train::lora::save_lora_pth)?;

@@ -63,7 +63,7 @@ pub fn write_loss_curve(metrics_jsonl: &Path, png: &Path) -> Result<()> {
     let name = metrics_jsonl.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".metrics.jsonl").or_else(|| name.strip_suffix(".jsonl")).unwrap_or(&name);
     let canvas = render(&points, stem);
-    write_file_atomically(png, |w| {
+    write_file_atomically(png, crate::converters::output_guard::FileKind::Png, |w| {
         let mut enc = png::Encoder::new(w, canvas.width as u32, canvas.height as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);

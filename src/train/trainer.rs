@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mm_dataset::{Dataset, Loader, Prefetch};
 use serde::{Deserialize, Serialize};
 
+use crate::converters::output_guard::FileKind;
 use crate::converters::Provenance;
 use crate::train::adamw::{AdamW, AdamWConfig};
 use crate::train::distributed;
@@ -55,6 +56,36 @@ impl TrainOptions {
             "bf16" | "bfloat16" => Ok(DType::BF16),
             other => bail!("--dtype {other:?}: training computes in f32 or bf16"),
         }
+    }
+
+    /// Refuses settings that cannot train: no epochs, no rows, accumulating over zero steps,
+    /// a learning rate or clip that is not a finite positive number.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("--epochs 0: nothing would be trained (pass at least 1)");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size 0: a step needs at least one row");
+        }
+        if self.accumulation_steps == 0 {
+            bail!("--accumulation-steps 0: gradients are accumulated over at least 1 step");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            bail!("--lr {}: the learning rate must be a finite number above 0", self.learning_rate);
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip > 0.0) {
+            bail!("--grad-clip {}: the clipping norm must be a finite number above 0", self.grad_clip);
+        }
+        if let Some(name) = &self.weights_file {
+            let plain = Path::new(name).file_name().is_some_and(|f| f == std::ffi::OsStr::new(name));
+            if !plain {
+                bail!("weights file name {name:?} must be a plain file name (it is written under --out)");
+            }
+        }
+        if self.save_weight.is_empty() || self.save_weight.contains(['/', '\\']) || self.save_weight.starts_with('.') {
+            bail!("--save-weight {:?}: a file name prefix without path separators", self.save_weight);
+        }
+        Ok(())
     }
 
     /// `{save_weight}_{hidden}{_moe}`, upstream's file stem.
@@ -187,6 +218,36 @@ fn flush_metrics(pending: &mut Vec<PendingMetric>, window_s: f64, out: &mut impl
     Ok(written)
 }
 
+/// How often, at least, a run without a terminal prints a progress line.
+const PLAIN_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A diverged run (`--lr 1e30`) can have NaN or infinite weights while the logged loss of the
+/// step that broke them still looked fine: check the parameters themselves before writing
+/// them over the last good save. `x - x` is 0 exactly when `x` is finite.
+fn ensure_finite_parameters(model: &TrainableModel, step: u64, opts: &TrainOptions) -> Result<()> {
+    let vars = model.trainable_vars();
+    if vars.is_empty() {
+        return Ok(());
+    }
+    let sums: Vec<Tensor> = vars
+        .iter()
+        .map(|v| {
+            let t = v.as_tensor().to_dtype(DType::F32)?;
+            Ok((&t - &t)?.sum_all()?.reshape(1)?)
+        })
+        .collect::<Result<_>>()?;
+    let per_tensor: Vec<f32> = Tensor::cat(&sums, 0)?.to_vec1()?;
+    if let Some(i) = per_tensor.iter().position(|s| !s.is_finite()) {
+        bail!(
+            "parameters became NaN or infinite at step {step} ({} is one of them): not saving them; the last save is \
+             intact. The learning rate ({:e}) is probably too high",
+            model.trainable[i].0,
+            opts.learning_rate
+        );
+    }
+    Ok(())
+}
+
 pub fn train<O, D>(
     model: &mut TrainableModel,
     objective: &mut O,
@@ -204,7 +265,8 @@ where
     // Data-parallel rank (None: one process). Only the main process writes files.
     let parallel = distributed::join(&model.device)?;
     let main = parallel.is_none_or(|p| p.is_main());
-    let accumulation = opts.accumulation_steps.max(1);
+    opts.validate()?;
+    let accumulation = opts.accumulation_steps;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("cannot create {}", opts.out_dir.display()))?;
     let paths = RunPaths::new(opts, model);
 
@@ -219,20 +281,26 @@ where
             // main rank carries it, so the next all-reduce adds it exactly once.
             accumulated.iter_mut().for_each(|g| *g = None);
         }
-    } else if main {
-        // A fresh run starts a fresh metrics file.
-        let _ = std::fs::remove_file(&paths.metrics);
+    } else if main && std::fs::symlink_metadata(&paths.metrics).is_ok() {
+        // A fresh run starts a fresh metrics file: the old one goes only if it is one of ours.
+        crate::converters::output_guard::check_file_target(&paths.metrics, FileKind::JsonLines)?;
+        std::fs::remove_file(&paths.metrics).with_context(|| format!("cannot remove {}", paths.metrics.display()))?;
     }
 
     let iters = loader.steps_per_epoch();
     // The next batches are read and tokenised on a thread while this one trains.
     let mut loader = Prefetch::new(loader, 2);
     let total_steps = opts.epochs * iters;
-    let bar = if main && opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if main && opts.progress && terminal {
         ProgressBar::new(total_steps)
     } else {
         ProgressBar::hidden()
     };
+    // Without a terminal (a log file, CI, nohup) the bar is hidden, so plain lines report
+    // progress: every log interval and at least every PLAIN_LOG_EVERY.
+    let plain_log = main && opts.progress && !terminal;
+    let mut last_plain_line = Instant::now();
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
             .expect("valid template")
@@ -317,7 +385,10 @@ where
 
         let last_of_epoch = step == iters;
         let done = opts.max_steps.is_some_and(|m| micro_steps >= m) || loader.finished();
-        let log_now = step % opts.log_interval.max(1) == 0 || last_of_epoch || done;
+        let log_now = step % opts.log_interval.max(1) == 0
+            || last_of_epoch
+            || done
+            || (plain_log && last_plain_line.elapsed() >= PLAIN_LOG_EVERY);
         let save_now = step % opts.save_interval.max(1) == 0 || last_of_epoch || done;
         // Every step goes to the metrics file (it feeds the loss curve), written when a log
         // line is due: reading the losses back is the one wait for the GPU per log interval.
@@ -338,14 +409,18 @@ where
                 );
             }
             bar.set_message(format!("loss {:.4} lr {:.3e} {:.0} tok/s", last.loss, last.lr, rate));
+            let line = format!(
+                "epoch {}/{} step {step}/{iters} loss {:.6} lr {:.3e} {rate:.0} tok/s",
+                info.epoch + 1,
+                opts.epochs,
+                last.loss,
+                last.lr
+            );
             if log_now && !bar.is_hidden() {
-                bar.println(format!(
-                    "epoch {}/{} step {step}/{iters} loss {:.6} lr {:.3e} {rate:.0} tok/s",
-                    info.epoch + 1,
-                    opts.epochs,
-                    last.loss,
-                    last.lr
-                ));
+                bar.println(line);
+            } else if log_now && plain_log {
+                eprintln!("{}: {line}", opts.save_weight);
+                last_plain_line = Instant::now();
             }
         }
         if save_now {
@@ -360,6 +435,7 @@ where
                 _ => accumulated.clone(),
             };
             if main {
+                ensure_finite_parameters(model, micro_steps, opts)?;
                 save_weights(model, &paths.weights)?;
                 weights_path = Some(paths.weights.clone());
                 let state = ResumeState {
@@ -373,6 +449,9 @@ where
                 resume::write(&paths.resume, model, &optimizer, &saved_accumulation, &state)?;
             }
         }
+    }
+    if micro_steps == 0 && resume_from.is_none() && opts.max_steps != Some(0) {
+        bail!("no batch had a token to train on (every row was skipped); nothing was trained or saved");
     }
     if !pending.is_empty() && main {
         losses.extend(flush_metrics(&mut pending, window_start.elapsed().as_secs_f64(), &mut metrics)?.iter().map(|m| (m.step, m.loss)));

@@ -7,6 +7,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::atomic::write_file_atomically;
+use crate::output_guard::FileKind;
 use crate::checkpoint::{Checkpoint, Provenance};
 use crate::config::MiniMindConfig;
 use crate::gguf::architecture::{self, GgufTensor, TensorSource};
@@ -181,7 +182,7 @@ pub fn write(
     let header: Vec<(String, Vec<u64>, GgmlType)> =
         typed.iter().map(|(t, ty)| (t.name.clone(), t.ne.clone(), *ty)).collect();
     let mut written = Vec::with_capacity(typed.len());
-    write_file_atomically(path, |out| {
+    write_file_atomically(path, FileKind::Gguf, |out| {
         let mut writer = GgufWriter::new(out, &md, &header)?;
         for (i, (t, ty)) in typed.iter().enumerate() {
             let values = materialize(ckpt, &t.source, options.source_precision)

@@ -66,7 +66,7 @@ pub fn write(ckpt: &Checkpoint, path: &Path) -> Result<()> {
     let config = ckpt.config.to_minimind_json(crate::checkpoint::hf_dtype_name(
         ckpt.uniform_dtype().unwrap_or(candle_core::DType::F32),
     ));
-    crate::atomic::write_file_atomically(&sidecar_config_path(path), |w| {
+    crate::atomic::write_file_atomically(&sidecar_config_path(path), crate::output_guard::FileKind::Json, |w| {
         use std::io::Write;
         Ok(w.write_all(serde_json::to_string_pretty(&config)?.as_bytes())?)
     })
@@ -101,12 +101,20 @@ pub fn infer_config(tensors: &[(String, Tensor)], heads: Option<usize>) -> Resul
     let n_routed_experts = count("experts.");
     let use_moe = n_routed_experts > 0;
     let ffn_name = if use_moe { "model.layers.0.mlp.experts.0.gate_proj.weight" } else { "model.layers.0.mlp.gate_proj.weight" };
-    let intermediate_size = shape(ffn_name)?[0];
+    // A 0-d tensor has no rows: `rows` is an error for it, not an index past the end.
+    let rows = |name: &str| -> Result<usize> {
+        let dims = shape(name)?;
+        match dims.as_slice() {
+            [rows, _] => Ok(*rows),
+            _ => bail!("`{name}` has shape {dims:?}, expected a matrix"),
+        }
+    };
+    let intermediate_size = rows(ffn_name)?;
     let num_attention_heads = heads.unwrap_or(MiniMindConfig::default().num_attention_heads);
     if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
         bail!("{num_attention_heads} heads do not divide hidden size {hidden_size}; pass the head count");
     }
-    let kv_dim = shape("model.layers.0.self_attn.k_proj.weight")?[0];
+    let kv_dim = rows("model.layers.0.self_attn.k_proj.weight")?;
     let head_dim = hidden_size / num_attention_heads;
     if kv_dim % head_dim != 0 {
         bail!("k_proj rows {kv_dim} are not a multiple of head_dim {head_dim}; pass the head count");

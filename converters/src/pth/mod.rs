@@ -27,6 +27,7 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
 use crate::atomic::write_file_atomically;
+use crate::output_guard::FileKind;
 use pickle_reader::TensorView;
 use pickle_writer::TensorRecord;
 
@@ -295,7 +296,7 @@ fn write_archive(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let pickle = pickle_writer::state_dict_pickle(&records);
     let prefix = archive_prefix_for(path);
 
-    write_file_atomically(path, |w| {
+    write_file_atomically(path, FileKind::TorchZip, |w| {
         let mut zip = ZipWriter::new(w);
         // torch writes uncompressed entries aligned to 64 bytes so that storages can be mapped.
         let options = SimpleFileOptions::default()

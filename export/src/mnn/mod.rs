@@ -66,7 +66,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use mm_converters::atomic::write_dir_atomically;
 use mm_converters::naming::EMBED;
@@ -162,24 +162,6 @@ pub struct MnnExportSummary {
     pub notes: Vec<String>,
 }
 
-/// An existing target is replaced only when it is empty or an earlier MNN export, never a
-/// directory of something else.
-fn check_target(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    ensure!(dir.is_dir(), "{} exists and is not a directory", dir.display());
-    let empty = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.next().is_none();
-    let earlier_export = dir.join(config::CONFIG_FILE).is_file() && dir.join(config::MODEL_FILE).is_file();
-    if !empty && !earlier_export {
-        bail!(
-            "{} exists and is not an MNN export (no config.json + llm.mnn); refusing to replace it — remove it or pick another output",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
 /// Writes the MNN model directory for `ckpt` into `dir` (created whole, or replaced whole
 /// when it holds an earlier export): `config.json`, `llm_config.json`, `llm.mnn`,
 /// `llm.mnn.weight`, `tokenizer.mtok` (and `embeddings_bf16.bin` for an untied model,
@@ -203,7 +185,7 @@ pub fn export_dir(
     let json = if opts.emit_json { Some(config::json_bytes(&net_json::to_json(&graph)?)?) } else { None };
     let tokenizer = tokenizer_mtok::write_mtok(&ckpt.tokenizer, &opts.mtok)
         .context("the tokenizer cannot be written as tokenizer.mtok")?;
-    check_target(dir)?;
+    mm_converters::output_guard::check_dir_target(dir)?;
 
     let mut written = None;
     write_dir_atomically(dir, |tmp| {
@@ -370,7 +352,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("keep.txt"), "x").unwrap();
         let e = export_dir(&random_checkpoint(true), &dir, &opts, &|_, _, _| {}).unwrap_err();
-        assert!(e.to_string().contains("not an MNN export"), "{e}");
+        assert!(format!("{e:#}").contains("keep.txt"), "{e:#}");
         // Nothing was written anywhere.
         assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 1);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
