@@ -168,6 +168,14 @@ struct Case {
     expect: (&'static str, &'static str, &'static str),
 }
 
+/// The shard the index puts `name` in, and another shard.
+fn shard_of_and_other(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let index = common::read_json(&dir.join("model.safetensors.index.json"));
+    let home = index["weight_map"][name].as_str().unwrap().to_string();
+    let other = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).find(|f| *f != home).unwrap().to_string();
+    (dir.join(home), dir.join(other))
+}
+
 fn shard2(dir: &Path) -> PathBuf {
     let mut shards: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -222,10 +230,44 @@ fn cases() -> Vec<Case> {
             expect: ("safetensors.invalid", "model.safetensors", "invalid safetensors") },
         Case { name: "index points at a missing shard", base: Sharded, target: v, mutate: |d| std::fs::remove_file(shard2(d)).unwrap(),
             expect: ("index.missing_shard", "model-00002-of-", "not in the directory") },
-        Case { name: "tensor missing from the index", base: Sharded, target: v, mutate: |d| edit_json(&d.join("model.safetensors.index.json"), |i| {
+        Case { name: "tensor missing from the index, for transformers", base: Sharded, target: Target::Transformers, mutate: |d| edit_json(&d.join("model.safetensors.index.json"), |i| {
                 i["weight_map"].as_object_mut().unwrap().remove("model.norm.weight");
             }),
-            expect: ("index.unindexed_tensor", "model.norm.weight", "not in model.safetensors.index.json") },
+            expect: ("index.unindexed_tensor", "model.norm.weight", "transformers 4.x loads only the tensors the index lists") },
+        Case { name: "second copy of a tensor, with other values, in another shard", base: Sharded, target: v, mutate: |d| {
+                let name = "model.norm.weight";
+                let (home, other) = shard_of_and_other(d, name);
+                let (_, ts) = read_st(&home);
+                let mut copy = ts.into_iter().find(|t| t.name == name).unwrap();
+                copy.data.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+                edit_st(&other, |_, ts| ts.push(copy));
+            },
+            expect: ("index.duplicate", "model.norm.weight", "whichever copy is read last") },
+        Case { name: "tied lm_head with other values than the embedding", base: Dense, target: v, mutate: |d| edit_st(&d.join("model.safetensors"), |_, ts| {
+                let e = ts.iter().find(|t| t.name == "model.embed_tokens.weight").unwrap();
+                let mut data = e.data.clone();
+                data[0] ^= 0x40;
+                let head = RawTensor { name: "lm_head.weight".into(), dtype: e.dtype.clone(), shape: e.shape.clone(), data };
+                ts.push(head);
+            }),
+            expect: ("lm_head.tied_differs", "lm_head.weight", "the same directory gives different models") },
+        Case { name: "max_position_embeddings 0", base: Dense, target: v, mutate: |d| edit_json(&d.join("config.json"), |c| c["max_position_embeddings"] = json!(0)),
+            expect: ("config.value", "config.json: max_position_embeddings", "no position fits") },
+        Case { name: "negative rms_norm_eps", base: Dense, target: Target::Transformers, mutate: |d| edit_json(&d.join("config.json"), |c| c["rms_norm_eps"] = json!(-1e-5)),
+            expect: ("config.value", "config.json: rms_norm_eps", "NaN") },
+        Case { name: "zero rms_norm_eps on a MiniMind config", base: Dense, target: Target::Transformers, mutate: |d| edit_json(&d.join("config.json"), |c| {
+                c["architectures"] = json!(["MiniMindForCausalLM"]);
+                c["model_type"] = json!("minimind");
+                c["rms_norm_eps"] = json!(0);
+                c["auto_map"] = json!({"AutoModelForCausalLM": "model_minimind.MiniMindForCausalLM"});
+                std::fs::write(d.join("model_minimind.py"), "").unwrap();
+            }),
+            expect: ("config.value", "config.json: rms_norm_eps", "is 0") },
+        Case { name: "unknown architecture and model_type, for transformers", base: Dense, target: Target::Transformers, mutate: |d| edit_json(&d.join("config.json"), |c| {
+                c["architectures"] = json!(["TinyStoriesForCausalLM"]);
+                c["model_type"] = json!("tinystories");
+            }),
+            expect: ("arch.unknown", "config.json: architectures", "model_type `tinystories` is not one") },
         Case { name: "index names a tensor its shard lacks", base: Sharded, target: v, mutate: |d| edit_json(&d.join("model.safetensors.index.json"), |i| {
                 let first = i["weight_map"]["model.embed_tokens.weight"].clone();
                 i["weight_map"]["model.layers.0.mlp.ghost.weight"] = first;
@@ -328,7 +370,27 @@ fn warnings_are_listed_separately_and_do_not_fail() {
     let b = bases(&shared);
     let tmp = tempfile::tempdir().unwrap();
     type WarningCase<'a> = (&'a str, &'a PathBuf, fn(&Path), &'a str);
-    let cases: Vec<WarningCase> = vec![
+    let t = Target::Transformers;
+    let mut cases: Vec<(WarningCase, Target)> = vec![
+        // transformers loads these (vLLM does not: errors there, see `cases()`).
+        (("extra tensor, for transformers", &b.dense, |d| edit_st(&d.join("model.safetensors"), |_, t| t.push(RawTensor { name: "model.layers.0.mlp.extra.weight".into(), dtype: "F16".into(), shape: vec![4], data: vec![0; 8] })), "tensor.extra"), t),
+        (("unknown architecture with a transformers model_type", &b.dense, |d| edit_json(&d.join("config.json"), |c| c["architectures"] = json!(["TinyStoriesForCausalLM"])), "arch.unknown"), t),
+        // Every loader reads all tensors of the indexed shards.
+        (("tensor stored in another shard than indexed", &b.sharded, |d| {
+            let name = "model.norm.weight";
+            let (home, other) = shard_of_and_other(d, name);
+            let mut moved = None;
+            edit_st(&home, |_, ts| {
+                let i = ts.iter().position(|t| t.name == name).unwrap();
+                moved = Some(ts.remove(i));
+            });
+            edit_st(&other, |_, ts| ts.push(moved.unwrap()));
+        }, "index.wrong_shard"), t),
+        (("tensor missing from the index, for vLLM", &b.sharded, |d| edit_json(&d.join("model.safetensors.index.json"), |i| {
+            i["weight_map"].as_object_mut().unwrap().remove("model.norm.weight");
+        }), "index.unindexed_tensor"), Target::Vllm),
+    ];
+    let vllm_cases: Vec<WarningCase> = vec![
         ("head_dim 80", &b.hd80, |_| {}, "head_dim.backend"),
         ("index total_size off", &b.sharded, |d| edit_json(&d.join("model.safetensors.index.json"), |i| i["metadata"]["total_size"] = json!(1)), "index.total_size"),
         ("tied lm_head written anyway", &b.dense, |d| edit_st(&d.join("model.safetensors"), |_, ts| {
@@ -343,11 +405,13 @@ fn warnings_are_listed_separately_and_do_not_fail() {
             std::fs::write(d.join("configuration_x.py"), "").unwrap();
         }, "remote_code.auto_map"),
     ];
-    for (i, (name, base, mutate, code)) in cases.into_iter().enumerate() {
+    cases.extend(vllm_cases.into_iter().map(|c| (c, Target::Vllm)));
+    cases.push((cases[2].0, Target::Vllm));
+    for (i, ((name, base, mutate, code), target)) in cases.into_iter().enumerate() {
         let dir = tmp.path().join(format!("w{i}"));
         copy_dir(base, &dir);
         mutate(&dir);
-        let r = validate(&dir, Target::Vllm);
+        let r = validate(&dir, target);
         assert!(r.ok(), "{name}: {}", describe(&r));
         assert!(r.warning(code).is_some(), "{name}: expected warning {code}:\n{}", describe(&r));
     }

@@ -180,6 +180,16 @@ fn family_of(arch: &str) -> Option<Family> {
     })
 }
 
+/// The causal-LM class transformers 5 maps a `model_type` to (the native architectures above
+/// whose model type transformers has).
+fn transformers_class(model_type: Option<&str>) -> Option<&'static str> {
+    let t = model_type?;
+    if NOT_IN_TRANSFORMERS_5.contains(&t) {
+        return None;
+    }
+    VLLM_NATIVE.iter().find(|(_, mt)| *mt == t).map(|(arch, _)| *arch)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Int,
@@ -237,6 +247,8 @@ struct TensorEntry {
     file: String,
     dtype: String,
     shape: Vec<usize>,
+    /// Where its data starts in the file (after the 8-byte length and the header).
+    start: usize,
     bytes: usize,
 }
 
@@ -268,6 +280,9 @@ struct Checker<'a> {
     lost: BTreeSet<String>,
     /// The single weight file could not be read: every tensor is unknown.
     all_lost: bool,
+    /// The architecture whose tensors are checked (from `architectures`, or for transformers
+    /// from `model_type`, which is what AutoModelForCausalLM goes by).
+    family: Option<Family>,
 }
 
 /// Checks an HF model directory; never fails, every problem is a finding.
@@ -287,7 +302,7 @@ pub fn validate_hf_dir(dir: &Path, opts: &HfValidateOptions) -> HfReport {
         serve_command: None,
         rendered_sample: None,
     };
-    let mut c = Checker { dir, opts: *opts, report, lost: BTreeSet::new(), all_lost: false };
+    let mut c = Checker { dir, opts: *opts, report, lost: BTreeSet::new(), all_lost: false, family: None };
     c.run();
     c.report
 }
@@ -389,7 +404,7 @@ impl Checker<'_> {
             .and_then(Value::as_object)
             .is_some_and(|m| m.keys().any(|k| k.starts_with("AutoModel")));
 
-        let family = arch.as_deref().and_then(family_of);
+        let mut family = arch.as_deref().and_then(family_of);
         if let Some(arch) = &arch {
             let native = VLLM_NATIVE.iter().find(|(a, _)| a == arch);
             match (family, native) {
@@ -441,21 +456,41 @@ impl Checker<'_> {
                 }
                 (_, None) => {
                     let remote = !self.vllm() && has_auto_model;
-                    if !remote {
+                    // AutoModelForCausalLM (4.x and 5.x) picks the class from model_type and does
+                    // not read `architectures`; vLLM picks it from `architectures`.
+                    let by_type = if self.vllm() { None } else { transformers_class(model_type.as_deref()) };
+                    if let (false, Some(class)) = (remote, by_type) {
+                        self.warn(
+                            "arch.unknown",
+                            format!("{CONFIG}: architectures"),
+                            format!(
+                                "`{arch}` is not a transformers class: AutoModelForCausalLM ignores it and loads \
+                                 {class} from model_type `{}`, but vLLM and tools that read `architectures` refuse it",
+                                model_type.as_deref().unwrap_or_default()
+                            ),
+                        );
+                        family = family_of(class);
+                    } else if !remote {
                         let known: Vec<&str> = VLLM_NATIVE.iter().map(|(a, _)| *a).take(6).collect();
                         self.error(
                             "arch.unknown",
                             format!("{CONFIG}: architectures"),
-                            format!(
-                                "`{arch}` is not a native {} architecture mm knows (MiniMind exports use {}, …)",
-                                if self.vllm() { "vLLM" } else { "transformers" },
-                                known.join(", ")
-                            ),
+                            if self.vllm() {
+                                format!("`{arch}` is not a native vLLM architecture mm knows (MiniMind exports use {}, …)", known.join(", "))
+                            } else {
+                                format!(
+                                    "`{arch}` is not a transformers class, model_type {} is not one mm knows transformers \
+                                     to load, and there is no auto_map (MiniMind exports use {}, …)",
+                                    model_type.as_deref().map_or("(missing)".to_string(), |t| format!("`{t}`")),
+                                    known.join(", ")
+                                )
+                            },
                         );
                     }
                 }
             }
         }
+        self.family = family;
         self.check_field_types(&cfg, family);
         self.check_config_values(&cfg, family);
         Some(cfg)
@@ -557,6 +592,31 @@ impl Checker<'_> {
     fn check_config_values(&mut self, cfg: &Map<String, Value>, family: Option<Family>) {
         let Some(family) = family else { return };
         let int = |k: &str| cfg.get(k).and_then(Value::as_u64).map(|v| v as usize);
+        // Values the loaders accept and then compute with (an integer where transformers 5 wants
+        // a float is reported as a type error already).
+        if let Some(v) = cfg.get("max_position_embeddings").filter(|v| v.as_i64().is_some_and(|n| n <= 0)) {
+            self.error(
+                "config.value",
+                format!("{CONFIG}: max_position_embeddings"),
+                format!(
+                    "is {v}: no position fits; transformers accepts it and vLLM takes its context length from it \
+                     (MiniMind: 32768)"
+                ),
+            );
+        }
+        if let Some(v) = cfg.get("rms_norm_eps").filter(|v| v.is_f64() || (family == Family::MiniMind && v.is_number())) {
+            let eps = v.as_f64().unwrap_or(f64::NAN);
+            if !(eps.is_finite() && eps > 0.0) {
+                self.error(
+                    "config.value",
+                    format!("{CONFIG}: rms_norm_eps"),
+                    format!(
+                        "is {v}: RMSNorm divides by sqrt(mean(x²) + eps), which is NaN or infinite for a row with \
+                         mean(x²) <= -eps; transformers and vLLM load it and compute NaNs (MiniMind: 1e-5)"
+                    ),
+                );
+            }
+        }
         if family != Family::MiniMind {
             for field in ["hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"] {
                 if cfg.get(field).is_none_or(Value::is_null) {
@@ -797,8 +857,8 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let metadata = match SafeTensors::read_metadata(&map) {
-            Ok((_, m)) => m,
+        let (header_len, metadata) = match SafeTensors::read_metadata(&map) {
+            Ok(m) => m,
             Err(e) => {
                 self.error("safetensors.invalid", file, format!("invalid safetensors file: {e}"));
                 return None;
@@ -830,6 +890,7 @@ impl Checker<'_> {
                     file: file.to_string(),
                     dtype: info.dtype.to_string(),
                     shape: info.shape.clone(),
+                    start: 8 + header_len + info.data_offsets.0,
                     bytes: info.data_offsets.1 - info.data_offsets.0,
                 };
                 (info.data_offsets.0, name, entry)
@@ -864,6 +925,15 @@ impl Checker<'_> {
             shards.insert(file.to_string());
             by_shard.entry(file.to_string()).or_default().push(name.clone());
         }
+        // Which indexed, readable shards hold each tensor. Loaders open the shards the index
+        // names and read every tensor in them (transformers 5 and vLLM take all; transformers
+        // 4.x takes those the index lists, from whichever of these files holds them).
+        let mut holders: HashMap<&str, Vec<(&str, &TensorEntry)>> = HashMap::new();
+        for (shard, entries) in headers.iter().filter(|(s, _)| shards.contains(*s)) {
+            for (name, e) in entries {
+                holders.entry(name.as_str()).or_default().push((shard.as_str(), e));
+            }
+        }
         for (shard, names) in &by_shard {
             if !files.contains(shard) {
                 self.error(
@@ -880,8 +950,21 @@ impl Checker<'_> {
             };
             let present: HashMap<&str, &TensorEntry> = entries.iter().map(|(n, e)| (n.as_str(), e)).collect();
             for name in names {
-                match present.get(name.as_str()) {
-                    Some(e) => {
+                if let Some(e) = present.get(name.as_str()) {
+                    tensors.insert(name.clone(), (*e).clone());
+                    continue;
+                }
+                match holders.get(name.as_str()).and_then(|h| h.first()) {
+                    Some((elsewhere, e)) => {
+                        self.warn(
+                            "index.wrong_shard",
+                            format!("{INDEX}: {name}"),
+                            format!(
+                                "indexed in {shard} but stored in {elsewhere}: transformers (4.x and 5.x) and vLLM read \
+                                 the tensors of every shard the index names, so it still loads; tools that look a \
+                                 tensor up through the index will not find it"
+                            ),
+                        );
                         tensors.insert(name.clone(), (*e).clone());
                     }
                     None => self.error(
@@ -899,19 +982,43 @@ impl Checker<'_> {
                 }
                 continue;
             }
-            for (name, _) in entries {
+            for (name, entry) in entries {
                 match weight_map.get(name).and_then(Value::as_str) {
                     Some(f) if f == shard => {}
-                    Some(f) => self.error(
-                        "index.unindexed_tensor",
-                        format!("{shard}: {name}"),
-                        format!("is in {shard} but the index says {f}; transformers will not load this copy"),
-                    ),
-                    None => self.error(
-                        "index.unindexed_tensor",
-                        format!("{shard}: {name}"),
-                        format!("is not in {INDEX}: transformers never loads it (and reports it missing)"),
-                    ),
+                    Some(f) => {
+                        // Indexed elsewhere; reported above unless that shard holds a copy too.
+                        let Some(indexed) = headers.get(f).and_then(|h| h.iter().find(|(n, _)| n == name)) else { continue };
+                        if self.same_values(entry, &indexed.1) == Some(true) {
+                            self.warn(
+                                "index.duplicate",
+                                format!("{shard}: {name}"),
+                                format!("a second copy (the index says {f}), with the same values: loaders read both"),
+                            );
+                        } else {
+                            self.error(
+                                "index.duplicate",
+                                format!("{shard}: {name}"),
+                                format!(
+                                    "a second copy with other values than the one in {f}, where the index points: \
+                                     transformers and vLLM read every tensor of the indexed shards, so the model gets \
+                                     whichever copy is read last, not necessarily the indexed one"
+                                ),
+                            );
+                        }
+                    }
+                    None => {
+                        self.error_if(
+                            !self.vllm(),
+                            "index.unindexed_tensor",
+                            format!("{shard}: {name}"),
+                            format!(
+                                "is not in {INDEX}: transformers 4.x loads only the tensors the index lists (it \
+                                 reports this one missing and initialises it randomly); transformers 5 and vLLM \
+                                 read every tensor of the indexed shards and load it"
+                            ),
+                        );
+                        tensors.insert(name.clone(), entry.clone());
+                    }
                 }
             }
         }
@@ -932,7 +1039,7 @@ impl Checker<'_> {
     // ---------------------------------------------------------------- tensors vs config
 
     fn check_tensors(&mut self, cfg: &Map<String, Value>, tensors: &BTreeMap<String, TensorEntry>, vocab: Option<&Vocab>) {
-        let Some(family) = self.report.architecture.as_deref().and_then(family_of) else { return };
+        let Some(family) = self.family else { return };
         let tie_default = family == Family::MiniMind;
         let tie = cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(tie_default);
         let expected = match expected_tensors(family, cfg) {
@@ -963,18 +1070,28 @@ impl Checker<'_> {
         let lm_head = "lm_head.weight";
         let embed = "model.embed_tokens.weight";
         match (tie, tensors.get(lm_head)) {
-            (true, Some(t)) => {
-                let same_shape = tensors.get(embed).is_some_and(|e| e.shape == t.shape);
-                self.warn(
+            (true, Some(t)) => match tensors.get(embed).map(|e| self.same_values(t, e)) {
+                // Equal values (torch `.bin`-style checkpoints store both): every loader gets one model.
+                Some(Some(true)) => self.warn(
                     "lm_head.tied_present",
                     format!("{}: {lm_head}", t.file),
+                    "present although tie_word_embeddings is true, with the embedding's values: vLLM skips it \
+                     and transformers ties it to the embedding",
+                ),
+                Some(Some(false)) => self.error(
+                    "lm_head.tied_differs",
+                    format!("{}: {lm_head}", t.file),
                     format!(
-                        "present although tie_word_embeddings is true: vLLM skips it and transformers ties it to \
-                         the embedding{}",
-                        if same_shape { "" } else { " (and its shape differs from the embedding's)" }
+                        "differs from {embed} while tie_word_embeddings is true: transformers 5 keeps it as a \
+                         separate output layer (\"both are present in the checkpoints with different values, so we \
+                         will NOT tie them\"), transformers 4.x and vLLM replace it by the embedding, so the same \
+                         directory gives different models; set tie_word_embeddings: false to keep this head, or \
+                         drop lm_head.weight to tie"
                     ),
-                );
-            }
+                ),
+                // The embedding is missing or unreadable: reported on its own.
+                _ => {}
+            },
             (false, None) if self.all_lost || self.lost.contains(lm_head) => {}
             (false, None) => self.error(
                 "lm_head.missing",
@@ -1000,11 +1117,18 @@ impl Checker<'_> {
             }
             if name.ends_with("rotary_emb.inv_freq") {
                 self.warn("tensor.extra", format!("{}: {name}", t.file), "RoPE buffer saved with the weights: loaders skip it");
-            } else {
+            } else if self.vllm() {
                 self.error(
                     "tensor.extra",
                     format!("{}: {name}", t.file),
                     "not a tensor of this architecture and config: vLLM's weight loader fails on unknown names",
+                );
+            } else {
+                self.warn(
+                    "tensor.extra",
+                    format!("{}: {name}", t.file),
+                    "not a tensor of this architecture and config: transformers skips it (listed as UNEXPECTED in \
+                     its load report); vLLM's weight loader would fail on it",
                 );
             }
         }
@@ -1033,6 +1157,36 @@ impl Checker<'_> {
                 );
             }
         }
+    }
+
+    /// Whether two float tensors hold the same values (as transformers' tie check,
+    /// `torch.equal` after both are loaded in one dtype); None when either is unreadable.
+    fn same_values(&self, a: &TensorEntry, b: &TensorEntry) -> Option<bool> {
+        if a.shape != b.shape {
+            return Some(false);
+        }
+        if a.dtype == b.dtype && a.file == b.file && a.start == b.start {
+            return Some(true);
+        }
+        Some(self.tensor_f32(a)? == self.tensor_f32(b)?)
+    }
+
+    /// A F16/BF16/F32 tensor's values as f32, read from its file.
+    fn tensor_f32(&self, t: &TensorEntry) -> Option<Vec<f32>> {
+        use candle_core::{DType, Device, Tensor};
+        let dtype = match t.dtype.as_str() {
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F32" => DType::F32,
+            _ => return None,
+        };
+        let file = File::open(self.dir.join(&t.file)).ok()?;
+        // SAFETY: read-only map, dropped before returning; the file is not modified here.
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        let data = map.get(t.start..t.start.checked_add(t.bytes)?)?;
+        let n = t.bytes / dtype.size_in_bytes();
+        let values = Tensor::from_raw_buffer(data, dtype, &[n], &Device::Cpu).ok()?;
+        values.to_dtype(DType::F32).ok()?.to_vec1::<f32>().ok()
     }
 
     // ---------------------------------------------------------------- tokenizer
