@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::limits;
+
 /// The rope scaling upstream sets when `inference_rope_scaling` is on (model_minimind.py @5959396).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RopeScaling {
@@ -162,8 +164,10 @@ impl MiniMindConfig {
         }
     }
 
+    /// `hidden_size / num_attention_heads` (0 for a config with no heads, which
+    /// [`validate`](Self::validate) refuses).
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.hidden_size.checked_div(self.num_attention_heads).unwrap_or(0)
     }
 
     /// Sets `inference_rope_scaling` the way upstream's constructor does.
@@ -187,6 +191,21 @@ impl MiniMindConfig {
             if value == 0 {
                 bail!("{name} must be positive");
             }
+        }
+        let bounded = [
+            ("hidden_size", self.hidden_size, limits::MAX_HIDDEN_SIZE),
+            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, limits::MAX_ATTENTION_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads, limits::MAX_ATTENTION_HEADS),
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB_SIZE),
+            ("intermediate_size", self.intermediate_size, limits::MAX_INTERMEDIATE_SIZE),
+            ("max_position_embeddings", self.max_position_embeddings, limits::MAX_POSITION_EMBEDDINGS),
+            ("n_routed_experts", self.n_routed_experts, limits::MAX_EXPERTS),
+            ("n_shared_experts", self.n_shared_experts, limits::MAX_EXPERTS),
+            ("num_experts_per_tok", self.num_experts_per_tok, limits::MAX_EXPERTS),
+        ];
+        for (name, value, max) in bounded {
+            limits::check_at_most(name, value, max)?;
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
@@ -226,12 +245,19 @@ impl MiniMindConfig {
                 );
             }
         }
+        let params = self.parameter_count_wide();
+        if params > limits::MAX_PARAMETERS {
+            bail!(
+                "this shape has {params} parameters, more than mm's limit of {} (MiniMind models have a few hundred million at most)",
+                limits::MAX_PARAMETERS
+            );
+        }
         Ok(())
     }
 
     /// Reads a `config.json` of either dialect and validates it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = limits::read_to_string(path, limits::MAX_CONFIG_BYTES, "config")?;
         let value: Value =
             serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
         Self::from_json(&value).with_context(|| format!("{}: unusable config", path.display()))
@@ -545,17 +571,24 @@ impl MiniMindConfig {
 
     /// Parameters counted once (tied embeddings share one matrix).
     pub fn parameter_count(&self) -> usize {
-        let h = self.hidden_size;
-        let kv = self.num_key_value_heads * self.head_dim();
+        usize::try_from(self.parameter_count_wide()).unwrap_or(usize::MAX)
+    }
+
+    /// [`parameter_count`](Self::parameter_count) in u128, which no field of a
+    /// not-yet-validated config can overflow.
+    fn parameter_count_wide(&self) -> u128 {
+        let w = |v: usize| v as u128;
+        let h = w(self.hidden_size);
+        let kv = w(self.num_key_value_heads) * (h / w(self.num_attention_heads.max(1)));
         let attn = 2 * h * h + 2 * h * kv;
-        let ffn = 3 * h * self.intermediate_size;
+        let ffn = 3 * h * w(self.intermediate_size);
         let mlp = if self.use_moe {
-            ffn * (self.n_routed_experts + self.n_shared_experts) + self.n_routed_experts * h
+            ffn * (w(self.n_routed_experts) + w(self.n_shared_experts)) + w(self.n_routed_experts) * h
         } else {
             ffn
         };
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
-        self.vocab_size * h + self.num_hidden_layers * (attn + mlp + 2 * h) + h + head
+        let head = if self.tie_word_embeddings { 0 } else { w(self.vocab_size) * h };
+        w(self.vocab_size) * h + w(self.num_hidden_layers) * (attn + mlp + 2 * h) + h + head
     }
 }
 
@@ -712,6 +745,39 @@ mod tests {
         v["num_attention_heads"] = json!(7);
         let err = MiniMindConfig::from_json(&v).unwrap_err().to_string();
         assert!(err.contains("does not divide hidden_size"), "{err}");
+    }
+
+    #[test]
+    fn memory_bomb_shapes_are_refused_naming_the_field() {
+        let bombs = [
+            ("num_hidden_layers", json!(1_000_000_000u64)),
+            ("max_position_embeddings", json!(1u64 << 62)),
+            ("hidden_size", json!(1u64 << 32)),
+            ("vocab_size", json!(1u64 << 40)),
+            ("intermediate_size", json!(u64::MAX)),
+        ];
+        for (field, value) in bombs {
+            let mut v = MiniMindConfig::default().to_minimind_json("float32");
+            v[field] = value;
+            let err = format!("{:#}", MiniMindConfig::from_json(&v).unwrap_err());
+            assert!(err.contains(field) && err.contains("limit"), "{field}: {err}");
+        }
+        let mut v = MiniMindConfig::preset("moe").unwrap().to_minimind_json("float32");
+        v["n_routed_experts"] = json!(1_000_000_000u64);
+        let err = format!("{:#}", MiniMindConfig::from_json(&v).unwrap_err());
+        assert!(err.contains("n_routed_experts") && err.contains("limit"), "{err}");
+        // Every field within its limit, but together too many parameters.
+        let wide = MiniMindConfig { num_hidden_layers: 512, ..MiniMindConfig::with_hidden(8192, 512) };
+        let err = wide.validate().unwrap_err().to_string();
+        assert!(err.contains("parameters"), "{err}");
+        assert!(MiniMindConfig::preset("base").unwrap().validate().is_ok());
+    }
+
+    #[test]
+    fn zero_heads_is_an_error_not_a_division_by_zero() {
+        let cfg = MiniMindConfig { num_attention_heads: 0, ..MiniMindConfig::default() };
+        assert_eq!(cfg.head_dim(), 0);
+        assert!(cfg.validate().unwrap_err().to_string().contains("num_attention_heads"));
     }
 
     #[test]

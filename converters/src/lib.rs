@@ -9,6 +9,7 @@ pub mod config;
 pub mod formats;
 pub mod gguf;
 pub mod hf;
+pub mod limits;
 pub mod lora;
 pub mod naming;
 pub mod output_guard;

@@ -75,7 +75,9 @@ impl Lora {
         for ad in &self.adapters {
             let name = format!("{}.weight", ad.module);
             let w = ckpt.get(&name).with_context(|| format!("LoRA targets `{name}`, which the model lacks"))?;
-            let (out, inp) = (w.dims()[0], w.dims()[1]);
+            let &[out, inp] = w.dims() else {
+                bail!("LoRA targets `{name}`, which has shape {:?}: only matrices can take a LoRA", w.dims());
+            };
             if ad.a.dims()[1] != inp || ad.b.dims()[0] != out {
                 bail!("LoRA for `{name}` ({:?} x {:?}) does not fit {:?}", ad.b.dims(), ad.a.dims(), w.dims());
             }
@@ -96,5 +98,31 @@ impl Lora {
         let mut out = ckpt.with_tensors(merged)?;
         out.provenance.notes.push(format!("merged a rank-{} LoRA ({} adapters)", self.rank, self.adapters.len()));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{Provenance, TokenizerFiles};
+    use crate::config::MiniMindConfig;
+    use candle_core::Device;
+
+    #[test]
+    fn an_adapter_on_a_vector_is_an_error_not_a_panic() {
+        let cfg = MiniMindConfig { num_attention_heads: 4, vocab_size: 16, ..MiniMindConfig::with_hidden(64, 1) };
+        let tensors = crate::naming::expected_tensors(&cfg)
+            .into_iter()
+            .map(|(n, s)| (n, Tensor::zeros(s, DType::F32, &Device::Cpu).unwrap()))
+            .collect();
+        let ckpt = Checkpoint::new(cfg, tensors, TokenizerFiles::default(), Provenance::new("test", Path::new("t"))).unwrap();
+        let module = "model.layers.0.input_layernorm";
+        let lora = Lora::from_tensors(vec![
+            (format!("{module}.lora.A.weight"), Tensor::zeros((2, 64), DType::F32, &Device::Cpu).unwrap()),
+            (format!("{module}.lora.B.weight"), Tensor::zeros((64, 2), DType::F32, &Device::Cpu).unwrap()),
+        ])
+        .unwrap();
+        let err = lora.merge_into(&ckpt).unwrap_err().to_string();
+        assert!(err.contains("input_layernorm") && err.contains("only matrices"), "{err}");
     }
 }

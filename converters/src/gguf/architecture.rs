@@ -247,9 +247,6 @@ pub fn read_hparams(md: &Metadata, source: &str, vocab_rows: usize, tied: bool) 
     cfg.tie_word_embeddings = tied;
     cfg.inference_rope_scaling = false;
     cfg.rope_scaling = None;
-    if let Some(rot) = get("rope.dimension_count").and_then(MetaValue::as_u64) {
-        ensure!(rot as usize == cfg.head_dim(), "{source}: partial rope (dimension_count {rot}) is not MiniMind");
-    }
     if arch == ARCH_MOE {
         cfg.use_moe = true;
         cfg.n_routed_experts = int("expert_count")?;
@@ -261,11 +258,14 @@ pub fn read_hparams(md: &Metadata, source: &str, vocab_rows: usize, tied: bool) 
             "{source}: shared expert width {shared} is not a multiple of the expert width {}",
             cfg.intermediate_size
         );
-        cfg.n_shared_experts = shared / cfg.intermediate_size;
+        cfg.n_shared_experts = shared.checked_div(cfg.intermediate_size).unwrap_or(0);
         ensure!(int("leading_dense_block_count").unwrap_or(0) == 0, "{source}: leading dense blocks are not MiniMind");
         ensure!(int("interleave_moe_layer_step").unwrap_or(1) == 1, "{source}: interleaved dense blocks are not MiniMind");
     }
     cfg.validate().with_context(|| format!("{source}: the hyperparameters do not make a valid model"))?;
+    if let Some(rot) = get("rope.dimension_count").and_then(MetaValue::as_u64) {
+        ensure!(rot as usize == cfg.head_dim(), "{source}: partial rope (dimension_count {rot}) is not MiniMind");
+    }
     Ok(cfg)
 }
 
@@ -306,6 +306,35 @@ mod tests {
         assert_eq!(size_label(104_000_000, 0, 0, 0), "104M");
         assert_eq!(size_label(25_800_000, 0, 0, 0), "26M");
         assert_eq!(size_label(0, 10_000_000, 2_000_000, 4), "4x12M");
+    }
+
+    #[test]
+    fn hostile_hyperparameters_are_errors_before_any_plan() {
+        let cfg = MiniMindConfig { num_attention_heads: 4, ..MiniMindConfig::with_hidden(256, 2) };
+        let mut good = Metadata::new();
+        write_hparams(&mut good, &cfg, "t", "1M", 0);
+        let vocab = cfg.vocab_size;
+        assert_eq!(read_hparams(&good, "t.gguf", vocab, true).unwrap().num_hidden_layers, 2);
+        let cases = [
+            ("llama.attention.head_count", 0u32, "num_attention_heads must be positive"),
+            ("llama.block_count", 1_000_000_000, "num_hidden_layers 1000000000 exceeds"),
+            ("llama.context_length", u32::MAX, "max_position_embeddings 4294967295 exceeds"),
+            ("llama.feed_forward_length", 0, "intermediate_size must be positive"),
+        ];
+        for (key, value, want) in cases {
+            let mut md = good.clone();
+            md.set(key, MetaValue::U32(value));
+            let err = format!("{:#}", read_hparams(&md, "t.gguf", vocab, true).unwrap_err());
+            assert!(err.contains("t.gguf") && err.contains(want), "{key}={value}: {err}");
+        }
+        let moe = MiniMindConfig { use_moe: true, ..cfg };
+        let mut md = Metadata::new();
+        write_hparams(&mut md, &moe, "t", "1M", 0);
+        md.set(&format!("{ARCH_MOE}.expert_feed_forward_length"), MetaValue::U32(0));
+        md.set(&format!("{ARCH_MOE}.expert_shared_feed_forward_length"), MetaValue::U32(0));
+        assert!(read_hparams(&md, "t.gguf", vocab, true).is_err());
+        md.set(&format!("{ARCH_MOE}.expert_count"), MetaValue::U32(1_000_000_000));
+        assert!(read_hparams(&md, "t.gguf", vocab, true).is_err());
     }
 
     #[test]
