@@ -10,7 +10,7 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use mm_converters::atomic::write_file_atomically;
+use mm_converters::atomic::{write_dir_atomically, write_file_atomically};
 use mm_converters::output_guard::FileKind;
 use mm_converters::gguf::checkpoint::{GgufOptions, GgufSummary};
 use mm_converters::Checkpoint;
@@ -319,11 +319,16 @@ pub fn export(
     let gguf_name = format!("model-{}.gguf", opts.gguf.scheme.name());
     // Everything that can fail cheaply fails before the GGUF is written.
     let text = modelfile_for(&gguf_name, family, opts)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let gguf = dir.join(&gguf_name);
-    let summary = crate::llamacpp::export_gguf(ckpt, &gguf, &opts.gguf, progress)?;
-    let modelfile = dir.join("Modelfile");
-    write_file_atomically(&modelfile, FileKind::Modelfile, |w| Ok(std::io::Write::write_all(w, text.as_bytes())?))?;
+    // The directory appears whole (GGUF and Modelfile) or not at all, and replaces only an
+    // earlier export (see mm_converters::output_guard).
+    mm_converters::output_guard::check_dir_target(dir)?;
+    let mut summary = None;
+    write_dir_atomically(dir, |tmp| {
+        summary = Some(crate::llamacpp::export_gguf(ckpt, &tmp.join(&gguf_name), &opts.gguf, progress)?);
+        write_file_atomically(&tmp.join("Modelfile"), FileKind::Modelfile, |w| Ok(std::io::Write::write_all(w, text.as_bytes())?))
+    })?;
+    let summary = summary.context("internal: the export wrote no GGUF")?;
+    let (gguf, modelfile) = (dir.join(&gguf_name), dir.join("Modelfile"));
     let warnings = summary.warnings.clone();
     Ok(OllamaExport { family, gguf, modelfile, summary, warnings })
 }

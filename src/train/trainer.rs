@@ -218,6 +218,55 @@ fn flush_metrics(pending: &mut Vec<PendingMetric>, window_s: f64, out: &mut impl
     Ok(written)
 }
 
+/// Where a run is when it saves.
+struct SavePoint<'a> {
+    micro_steps: u64,
+    loader: mm_dataset::LoaderState,
+    parallel: Option<&'a distributed::DataParallel>,
+    main: bool,
+}
+
+/// Writes the weights and the resume checkpoint (every rank takes part in the all-reduce of
+/// a half-accumulated gradient; the main rank writes).
+#[allow(clippy::too_many_arguments)]
+fn save(
+    model: &TrainableModel,
+    optimizer: &AdamW,
+    accumulated: &[Option<Tensor>],
+    at: &SavePoint,
+    opts: &TrainOptions,
+    paths: &RunPaths,
+    metrics: &mut dyn Write,
+    save_weights: SaveWeights,
+) -> Result<()> {
+    // Mid-accumulation, the saved gradient is the sum over the ranks.
+    let saved_accumulation = match at.parallel {
+        Some(p) if accumulated.iter().any(Option::is_some) => {
+            let mut summed = accumulated.to_vec();
+            p.all_reduce_grads(&mut summed)?;
+            summed
+        }
+        _ => accumulated.to_vec(),
+    };
+    if !at.main {
+        return Ok(());
+    }
+    ensure_finite_parameters(model, at.micro_steps, opts)?;
+    save_weights(model, &paths.weights)?;
+    let state = ResumeState {
+        micro_steps: at.micro_steps,
+        optimizer_step: optimizer.step,
+        loader: at.loader.clone(),
+        options: opts.clone(),
+        world: at.parallel.map_or(1, |p| p.world),
+    };
+    metrics.flush()?;
+    resume::write(&paths.resume, model, optimizer, &saved_accumulation, &state)
+}
+
+/// The largest finite f16, the dtype weights are saved in.
+const F16_MAX: f64 = 65504.0;
+
 /// How often, at least, a run without a terminal prints a progress line.
 const PLAIN_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -229,18 +278,22 @@ fn ensure_finite_parameters(model: &TrainableModel, step: u64, opts: &TrainOptio
     if vars.is_empty() {
         return Ok(());
     }
-    let sums: Vec<Tensor> = vars
+    // Per tensor: Σ(x - x), NaN when any x is NaN or infinite, and how many |x| exceed the
+    // f16 range the weights are saved in (they would be written as infinities).
+    let figures: Vec<Tensor> = vars
         .iter()
         .map(|v| {
             let t = v.as_tensor().to_dtype(DType::F32)?;
-            Ok((&t - &t)?.sum_all()?.reshape(1)?)
+            let non_finite = (&t - &t)?.sum_all()?.reshape(1)?;
+            let beyond_f16 = t.abs()?.gt(F16_MAX)?.to_dtype(DType::F32)?.sum_all()?.reshape(1)?;
+            Ok(Tensor::cat(&[non_finite, beyond_f16], 0)?)
         })
         .collect::<Result<_>>()?;
-    let per_tensor: Vec<f32> = Tensor::cat(&sums, 0)?.to_vec1()?;
-    if let Some(i) = per_tensor.iter().position(|s| !s.is_finite()) {
+    let figures: Vec<f32> = Tensor::cat(&figures, 0)?.to_vec1()?;
+    if let Some(i) = figures.chunks(2).position(|f| !f[0].is_finite() || f[1] > 0.0) {
         bail!(
-            "parameters became NaN or infinite at step {step} ({} is one of them): not saving them; the last save is \
-             intact. The learning rate ({:e}) is probably too high",
+            "parameters became NaN, infinite or too large for f16 at step {step} ({} is one of them): not saving \
+             them; the last save is intact. The learning rate ({:e}) is probably too high",
             model.trainable[i].0,
             opts.learning_rate
         );
@@ -325,6 +378,7 @@ where
     let mut pending: Vec<PendingMetric> = Vec::new();
     let mut losses = Vec::new();
     let mut weights_path = None;
+    let mut saved_at = micro_steps;
 
     while let Some((info, batch)) = loader.next_batch()? {
         if opts.max_steps.is_some_and(|m| micro_steps >= m) {
@@ -424,31 +478,23 @@ where
             }
         }
         if save_now {
-            // Mid-accumulation, the saved gradient is the sum over the ranks (every rank takes
-            // part in that all-reduce; the main rank writes).
-            let saved_accumulation = match parallel {
-                Some(p) if accumulated.iter().any(Option::is_some) => {
-                    let mut summed = accumulated.clone();
-                    p.all_reduce_grads(&mut summed)?;
-                    summed
-                }
-                _ => accumulated.clone(),
-            };
-            if main {
-                ensure_finite_parameters(model, micro_steps, opts)?;
-                save_weights(model, &paths.weights)?;
-                weights_path = Some(paths.weights.clone());
-                let state = ResumeState {
-                    micro_steps,
-                    optimizer_step: optimizer.step,
-                    loader: loader.state(),
-                    options: opts.clone(),
-                    world: parallel.map_or(1, |p| p.world),
-                };
-                metrics.flush()?;
-                resume::write(&paths.resume, model, &optimizer, &saved_accumulation, &state)?;
+            let run = SavePoint { micro_steps, loader: loader.state(), parallel, main };
+            save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights)?;
+            weights_path = main.then(|| paths.weights.clone());
+            saved_at = micro_steps;
+        }
+    }
+    // Skipped rows can end an epoch before its planned last step: save what was trained.
+    if micro_steps > saved_at {
+        if main && !pending.is_empty() {
+            losses.extend(flush_metrics(&mut pending, window_start.elapsed().as_secs_f64(), &mut metrics)?.iter().map(|m| (m.step, m.loss)));
+            if let Some((step, loss)) = losses.iter().find(|(_, l)| !l.is_finite()) {
+                bail!("loss became {loss} at step {step}; stopping (last save is intact)");
             }
         }
+        let run = SavePoint { micro_steps, loader: loader.state(), parallel, main };
+        save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights)?;
+        weights_path = main.then(|| paths.weights.clone());
     }
     if micro_steps == 0 && resume_from.is_none() && opts.max_steps != Some(0) {
         bail!("no batch had a token to train on (every row was skipped); nothing was trained or saved");
