@@ -36,6 +36,15 @@ pub fn open_cuda(_ordinal: usize) -> Result<Device> {
     anyhow::bail!("this mm was built without CUDA; see scripts/build-cuda.sh")
 }
 
+/// `cpu`, `cuda:N` or `metal:N`: how `--device` names it.
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 /// Peak pool memory of a CUDA device (`None` on the CPU).
 pub fn peak_memory(device: &Device) -> Result<Option<PeakMemory>> {
     #[cfg(feature = "cuda")]

@@ -58,7 +58,7 @@ fn mnn_python_or_skip(test: &str) -> Option<PathBuf> {
         }
         None if required => panic!("{test}: MM_REQUIRE_MNN=1 but MM_MNN_PYTHON is not set"),
         None => {
-            eprintln!("skipping {test}: set MM_MNN_PYTHON to a python with mnn==3.6.1 and numpy");
+            common::skip::skipped(test, "set MM_MNN_PYTHON to a python with mnn==3.6.1 and numpy");
             None
         }
     }

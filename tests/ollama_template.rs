@@ -196,7 +196,7 @@ fn go_harness() -> Option<&'static Path> {
                 if std::env::var_os("MM_REQUIRE_GO").is_some() {
                     panic!("MM_REQUIRE_GO is set but `go` is not on PATH");
                 }
-                println!("skipping the Go text/template comparison: `go` is not on PATH (apt-get install golang-go)");
+                common::skip::skipped("the Go text/template comparison", "`go` is not on PATH (apt-get install golang-go)");
                 return None;
             }
             let out = std::env::temp_dir().join(format!("mm-go-template-harness-{}", std::process::id()));

@@ -2,6 +2,9 @@
 //! warnings, every chat case equal or equal with a documented allowance), and each seeded
 //! defect of a Modelfile is caught with its own message.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -136,7 +139,7 @@ fn a_minimind3_model_gets_the_minimind3_template() {
     let reference = shared.join("reference/minimind3");
     if !reference.is_dir() {
         assert!(std::env::var_os("MM_REQUIRE_SHARED").is_none(), "shared fixtures missing");
-        println!("skipping: no {}", reference.display());
+        skip::skipped("minimind3 ollama validation", &format!("no {} (set MM_SHARED)", reference.display()));
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -169,14 +169,13 @@ impl Checkpoint {
 
 impl fmt::Display for Checkpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} from {} ({} tensors, {:.2}M parameters)",
-            self.provenance.format,
-            self.provenance.source.display(),
-            self.tensors.len(),
-            self.parameter_count() as f64 / 1e6
-        )
+        let size = format!("{} tensors, {:.2}M parameters", self.tensors.len(), self.parameter_count() as f64 / 1e6);
+        if self.provenance.source == Path::new("-") {
+            // Made in memory (random init, tests): no file to name.
+            write!(f, "{} ({size})", self.provenance.format)
+        } else {
+            write!(f, "{} ({}, {size})", self.provenance.source.display(), self.provenance.format)
+        }
     }
 }
 

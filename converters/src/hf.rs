@@ -15,6 +15,7 @@ use crate::atomic::{write_dir_atomically, write_file_atomically};
 use crate::output_guard::FileKind;
 use crate::checkpoint::{hf_dtype_name, Checkpoint, Provenance, TokenizerFiles};
 use crate::config::{ConfigFlavor, MiniMindConfig};
+use crate::limits;
 use crate::{qwen2_moe, safetensors_file};
 
 /// HF writes single files up to this size before it shards (transformers' default 5 GB;
@@ -24,7 +25,7 @@ pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
 /// Reads an HF directory of either layout.
 pub fn read(dir: &Path) -> Result<Checkpoint> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let text = limits::read_to_string(&config_path, limits::MAX_CONFIG_BYTES, "config")?;
     let json: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config_path.display()))?;
     let config = MiniMindConfig::from_json(&json).with_context(|| format!("{}: unusable config", config_path.display()))?;
     let flavor = MiniMindConfig::flavor_of_json(&json)?;
@@ -49,23 +50,31 @@ pub fn read(dir: &Path) -> Result<Checkpoint> {
 /// Tokenizer files of a model directory; the chat template may live in
 /// `chat_template.jinja` (transformers 5) or inside `tokenizer_config.json` (4.x).
 pub fn read_tokenizer_files(dir: &Path) -> Result<TokenizerFiles> {
-    let read_opt = |name: &str| -> Result<Option<String>> {
+    read_tokenizer_files_prefixed(dir, "")
+}
+
+/// The tokenizer files named `<prefix>tokenizer.json`, `<prefix>tokenizer_config.json` and
+/// `<prefix>chat_template.jinja` in `dir` (the `.pth` sidecars use the prefix `<stem>.`).
+pub fn read_tokenizer_files_prefixed(dir: &Path, prefix: &str) -> Result<TokenizerFiles> {
+    let read_opt = |name: &str, max_bytes: u64| -> Result<Option<String>> {
+        let name = format!("{prefix}{name}");
+        let name = name.as_str();
         let p = dir.join(name);
         if p.exists() {
-            Ok(Some(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?))
+            Ok(Some(limits::read_to_string(&p, max_bytes, name)?))
         } else {
             Ok(None)
         }
     };
-    let tokenizer_json = read_opt("tokenizer.json")?;
-    let tokenizer_config = match read_opt("tokenizer_config.json")? {
+    let tokenizer_json = read_opt("tokenizer.json", limits::MAX_TOKENIZER_BYTES)?;
+    let tokenizer_config = match read_opt("tokenizer_config.json", limits::MAX_CONFIG_BYTES)? {
         Some(text) => Some(
             serde_json::from_str::<Value>(&text)
-                .with_context(|| format!("{}: invalid JSON", dir.join("tokenizer_config.json").display()))?,
+                .with_context(|| format!("{}: invalid JSON", dir.join(format!("{prefix}tokenizer_config.json")).display()))?,
         ),
         None => None,
     };
-    let chat_template = match read_opt("chat_template.jinja")? {
+    let chat_template = match read_opt("chat_template.jinja", limits::MAX_TEMPLATE_BYTES)? {
         Some(t) => Some(t),
         None => tokenizer_config.as_ref().and_then(template_from_config),
     };
@@ -147,8 +156,13 @@ pub fn special_token_id(tok: &TokenizerFiles, key: &str) -> Option<u32> {
 
 /// Writes tokenizer.json and tokenizer_config.json (with the chat template inside).
 pub fn write_tokenizer_files(tok: &TokenizerFiles, dir: &Path) -> Result<()> {
+    write_tokenizer_files_prefixed(tok, dir, "")
+}
+
+/// [`write_tokenizer_files`] with every file name prefixed (`<stem>.` beside a `.pth`).
+pub fn write_tokenizer_files_prefixed(tok: &TokenizerFiles, dir: &Path, prefix: &str) -> Result<()> {
     if let Some(text) = &tok.tokenizer_json {
-        write_file_atomically(&dir.join("tokenizer.json"), FileKind::Json, |w| Ok(w.write_all(text.as_bytes())?))?;
+        write_file_atomically(&dir.join(format!("{prefix}tokenizer.json")), FileKind::Json, |w| Ok(w.write_all(text.as_bytes())?))?;
     }
     let mut config = tok.tokenizer_config.clone().unwrap_or_else(|| json!({}));
     if let (Some(obj), Some(template)) = (config.as_object_mut(), &tok.chat_template) {
@@ -169,7 +183,7 @@ pub fn write_tokenizer_files(tok: &TokenizerFiles, dir: &Path) -> Result<()> {
         }
     }
     if tok.tokenizer_config.is_some() || tok.chat_template.is_some() {
-        write_json(&dir.join("tokenizer_config.json"), &config)?;
+        write_json(&dir.join(format!("{prefix}tokenizer_config.json")), &config)?;
     }
     Ok(())
 }

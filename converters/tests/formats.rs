@@ -1,5 +1,8 @@
 //! Every reader × writer pair, dtype casts, and bad input, over the canonical checkpoint.
 
+#[path = "../../tests/common/skip.rs"]
+mod skip;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -154,7 +157,7 @@ fn shared_dir() -> Option<PathBuf> {
         Some(dir)
     } else {
         assert!(std::env::var_os("MM_REQUIRE_SHARED").is_none(), "MM_REQUIRE_SHARED is set but {} is missing", dir.display());
-        eprintln!("skipping: shared fixtures not found (set MM_SHARED)");
+        skip::skipped("fixture comparisons", "shared fixtures not found (set MM_SHARED)");
         None
     }
 }

@@ -9,6 +9,9 @@
 //! (default `<workspace>/../shared`). Without it the test prints a notice and passes, unless
 //! `MM_REQUIRE_SHARED=1`.
 
+#[path = "../../tests/common/skip.rs"]
+mod skip;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -28,7 +31,7 @@ fn fixtures_dir() -> Option<PathBuf> {
     if std::env::var("MM_REQUIRE_SHARED").as_deref() == Ok("1") {
         panic!("MM_REQUIRE_SHARED=1 but {} has no manifest.json", dir.display());
     }
-    eprintln!("skipped: shared fixtures not found at {}", dir.display());
+    skip::skipped("llama.cpp quantization goldens", &format!("shared fixtures not found at {} (set MM_SHARED)", dir.display()));
     None
 }
 

@@ -6,6 +6,9 @@
 //! The fixtures live outside the repository: `MM_SHARED`, else `<workspace>/../shared`.
 //! Tests print a skip notice when they are absent, and fail instead under `MM_REQUIRE_SHARED`.
 
+#[path = "../../tests/common/skip.rs"]
+mod skip;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -25,7 +28,7 @@ fn shared_or_skip(test: &str) -> Option<PathBuf> {
     if std::env::var_os("MM_REQUIRE_SHARED").is_some() {
         panic!("{test}: MM_REQUIRE_SHARED is set but the shared MNN fixtures are missing at {}", dir.display());
     }
-    eprintln!("skipping {test}: shared fixtures not found (set MM_SHARED)");
+    skip::skipped(test, "shared fixtures not found (set MM_SHARED)");
     None
 }
 

@@ -4,6 +4,9 @@
 //! (LayerNorm) and Attention ops carry the same parameters, and the rotary constants agree.
 //! This pins the slot tables and enum values on a file mm did not write.
 
+#[path = "../../tests/common/skip.rs"]
+mod skip;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -26,7 +29,7 @@ fn fixture_or_skip(test: &str) -> Option<PathBuf> {
     if std::env::var_os("MM_REQUIRE_SHARED").is_some() {
         panic!("{test}: MM_REQUIRE_SHARED is set but {} is missing", dir.display());
     }
-    eprintln!("skipping {test}: shared fixtures not found (set MM_SHARED)");
+    skip::skipped(test, "shared fixtures not found (set MM_SHARED)");
     None
 }
 

@@ -10,7 +10,8 @@ use mm::model::init::random_checkpoint;
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// small (26M), base (104M) or moe (4+1 experts); the flags below override it.
+    /// small (26M), base (104M), moe (4+1 experts) or tiny (a few million parameters); the
+    /// flags below override it.
     #[arg(long, default_value = "small")]
     preset: String,
     /// Output path (default: `minimind-<preset>`, or `.pth` with --format pth).
@@ -19,28 +20,37 @@ pub struct InitArgs {
     /// hf (MiniMind layout), hf-llama or pth.
     #[arg(long, default_value = "hf")]
     format: String,
+    /// Model width (the FFN width follows upstream's rule unless --intermediate-size is given).
     #[arg(long)]
     hidden_size: Option<usize>,
+    /// Decoder layers.
     #[arg(long)]
     layers: Option<usize>,
+    /// Attention heads (must divide the hidden size).
     #[arg(long)]
     heads: Option<usize>,
+    /// Key/value heads (must divide the attention heads).
     #[arg(long)]
     kv_heads: Option<usize>,
+    /// FFN width.
     #[arg(long)]
     intermediate_size: Option<usize>,
+    /// Context length the config declares.
     #[arg(long)]
     max_position_embeddings: Option<usize>,
     /// Routed experts (turns MoE on).
     #[arg(long)]
     experts: Option<usize>,
+    /// Shared experts every token goes through (MoE).
     #[arg(long)]
     shared_experts: Option<usize>,
+    /// Routed experts each token is sent to (MoE top-k).
     #[arg(long)]
     experts_per_token: Option<usize>,
     /// Stored dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }

@@ -46,11 +46,11 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a randomly initialised model directory from a preset or a custom shape.
+    /// Create a randomly initialised model (HF dir or .pth) from a preset or a custom shape.
     Init(init::InitArgs),
-    /// Convert a checkpoint between .pth, HF MiniMind and HF Llama layouts.
+    /// Convert a checkpoint: .pth, HF MiniMind, HF Llama, HF Qwen2-MoE, unquantized GGUF.
     Convert(convert::ConvertArgs),
-    /// Export for a runtime: `mm export gguf IN --quant q4_k_m` for llama.cpp.
+    /// Export for a runtime: gguf (llama.cpp, quantized), hf (vLLM/transformers), ollama, mnn.
     Export(export::ExportArgs),
     /// Describe a checkpoint: format, config, tensors, tokenizer.
     Inspect(inspect::InspectArgs),
@@ -64,13 +64,13 @@ enum Command {
     Template(template::TemplateArgs),
     /// Encode text to token ids, or decode ids.
     Tokenize(tokenize::TokenizeArgs),
-    /// Train a model: pretrain, sft (upstream's stages, same data and mathematics).
+    /// Train: pretrain, sft, lora, dpo, distill, reason (upstream's stages and defaults).
     Train(train::TrainArgs),
     /// LoRA adapters: `mm lora merge BASE LORA.pth -o OUT` folds one into the weights.
     Lora(lora::LoraArgs),
     /// Train a byte-level BPE tokenizer (upstream train_tokenizer.py) on jsonl text.
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
-    /// Check a deployment artefact statically: `mm validate hf DIR` for vLLM/transformers.
+    /// Check a deployment artefact: `mm validate hf DIR` (vLLM/transformers), `mm validate ollama DIR`.
     Validate(validate::ValidateArgs),
     /// The fused training ops on a device against their CPU path, and their speed.
     #[command(hide = true)]
@@ -179,18 +179,22 @@ fn set_threads(threads: Option<usize>) {
 /// Sampling flags, defaults as upstream `eval_llm.py`.
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
-    /// 0 = greedy.
+    /// Sampling temperature; 0 = greedy.
     #[arg(long, default_value_t = 0.85)]
     temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
     #[arg(long, default_value_t = 0.85)]
     top_p: f64,
     /// 0 disables top-k (HF's default is 50).
     #[arg(long, default_value_t = 50)]
     top_k: usize,
+    /// Divides the logits of tokens already in the context (1 = off, HF's rule).
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f64,
+    /// Stop after this many generated tokens.
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
+    /// Sampling seed.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
     /// Greedy decoding (same as --temperature 0).
@@ -246,6 +250,7 @@ pub fn default_output(input: &Path, suffix: &str) -> PathBuf {
 /// The tokenizer and chat template of a tokenizer directory or any model (default: the
 /// built-in MiniMind2 tokenizer).
 pub fn tokenizer_source(path: Option<&Path>) -> Result<(Tokenizer, Option<ChatTemplate>)> {
+    use anyhow::Context;
     let files = match path {
         None => TokenizerFiles::builtin_minimind2(),
         Some(p) if p.is_dir() && !p.join("config.json").exists() => mm::converters::hf::read_tokenizer_files(p)?,
@@ -255,17 +260,28 @@ pub fn tokenizer_source(path: Option<&Path>) -> Result<(Tokenizer, Option<ChatTe
         }
         Some(p) => mm::converters::read_checkpoint(p, &PthHints::default())?.tokenizer,
     };
-    mm::loaded::tokenizer_and_template(&files)
+    let (tokenizer, template) = match path {
+        Some(p) => {
+            let (tokenizer, template) = mm::loaded::tokenizer_and_template(&files).with_context(|| format!("{}", p.display()))?;
+            (tokenizer, template.map(|t| t.with_origin(p.display().to_string())))
+        }
+        None => mm::loaded::tokenizer_and_template(&files)?,
+    };
+    Ok((tokenizer, template))
 }
 
 /// The contents of a file argument, or stdin for `-`.
 pub fn read_text_arg(arg: &str) -> Result<String> {
     use anyhow::Context;
+    use mm::converters::limits::{read_to_string, MAX_CONFIG_BYTES};
     if arg == "-" {
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), MAX_CONFIG_BYTES + 1), &mut s)?;
+        if s.len() as u64 > MAX_CONFIG_BYTES {
+            anyhow::bail!("stdin: more than the {MAX_CONFIG_BYTES} bytes mm reads");
+        }
         Ok(s)
     } else {
-        std::fs::read_to_string(arg).with_context(|| format!("cannot read {arg}"))
+        read_to_string(Path::new(arg), MAX_CONFIG_BYTES, "file").with_context(|| format!("cannot read {arg}"))
     }
 }

@@ -46,6 +46,7 @@ pub struct LoraArgs {
     /// Upstream's --lora_name: the file is `<out>/<lora_name>_<hidden>.pth`.
     #[arg(long, default_value = mm::train::lora::DEFAULT_NAME)]
     lora_name: String,
+    /// LoRA rank (A is rank × in, B is out × rank).
     #[arg(long, default_value_t = mm::train::lora::DEFAULT_RANK)]
     rank: usize,
 }
@@ -54,6 +55,7 @@ pub struct LoraArgs {
 pub struct DpoArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// DPO's β: how strongly the policy is kept near the reference.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
 }
@@ -68,6 +70,7 @@ pub struct DistillArgs {
     /// Weight of the cross-entropy term; the KL term gets 1 - alpha.
     #[arg(long, default_value_t = 0.5)]
     alpha: f64,
+    /// Softmax temperature of the distillation KL term.
     #[arg(long, default_value_t = 1.5)]
     temperature: f64,
 }
@@ -78,7 +81,8 @@ pub struct CommonArgs {
     /// Training data (jsonl in the stage's upstream format).
     #[arg(long)]
     data: PathBuf,
-    /// Start from random weights of a preset (small, base, moe); pretraining's default.
+    /// Start from random weights of a preset: small (26M), base (104M), moe, or tiny (a few
+    /// million parameters, for quick CPU runs). Pretraining only; its default is small.
     #[arg(long)]
     init: Option<String>,
     /// Start from a model (any format mm reads).
@@ -86,26 +90,25 @@ pub struct CommonArgs {
     from: Option<PathBuf>,
     #[command(flatten)]
     hints: ShapeHints,
-    #[arg(long)]
+    #[arg(long, help = stage_default_help("Passes over the data", |d| d.epochs.to_string()))]
     epochs: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = stage_default_help("Rows per micro-step (per GPU with --gpus)", |d| d.batch_size.to_string()))]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = stage_default_help("Peak learning rate (cosine schedule, as upstream's get_lr)", |d| format!("{:e}", d.lr)))]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = stage_default_help("Tokens per row (upstream max_seq_len)", |d| d.max_seq_len.to_string()))]
     max_seq_len: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = stage_default_help("Micro-steps summed into one optimizer step", |d| d.accumulation_steps.to_string()))]
     accumulation_steps: Option<u64>,
+    /// Global gradient-norm clipping threshold.
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f64,
     /// f32, or bf16 (autocast-like: bf16 compute over f32 master weights).
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Save weights and the resume checkpoint every N steps (upstream save_interval).
-    #[arg(long)]
+    #[arg(long, help = stage_default_help("Save weights and the resume checkpoint every N steps", |d| d.save_interval.to_string()))]
     save_every: Option<u64>,
-    /// Log every N steps (upstream log_interval).
-    #[arg(long)]
+    #[arg(long, help = stage_default_help("Log every N steps (also at least every 10 s without a terminal)", |d| d.log_interval.to_string()))]
     log_every: Option<u64>,
     /// Output directory (upstream save_dir).
     #[arg(long, default_value = "out")]
@@ -116,6 +119,7 @@ pub struct CommonArgs {
     /// Continue the run saved in `<out>/<save_weight>_<hidden>[_moe]_resume`.
     #[arg(long)]
     resume: bool,
+    /// Seed of the random init, the data order and LoRA's init.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Stop after this many steps in total.
@@ -131,7 +135,7 @@ pub struct CommonArgs {
     /// files are the same whichever device wrote them.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// No progress bar.
+    /// No progress bar, and no progress lines when stderr is not a terminal.
     #[arg(long)]
     quiet: bool,
     /// Data-parallel over this many GPUs of the host (cuda:0 … cuda:N-1), one process each,
@@ -139,6 +143,16 @@ pub struct CommonArgs {
     /// per GPU, as upstream's.
     #[arg(long, default_value_t = 1)]
     gpus: usize,
+}
+
+/// Every stage's upstream defaults, for `--help`.
+const STAGES: [(&str, &StageDefaults); 6] =
+    [("pretrain", &PRETRAIN), ("sft", &SFT), ("lora", &LORA), ("dpo", &DPO), ("distill", &DISTILL), ("reason", &REASON)];
+
+/// `what [default: pretrain 1, sft 2, …]`: the flags are shared, their defaults are the stage's.
+fn stage_default_help(what: &str, value: fn(&StageDefaults) -> String) -> String {
+    let values: Vec<String> = STAGES.iter().map(|(name, d)| format!("{name} {}", value(d))).collect();
+    format!("{what} [default: {}]", values.join(", "))
 }
 
 /// Upstream's argparse defaults per stage.
@@ -371,6 +385,16 @@ struct Prepared {
     data_opts: DatasetOptions,
 }
 
+/// `--batch-size` and `--max-seq-len` within [`mm_dataset::MAX_BATCH_TOKENS`] and the model's
+/// context, before any buffer is sized by them.
+fn check_batch_shape(batch_size: usize, max_length: usize, positions: usize) -> Result<()> {
+    mm_dataset::check_micro_batch(batch_size, max_length).context("--batch-size / --max-seq-len")?;
+    if max_length - 1 > positions {
+        bail!("--max-seq-len {max_length}: rows of {} tokens do not fit the model's {positions} positions (max_position_embeddings)", max_length - 1);
+    }
+    Ok(())
+}
+
 fn prepare(c: &CommonArgs, d: &StageDefaults, from_required: bool) -> Result<Prepared> {
     set_threads(c.threads);
     let mut opts = options(c, d);
@@ -379,14 +403,15 @@ fn prepare(c: &CommonArgs, d: &StageDefaults, from_required: bool) -> Result<Pre
     opts.validate()?;
     let encoder = ChatEncoder::new(&model.tokenizer)?;
     let data_opts = DatasetOptions::new(c.max_seq_len.unwrap_or(d.max_seq_len)).skip_bad_lines(c.skip_bad_lines);
+    check_batch_shape(opts.batch_size, data_opts.max_length, model.config.max_position_embeddings)?;
     let main_rank = mm::train::distributed::env_role()?.is_none_or(|(rank, _)| rank == 0);
     if main_rank {
         eprintln!(
-        "{}: {:.2}M parameters, training on {} ({:?})",
-        opts.save_weight,
-        model.parameter_count() as f64 / 1e6,
-        c.data.display(),
-        model.device
+            "{}: {:.2}M parameters, training on {} ({})",
+            opts.save_weight,
+            model.parameter_count() as f64 / 1e6,
+            c.data.display(),
+            mm::device::describe(&model.device)
         );
     }
     Ok(Prepared { opts, model, resume, encoder, data_opts })

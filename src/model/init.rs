@@ -23,7 +23,7 @@ pub fn random_checkpoint(cfg: &MiniMindConfig, seed: u64, tokenizer: TokenizerFi
         };
         tensors.push((name, Tensor::from_vec(data, shape, &Device::Cpu)?));
     }
-    let mut provenance = Provenance::new("random-init", std::path::Path::new("-"));
+    let mut provenance = Provenance::new("random weights", std::path::Path::new("-"));
     provenance.notes.push(format!("seed {seed}"));
     Checkpoint::new(cfg.clone(), tensors, tokenizer, provenance)
 }

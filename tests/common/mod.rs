@@ -1,6 +1,8 @@
 //! Locating `../shared` fixtures for tests; tests skip with a notice when it is absent.
 #![allow(dead_code)]
 
+pub mod skip;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -22,7 +24,7 @@ pub fn shared_or_skip(test: &str) -> Option<PathBuf> {
         panic!("{test}: MM_REQUIRE_SHARED is set but the shared fixtures are missing");
     }
     if dir.is_none() {
-        eprintln!("skipping {test}: shared fixtures not found (set MM_SHARED)");
+        skip::skipped(test, "shared fixtures not found (set MM_SHARED)");
     }
     dir
 }

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use crate::checkpoint::{Checkpoint, Provenance, TokenizerFiles};
 use crate::config::MiniMindConfig;
-use crate::hf::read_tokenizer_files;
+use crate::hf::{read_tokenizer_files, read_tokenizer_files_prefixed, write_tokenizer_files_prefixed};
 use crate::naming::EMBED;
 use crate::pth;
 
@@ -23,8 +23,13 @@ pub struct PthHints {
 
 /// The sidecar mm writes beside a `.pth`: `<stem>.config.json`.
 pub fn sidecar_config_path(pth_path: &Path) -> PathBuf {
+    pth_path.with_file_name(format!("{}config.json", sidecar_prefix(pth_path)))
+}
+
+/// `<stem>.`: the prefix of the sidecars (config, tokenizer files) beside a `.pth`.
+pub fn sidecar_prefix(pth_path: &Path) -> String {
     let stem = pth_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    pth_path.with_file_name(format!("{stem}.config.json"))
+    format!("{stem}.")
 }
 
 pub fn read(path: &Path, hints: &PthHints) -> Result<Checkpoint> {
@@ -51,7 +56,12 @@ pub fn read(path: &Path, hints: &PthHints) -> Result<Checkpoint> {
         }
     };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tokenizer = read_tokenizer_files(dir)?;
+    // Its own sidecars first (`<stem>.tokenizer.json`, as mm writes them), then the
+    // directory's tokenizer files (an upstream checkout), then the built-in tokenizer.
+    let mut tokenizer = read_tokenizer_files_prefixed(dir, &sidecar_prefix(path))?;
+    if tokenizer.is_empty() {
+        tokenizer = read_tokenizer_files(dir)?;
+    }
     if tokenizer.is_empty() {
         tokenizer = TokenizerFiles::builtin_minimind2();
         provenance.notes.push("no tokenizer beside the file: using the built-in MiniMind2 tokenizer".into());
@@ -60,9 +70,13 @@ pub fn read(path: &Path, hints: &PthHints) -> Result<Checkpoint> {
 }
 
 /// Writes the upstream layout (every key, tied head included, like `torch.save(state_dict)`)
-/// and the config sidecar that lets mm read it back without hints.
+/// and the sidecars that let mm read it back whole without hints: `<stem>.config.json` and
+/// the tokenizer (`<stem>.tokenizer.json`, `<stem>.tokenizer_config.json` with the chat
+/// template).
 pub fn write(ckpt: &Checkpoint, path: &Path) -> Result<()> {
     pth::write_pth(path, &ckpt.state_dict())?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    write_tokenizer_files_prefixed(&ckpt.tokenizer, dir, &sidecar_prefix(path))?;
     let config = ckpt.config.to_minimind_json(crate::checkpoint::hf_dtype_name(
         ckpt.uniform_dtype().unwrap_or(candle_core::DType::F32),
     ));
