@@ -363,3 +363,47 @@ fn refusals_are_clear_and_write_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("llm.mnn"), "{err}");
 }
+
+#[test]
+fn inspect_fails_on_a_damaged_directory() {
+    let work = tempfile::tempdir().unwrap();
+    let w = |p: &str| work.path().join(p);
+    let tiny = w("tiny");
+    run_ok(&["init", "--preset", "tiny", "--layers", "1", "-o", tiny.to_str().unwrap()]);
+    let good = w("good");
+    run_ok(&["export", "mnn", tiny.to_str().unwrap(), "-o", good.to_str().unwrap()]);
+    let text = run_ok(&["inspect", good.to_str().unwrap()]);
+    assert!(text.contains("the whole file was read and checked") && !text.contains("problem"), "{text}");
+
+    let mtok = std::fs::read(good.join("tokenizer.mtok")).unwrap();
+    let weights = std::fs::read(good.join("llm.mnn.weight")).unwrap();
+    // Everything from the id line on (after `430 4` and the id counts).
+    let newlines: Vec<usize> = mtok.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i).take(2).collect();
+    let ids_line_on = &mtok[newlines[1] + 1..];
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let cases: [(&str, &str, Vec<u8>, &str); 4] = [
+        ("truncated weights", "llm.mnn.weight", weights[..weights.len() / 2].to_vec(), "lies outside llm.mnn.weight"),
+        ("garbage tokenizer", "tokenizer.mtok", garbage, "tokenizer.mtok"),
+        ("half-cut tokenizer", "tokenizer.mtok", mtok[..mtok.len() / 2].to_vec(), "cut short"),
+        ("tokenizer with a wrong id count", "tokenizer.mtok", [b"430 4\n99 1 0\n".as_slice(), ids_line_on].concat(), "declares"),
+    ];
+    for (i, (name, file, bytes, needle)) in cases.into_iter().enumerate() {
+        let dir = w(&format!("case{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&good).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        std::fs::write(dir.join(file), bytes).unwrap();
+        for json in [false, true] {
+            let mut args = vec!["inspect", dir.to_str().unwrap()];
+            if json {
+                args.push("--json");
+            }
+            let out = run_mm(&args);
+            let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.status.code(), Some(1), "{name}: mm inspect should fail:\n{stdout}\n{stderr}");
+            assert!(stdout.contains(needle) && stderr.contains("problem"), "{name}:\n{stdout}\n{stderr}");
+        }
+    }
+}

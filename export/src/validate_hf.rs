@@ -612,7 +612,8 @@ impl Checker<'_> {
                     format!("{CONFIG}: rms_norm_eps"),
                     format!(
                         "is {v}: RMSNorm divides by sqrt(mean(x²) + eps), which is NaN or infinite for a row with \
-                         mean(x²) <= -eps; transformers and vLLM load it and compute NaNs (MiniMind: 1e-5)"
+                         mean(x²) <= -eps; transformers loads it without a word and such rows turn into NaN \
+                         (MiniMind: 1e-5)"
                     ),
                 );
             }

@@ -29,6 +29,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
         } else {
             print!("{}", report.to_text());
         }
+        let n = report.problems.len();
+        anyhow::ensure!(n == 0, "{}: {n} problem{} found (listed above)", a.path.display(), if n == 1 { "" } else { "s" });
         return Ok(());
     }
     let ckpt = read_checkpoint(&a.path, &a.hints.to_hints()?)?;

@@ -12,10 +12,13 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use super::config;
+use super::tokenizer_mtok;
 use super::graph::{DataType, OpParam};
 use super::net_flatbuffer::read_net;
 
-/// The tokenizer file's text header (`430 <type>`, counts of special/stop/prefix ids).
+/// The tokenizer file: its text header (`430 <type>`, counts of special/stop/prefix ids) and,
+/// where mm reads the whole layout (the binary `.mtok`, the legacy HF text file), what its
+/// body holds. Reading it checks the file against its own declared counts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizerHeader {
     pub file: String,
@@ -24,6 +27,11 @@ pub struct TokenizerHeader {
     pub special: usize,
     pub stop: usize,
     pub prefix: usize,
+    pub vocab: Option<usize>,
+    pub merges: Option<usize>,
+    pub added_tokens: Option<usize>,
+    /// What could not be checked, if anything.
+    pub unchecked: Option<String>,
 }
 
 /// One group of Linear records quantized the same way.
@@ -75,20 +83,63 @@ fn read_json(path: &Path) -> Result<Value> {
 fn tokenizer_header(path: &Path, file: &str) -> Result<TokenizerHeader> {
     const KINDS: [&str; 5] = ["SENTENCEPIECE", "TIKTOKEN", "BERT", "HUGGINGFACE", "PIPELINE"];
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = bytes.split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned());
-    let mut next = |what: &str| lines.next().with_context(|| format!("{}: no {what} line", path.display()));
-    let first = next("magic")?;
+    let first = bytes.split(|&b| b == b'\n').next().map(String::from_utf8_lossy).unwrap_or_default();
     let kind = match first.split_whitespace().collect::<Vec<_>>()[..] {
         ["430", t] => t.parse::<usize>().ok().and_then(|t| KINDS.get(t)).map(|k| k.to_string()),
         _ => None,
     }
     .with_context(|| format!("{}: first line {first:?} is not `430 <type>`", path.display()))?;
+    let mut header = TokenizerHeader {
+        file: file.into(),
+        bytes: bytes.len() as u64,
+        kind,
+        special: 0,
+        stop: 0,
+        prefix: 0,
+        vocab: None,
+        merges: None,
+        added_tokens: None,
+        unchecked: None,
+    };
+    if header.kind == "PIPELINE" {
+        let c = tokenizer_mtok::read_mtok(&bytes).with_context(|| path.display().to_string())?;
+        (header.special, header.stop, header.prefix) = (c.header.special.len(), c.header.stop.len(), c.header.prefix.len());
+        if c.unchecked.is_none() {
+            (header.vocab, header.merges, header.added_tokens) = (Some(c.vocab), Some(c.merges), Some(c.added_tokens));
+        }
+        header.unchecked = c.unchecked;
+        return Ok(header);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines().skip(1);
+    let mut next = |what: &str| lines.next().with_context(|| format!("{}: no {what} line", path.display()));
     let counts = next("count")?;
     let parsed: Option<Vec<usize>> = counts.split_whitespace().map(|c| c.parse().ok()).collect();
     let Some([special, stop, prefix]) = parsed.as_deref().and_then(|v| <[usize; 3]>::try_from(v).ok()) else {
         anyhow::bail!("{}: second line {counts:?} is not three id counts", path.display());
     };
-    Ok(TokenizerHeader { file: file.into(), bytes: bytes.len() as u64, kind, special, stop, prefix })
+    let ids = next("id")?.split_whitespace().count();
+    let declared = special.saturating_add(stop).saturating_add(prefix);
+    anyhow::ensure!(ids == declared, "{}: line 2 declares {declared} ids, line 3 holds {ids}", path.display());
+    (header.special, header.stop, header.prefix) = (special, stop, prefix);
+    if header.kind == "HUGGINGFACE" {
+        // Line 4: `<vocab_len> <merge_len>`, then one line per token and per merge.
+        let counts = next("vocab/merge count")?;
+        let parsed: Option<Vec<usize>> = counts.split_whitespace().map(|c| c.parse().ok()).collect();
+        let Some([vocab, merges]) = parsed.as_deref().and_then(|v| <[usize; 2]>::try_from(v).ok()) else {
+            anyhow::bail!("{}: line 4 {counts:?} is not `<vocab_len> <merge_len>`", path.display());
+        };
+        let rest = lines.count();
+        anyhow::ensure!(
+            rest == vocab.saturating_add(merges),
+            "{}: line 4 declares {vocab} tokens and {merges} merges, {rest} lines follow",
+            path.display()
+        );
+        (header.vocab, header.merges) = (Some(vocab), Some(merges));
+    } else {
+        header.unchecked = Some(format!("the {} body is not checked", header.kind));
+    }
+    Ok(header)
 }
 
 /// Reads an MNN model directory.
@@ -214,6 +265,7 @@ impl MnnDirReport {
             "runtime": runtime_keys.iter().filter_map(|k| Some((k.to_string(), self.runtime.get(*k)?.clone()))).collect::<serde_json::Map<_, _>>(),
             "tokenizer": self.tokenizer.as_ref().map(|t| json!({
                 "file": t.file, "bytes": t.bytes, "type": t.kind, "special_ids": t.special, "stop_ids": t.stop, "prefix_ids": t.prefix,
+                "vocab": t.vocab, "merges": t.merges, "added_tokens": t.added_tokens, "unchecked": t.unchecked,
             })),
             "problems": self.problems,
         })
@@ -287,6 +339,13 @@ impl MnnDirReport {
                     t.prefix,
                     if c.pointer("/jinja/chat_template").is_some() { "present" } else { "absent" }
                 );
+                if let (Some(v), Some(m)) = (t.vocab, t.merges) {
+                    let added = t.added_tokens.map_or(String::new(), |a| format!(", {a} added tokens"));
+                    let _ = writeln!(out, "            {v} tokens, {m} merges{added}: the whole file was read and checked");
+                }
+                if let Some(note) = &t.unchecked {
+                    let _ = writeln!(out, "            note: {note}");
+                }
             }
             None => {
                 let _ = writeln!(out, "tokenizer   unreadable");

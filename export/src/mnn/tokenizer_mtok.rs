@@ -20,7 +20,7 @@
 //! refused: llmexport writes tables generated from Python's `unicodedata`, which this writer
 //! does not reproduce, and MiniMind tokenizers have no normalizer.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use std::str::FromStr;
 
@@ -593,6 +593,320 @@ impl Body {
     }
 }
 
+/// What a `.mtok` file holds, read back whole by [`read_mtok`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtokContents {
+    pub header: MtokHeader,
+    /// `BPE`, `WordPiece` or `Unigram`.
+    pub model: &'static str,
+    pub vocab: usize,
+    pub merges: usize,
+    pub added_tokens: usize,
+    /// Bytes of the chat template in the optional tail (None: no tail).
+    pub chat_template_bytes: Option<usize>,
+    /// Set when part of the body could not be checked (a normalizer with a Unicode table,
+    /// whose layout mm does not read): what was skipped.
+    pub unchecked: Option<String>,
+}
+
+/// Nesting of Sequence normalizers / pre-tokenizers / decoders a reader follows.
+const MAX_NESTING: usize = 32;
+
+/// Parses a whole `.mtok` file (the layout [`write_mtok`] writes) and checks it against its
+/// own declared counts: the id line holds as many ids as line 2 declares, every vocab entry,
+/// merge and added token is there, the ids are inside the vocabulary, and nothing is left
+/// over. Any cut or garbage is an error naming the part and byte offset where it shows.
+pub fn read_mtok(bytes: &[u8]) -> Result<MtokContents> {
+    let mut lines = bytes.splitn(4, |&b| b == b'\n');
+    let mut line = |n: usize| -> Result<&str> {
+        let l = lines.next().with_context(|| format!("line {n} is missing"))?;
+        std::str::from_utf8(l).with_context(|| format!("line {n} is not text"))
+    };
+    let magic = line(1)?;
+    ensure!(magic == format!("{MAGIC} {PIPELINE}"), "line 1 is {magic:?}, not `{MAGIC} {PIPELINE}` (the binary PIPELINE tokenizer)");
+    let counts = line(2)?;
+    let parsed: Option<Vec<usize>> = counts.split_whitespace().map(|c| c.parse().ok()).collect();
+    let Some([n_special, n_stop, n_prefix]) = parsed.as_deref().and_then(|v| <[usize; 3]>::try_from(v).ok()) else {
+        bail!("line 2 {counts:?} is not three id counts");
+    };
+    let ids_line = line(3)?;
+    let ids: Option<Vec<u32>> = ids_line.split_whitespace().map(|c| c.parse().ok()).collect();
+    let ids = ids.with_context(|| format!("line 3 {:?} is not a list of token ids", truncate_for_message(ids_line)))?;
+    let declared = n_special.saturating_add(n_stop).saturating_add(n_prefix);
+    ensure!(
+        ids.len() == declared,
+        "line 2 declares {n_special} special + {n_stop} stop + {n_prefix} prefix ids, line 3 holds {}",
+        ids.len()
+    );
+    let body_start = bytes.len() - lines.next().map_or(0, <[u8]>::len);
+    ensure!(body_start < bytes.len(), "the file ends after the text header: no tokenizer body");
+    let mut r = MtokReader { bytes, pos: body_start };
+
+    let mut unchecked = None;
+    if !r.normalizer(0)? {
+        unchecked = Some("the normalizer carries a Unicode table mm does not read; the rest of the file was not checked".to_string());
+    }
+    let (model, vocab, merges, added_tokens, chat_template_bytes, max_id) = if unchecked.is_none() {
+        r.pre_tokenizer(0)?;
+        let (model, vocab, merges, mut max_id) = r.model()?;
+        r.decoder(0)?;
+        let n = r.u32("the added-token count")? as usize;
+        for i in 0..n {
+            let what = || format!("added token {} of {n}", i + 1);
+            let id = r.u32_of(&what)?;
+            max_id = max_id.max(Some(id));
+            r.take(3, &what)?;
+            r.str_of(&what)?;
+        }
+        let template = if r.pos == bytes.len() {
+            // The tail is optional to MNN's reader; llmexport 3.6 and mm always write it.
+            unchecked = Some(
+                "the file ends right after the added tokens, without the chat template / eos / bos tail that \
+                 llmexport 3.6 and mm write (older writers omit it; a file cut at this point looks the same)"
+                    .to_string(),
+            );
+            None
+        } else {
+            let len = r.u32("the chat template length")? as usize;
+            let t = r.take(len, &|| "the chat template".to_string())?;
+            ensure!(std::str::from_utf8(t).is_ok(), "the chat template is not UTF-8");
+            r.str_of(&|| "the eos token".to_string())?;
+            r.take(1, &|| "the flags".to_string())?;
+            r.str_of(&|| "the bos token".to_string())?;
+            Some(len)
+        };
+        ensure!(r.pos == bytes.len(), "{} bytes after the end of the tokenizer (offset {})", bytes.len() - r.pos, r.pos);
+        (model, vocab, merges, n, template, max_id)
+    } else {
+        ("?", 0, 0, 0, None, None)
+    };
+    if let Some(max) = max_id {
+        if let Some(bad) = ids.iter().find(|&&id| id > max) {
+            bail!("line 3 names id {bad}, beyond the largest token id {max}");
+        }
+    }
+    let (special, rest) = ids.split_at(n_special);
+    let (stop, prefix) = rest.split_at(n_stop);
+    Ok(MtokContents {
+        header: MtokHeader { special: special.to_vec(), stop: stop.to_vec(), prefix: prefix.to_vec() },
+        model,
+        vocab,
+        merges,
+        added_tokens,
+        chat_template_bytes,
+        unchecked,
+    })
+}
+
+fn truncate_for_message(s: &str) -> String {
+    s.chars().take(60).collect()
+}
+
+/// The binary body, read with bounds checks; every error names the part being read.
+struct MtokReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> MtokReader<'a> {
+    fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            bail!(
+                "the file ends inside {} (offset {}: {n} bytes needed, {} left): it is cut short",
+                what(),
+                self.pos,
+                self.bytes.len() - self.pos
+            );
+        };
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, &|| what.to_string())?[0])
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        self.u32_of(&|| what.to_string())
+    }
+
+    fn u32_of(&mut self, what: &dyn Fn() -> String) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn str_of(&mut self, what: &dyn Fn() -> String) -> Result<&'a str> {
+        let b = self.take(2, what)?;
+        let len = u16::from_le_bytes([b[0], b[1]]) as usize;
+        let at = self.pos;
+        let b = self.take(len, what)?;
+        std::str::from_utf8(b).map_err(|_| anyhow!("{} at offset {at} is not UTF-8", what()))
+    }
+
+    fn str(&mut self, what: &str) -> Result<&'a str> {
+        self.str_of(&|| what.to_string())
+    }
+
+    /// A count of items that each take at least `min_bytes`: more than the rest of the
+    /// file can hold is garbage (or a cut), said before looping.
+    fn count(&mut self, what: &str, min_bytes: usize) -> Result<usize> {
+        let at = self.pos;
+        let n = self.u32(what)? as usize;
+        let left = self.bytes.len() - self.pos;
+        ensure!(
+            n.saturating_mul(min_bytes) <= left,
+            "{what} at offset {at} is {n}, but only {left} bytes follow: the file is cut short or not a .mtok"
+        );
+        Ok(n)
+    }
+
+    fn nest(depth: usize, what: &str) -> Result<()> {
+        ensure!(depth < MAX_NESTING, "{what}s nested more than {MAX_NESTING} deep");
+        Ok(())
+    }
+
+    /// Returns false for a normalizer with a Unicode table (layout not read).
+    fn normalizer(&mut self, depth: usize) -> Result<bool> {
+        Self::nest(depth, "normalizer")?;
+        let at = self.pos;
+        match self.u8("the normalizer type")? {
+            0 => {}
+            2 => {
+                self.str("a Prepend normalizer")?;
+            }
+            3 => {
+                self.str("a Replace normalizer")?;
+                self.str("a Replace normalizer")?;
+            }
+            4 => {
+                for _ in 0..self.count("the Sequence normalizer count", 1)? {
+                    if !self.normalizer(depth + 1)? {
+                        return Ok(false);
+                    }
+                }
+            }
+            5 => {
+                self.take(4, &|| "a Bert normalizer".to_string())?;
+            }
+            6 | 7 => return Ok(false),
+            8 => {
+                self.take(2, &|| "a Strip normalizer".to_string())?;
+            }
+            t => bail!("unknown normalizer type {t} at offset {at}: not a .mtok written by llmexport or mm"),
+        }
+        Ok(true)
+    }
+
+    fn pre_tokenizer(&mut self, depth: usize) -> Result<()> {
+        Self::nest(depth, "pre-tokenizer")?;
+        let at = self.pos;
+        match self.u8("the pre-tokenizer type")? {
+            0 | 5 => {}
+            1 | 2 => {
+                self.u8("a pre-tokenizer flag")?;
+            }
+            3 => {
+                self.str("a Metaspace pre-tokenizer")?;
+                self.u8("a Metaspace pre-tokenizer")?;
+            }
+            4 => {
+                self.str("a Split pre-tokenizer pattern")?;
+                self.take(2, &|| "a Split pre-tokenizer".to_string())?;
+            }
+            6 => {
+                for _ in 0..self.count("the Sequence pre-tokenizer count", 1)? {
+                    self.pre_tokenizer(depth + 1)?;
+                }
+            }
+            t => bail!("unknown pre-tokenizer type {t} at offset {at}: not a .mtok written by llmexport or mm"),
+        }
+        Ok(())
+    }
+
+    /// (model, vocab entries, merges, largest id).
+    fn model(&mut self) -> Result<(&'static str, usize, usize, Option<u32>)> {
+        let at = self.pos;
+        let kind = self.u8("the model type")?;
+        let mut max_id = None;
+        let (model, vocab, merges) = match kind {
+            0 => {
+                let vocab = self.count("the BPE vocab size", 6)?;
+                self.take(2, &|| "the BPE flags".to_string())?;
+                let merges = self.count("the BPE merge count", 0)?;
+                for i in 0..vocab {
+                    let what = || format!("vocab entry {} of {vocab}", i + 1);
+                    self.str_of(&what)?;
+                    max_id = max_id.max(Some(self.u32_of(&what)?));
+                }
+                for i in 0..merges {
+                    let what = || format!("merge {} of {merges}", i + 1);
+                    let (a, b) = (self.u32_of(&what)?, self.u32_of(&what)?);
+                    self.u32_of(&what)?;
+                    if let Some(max) = max_id.filter(|&m| a.max(b) > m) {
+                        bail!("merge {} of {merges} names id {}, beyond the vocab's largest id {max}", i + 1, a.max(b));
+                    }
+                }
+                ("BPE", vocab, merges)
+            }
+            1 => {
+                let vocab = self.count("the WordPiece vocab size", 6)?;
+                self.str("the WordPiece unknown token")?;
+                self.str("the WordPiece prefix")?;
+                self.u32("the WordPiece word length")?;
+                for i in 0..vocab {
+                    let what = || format!("vocab entry {} of {vocab}", i + 1);
+                    self.str_of(&what)?;
+                    max_id = max_id.max(Some(self.u32_of(&what)?));
+                }
+                ("WordPiece", vocab, 0)
+            }
+            2 => {
+                let vocab = self.count("the Unigram vocab size", 14)?;
+                self.u32("the Unigram unknown id")?;
+                self.u8("the Unigram byte-fallback flag")?;
+                for i in 0..vocab {
+                    let what = || format!("vocab entry {} of {vocab}", i + 1);
+                    self.str_of(&what)?;
+                    max_id = max_id.max(Some(self.u32_of(&what)?));
+                    self.take(8, &what)?;
+                }
+                ("Unigram", vocab, 0)
+            }
+            t => bail!("unknown model type {t} at offset {at}: not a .mtok written by llmexport or mm"),
+        };
+        Ok((model, vocab, merges, max_id))
+    }
+
+    fn decoder(&mut self, depth: usize) -> Result<()> {
+        Self::nest(depth, "decoder")?;
+        let at = self.pos;
+        match self.u8("the decoder type")? {
+            0 | 1 | 4 => {}
+            2 | 3 => {
+                self.str("a decoder")?;
+                self.u8("a decoder flag")?;
+            }
+            5 => {
+                self.str("a Replace decoder")?;
+                self.str("a Replace decoder")?;
+            }
+            6 => {
+                self.str("a Strip decoder")?;
+                self.take(8, &|| "a Strip decoder".to_string())?;
+            }
+            7 => {
+                for _ in 0..self.count("the Sequence decoder count", 1)? {
+                    self.decoder(depth + 1)?;
+                }
+            }
+            t => bail!("unknown decoder type {t} at offset {at}: not a .mtok written by llmexport or mm"),
+        }
+        Ok(())
+    }
+}
+
 /// `sorted(vocab.items())` by token: Python compares str by code point, which is UTF-8
 /// byte order.
 fn sorted_vocab(model: &Value) -> Result<Vec<(&str, u32)>> {
@@ -649,6 +963,42 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(python_int_set_order(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn read_mtok_reads_back_what_write_mtok_writes_and_refuses_every_cut() {
+        let files = TokenizerFiles::builtin_minimind2();
+        let bytes = write_mtok(&files, &MtokOptions::default()).unwrap();
+        let c = read_mtok(&bytes).unwrap();
+        let tj: Value = serde_json::from_str(files.tokenizer_json.as_deref().unwrap()).unwrap();
+        let added = tj["added_tokens"].as_array().unwrap().len();
+        assert_eq!((c.model, c.vocab, c.merges, c.added_tokens), ("BPE", 6400, 6141, added));
+        let header = header_ids(&tj, files.tokenizer_config.as_ref(), &tokenizers::Tokenizer::from_str(files.tokenizer_json.as_deref().unwrap()).unwrap(), &MtokOptions::default()).unwrap();
+        assert_eq!(c.header, header);
+        assert!(c.chat_template_bytes.is_some_and(|n| n > 100) && c.unchecked.is_none(), "{c:?}");
+        // Cut anywhere: an error, except exactly before the optional tail, which is noted.
+        let mut cuts: Vec<usize> = (0..64).chain((64..bytes.len()).step_by(499)).chain(bytes.len() - 64..bytes.len()).collect();
+        let tail_at = bytes.len() - c.chat_template_bytes.unwrap() - 4 - 2 - "<|im_end|>".len() - 1 - 2 - "<|im_start|>".len();
+        assert!(read_mtok(&bytes[..tail_at]).unwrap().unchecked.is_some());
+        cuts.push(tail_at);
+        for cut in cuts {
+            match read_mtok(&bytes[..cut]) {
+                Err(e) => assert!(!format!("{e:#}").is_empty()),
+                Ok(c) => assert!(cut == tail_at && c.unchecked.as_deref().is_some_and(|u| u.contains("tail")), "cut at {cut} read as {c:?}"),
+            }
+        }
+        let half = read_mtok(&bytes[..bytes.len() / 2]).unwrap_err();
+        assert!(format!("{half:#}").contains("cut short"), "{half:#}");
+        // Declared counts that the file does not hold.
+        let text = String::from_utf8_lossy(&bytes[..40]).into_owned();
+        let lied = [b"430 4\n22 1 0\n".as_slice(), &bytes[text.find("0 1 2").unwrap()..]].concat();
+        assert!(format!("{:#}", read_mtok(&lied).unwrap_err()).contains("declares"));
+        let mut grown = bytes.clone();
+        grown.push(0);
+        assert!(format!("{:#}", read_mtok(&grown).unwrap_err()).contains("1 bytes after the end"));
+        // Garbage after a valid header.
+        let garbage: Vec<u8> = [b"430 4\n0 0 0\n\n".as_slice(), &[9u8; 100]].concat();
+        assert!(format!("{:#}", read_mtok(&garbage).unwrap_err()).contains("normalizer type 9"));
     }
 
     #[test]
