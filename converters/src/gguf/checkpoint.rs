@@ -227,7 +227,7 @@ pub fn read_header(file: &GgufFile) -> Result<GgufHeader> {
     let tied = file.tensor("output.weight").is_none();
     let vocab = GgufVocab::from_metadata(&file.metadata, &source)?;
     let rows = embd.ne[1] as usize;
-    ensure!(vocab.tokens.len() == rows, "{source}: {} tokens but token_embd has {rows} rows", vocab.tokens.len());
+    vocab.check_against_embedding(&file.metadata, &source, rows)?;
     let mut config = architecture::read_hparams(&file.metadata, &source, rows, tied)?;
     if let Some(bos) = vocab.bos {
         config.bos_token_id = bos;

@@ -180,6 +180,7 @@ impl GgufVocab {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
+        ensure!(!tokens.is_empty(), "{source}: tokenizer.ggml.tokens is empty: the file has no vocabulary (vocab_size 0)");
         let merges = match md.get("tokenizer.ggml.merges") {
             Some(_) => strings("tokenizer.ggml.merges")?,
             None => Vec::new(),
@@ -218,6 +219,26 @@ impl GgufVocab {
             token_types,
             merges,
         })
+    }
+
+    /// Checks the vocabulary against the embedding it indexes: `rows` of `token_embd.weight`,
+    /// one per token, and `{arch}.vocab_size` where the file states it (llama.cpp sizes the
+    /// embedding by it).
+    pub fn check_against_embedding(&self, md: &Metadata, source: &str, rows: usize) -> Result<()> {
+        ensure!(rows > 0, "{source}: token_embd.weight has 0 rows: the model has no vocabulary");
+        ensure!(
+            self.tokens.len() == rows,
+            "{source}: tokenizer.ggml.tokens has {} tokens but token_embd.weight has {rows} rows (one per token)",
+            self.tokens.len()
+        );
+        if let Some(arch) = md.get("general.architecture").and_then(MetaValue::as_str) {
+            let key = format!("{arch}.vocab_size");
+            if let Some(v) = md.get(&key) {
+                let n = v.as_u64().with_context(|| format!("{source}: {key} is not an integer"))?;
+                ensure!(n == rows as u64, "{source}: {key} is {n} but token_embd.weight has {rows} rows");
+            }
+        }
+        Ok(())
     }
 
     /// HF `tokenizer.json` + `tokenizer_config.json` that tokenize exactly as this vocabulary
