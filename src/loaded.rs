@@ -33,22 +33,23 @@ impl LoadedModel {
     pub fn from_checkpoint(ckpt: &Checkpoint, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
         let model = MiniMind::from_checkpoint(ckpt, dtype, device)
             .with_context(|| format!("building the model from {}", ckpt.provenance.source.display()))?;
-        Self::assemble(model, &ckpt.tokenizer, lora, ckpt.to_string())
+        Self::assemble(model, &ckpt.tokenizer, lora, ckpt.to_string(), &ckpt.provenance.source)
     }
 
     /// A GGUF model whose quantized matrices stay ggml blocks, multiplied with `QMatMul`.
     pub fn from_gguf(file: &GgufModelFile, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
         let model = MiniMind::from_gguf(file, dtype, device)?;
-        Self::assemble(model, &file.tokenizer, lora, file.to_string())
+        Self::assemble(model, &file.tokenizer, lora, file.to_string(), &file.source)
     }
 
-    fn assemble(mut model: MiniMind, tokenizer: &TokenizerFiles, lora: Option<&Path>, summary: String) -> Result<Self> {
+    fn assemble(mut model: MiniMind, tokenizer: &TokenizerFiles, lora: Option<&Path>, summary: String, source: &Path) -> Result<Self> {
         if let Some(lora_path) = lora {
             let lora = Lora::read(lora_path)?;
             model.attach_lora(&lora).with_context(|| format!("{}", lora_path.display()))?;
         }
         let files = if tokenizer.is_empty() { TokenizerFiles::builtin_minimind2() } else { tokenizer.clone() };
-        let (tokenizer, template) = tokenizer_and_template(&files)?;
+        let (tokenizer, template) = tokenizer_and_template(&files).with_context(|| format!("{}", source.display()))?;
+        let template = template.map(|t| t.with_origin(source.display().to_string()));
         Ok(Self { model, tokenizer, template, checkpoint_summary: summary })
     }
 }

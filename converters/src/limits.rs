@@ -41,7 +41,7 @@ pub const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 /// Checks one shape value against its limit; the error names the field.
 pub fn check_at_most(field: &str, value: usize, max: usize) -> Result<()> {
     if value > max {
-        bail!("{field} {value} exceeds mm's limit of {max} (MiniMind models are far smaller; see converters/src/limits.rs)");
+        bail!("{field} {value} exceeds mm's limit of {max} (MiniMind models are far smaller)");
     }
     Ok(())
 }

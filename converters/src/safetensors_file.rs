@@ -71,7 +71,7 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, Tensor)>> {
         }
         return read_file(&single);
     }
-    let text = std::fs::read_to_string(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?;
+    let text = crate::limits::read_to_string(&index_path, crate::limits::MAX_CONFIG_BYTES, "safetensors index")?;
     let index: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", index_path.display()))?;
     let weight_map = index
         .get("weight_map")

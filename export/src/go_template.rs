@@ -21,6 +21,16 @@ use std::fmt;
 pub use parse::{Arg, Branch, Command, List, Node, Pipe};
 pub use value::{Field, GoType, Value};
 
+/// Limits that keep a hostile TEMPLATE from overflowing mm's stack, hanging it or exhausting
+/// its memory. Ollama's own templates nest a few levels deep and run a few thousand steps.
+///
+/// Deepest nesting of `if`/`range`/`with` blocks and parenthesized pipelines (parse time).
+pub const MAX_NESTING: usize = 200;
+/// Nodes walked, range iterations and function calls in one execution.
+pub const MAX_EXEC_STEPS: u64 = 1_000_000;
+/// Longest output, and longest string a function may build: 16 MiB.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The template does not parse (Go would reject it too).
@@ -29,6 +39,8 @@ pub enum ErrorKind {
     Unsupported,
     /// Execution failed (Go would fail the same way).
     Exec,
+    /// The template goes past one of mm's limits ([`MAX_NESTING`]): refused, not checked.
+    Limit,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +59,10 @@ impl Error {
         Self { kind: ErrorKind::Unsupported, line, message: message.into() }
     }
 
+    pub(crate) fn limit(line: usize, message: impl Into<String>) -> Self {
+        Self { kind: ErrorKind::Limit, line, message: message.into() }
+    }
+
     pub(crate) fn exec(line: usize, message: impl Into<String>) -> Self {
         Self { kind: ErrorKind::Exec, line, message: message.into() }
     }
@@ -56,7 +72,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             ErrorKind::Parse => write!(f, "template:{}: {}", self.line, self.message),
-            ErrorKind::Unsupported => write!(f, "template:{}: {}", self.line, self.message),
+            ErrorKind::Unsupported | ErrorKind::Limit => write!(f, "template:{}: {}", self.line, self.message),
             ErrorKind::Exec => write!(f, "template:{}: executing: {}", self.line, self.message),
         }
     }
@@ -214,5 +230,35 @@ mod tests {
         }
         let err = Template::parse("{{ define \"x\" }}{{ end }}", &[]).err().unwrap();
         assert_eq!(err.kind, ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn hostile_templates_stop_with_clear_errors() {
+        let data = Value::from_json(&serde_json::json!({"Messages": []}));
+        // 100k nested blocks and parentheses: refused while parsing, before the stack overflows.
+        let nested = format!("{}x{}", "{{ if true }}".repeat(100_000), "{{ end }}".repeat(100_000));
+        let err = Template::parse(&nested, &[]).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::Limit);
+        assert!(err.message.contains("nested more than 200 deep"), "{err}");
+        let parens = format!("{{{{ {}1{} }}}}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(Template::parse(&parens, &[]).err().unwrap().message.contains("nested more than"));
+        assert!(Template::parse(&format!("{}x{}", "{{ if true }}".repeat(150), "{{ end }}".repeat(150)), &[]).is_ok());
+        // A range over 10^10, empty or not, and nested loops: stopped by the step limit.
+        for src in [
+            "{{ range 10000000000 }}{{ end }}",
+            "{{ range 10000000000 }}x{{ end }}",
+            "{{ range 100000 }}{{ range 100000 }}{{ end }}{{ end }}",
+        ] {
+            let err = Template::parse(src, &[]).unwrap().execute(&data).err().unwrap();
+            assert_eq!(err.kind, ErrorKind::Exec, "{src}");
+            assert!(err.message.contains("steps, mm's limit"), "{src}: {err}");
+        }
+        // Output and strings that double: stopped by the size limit.
+        let wide = format!("{{{{ range 1000000 }}}}{}{{{{ end }}}}", "x".repeat(100));
+        let err = Template::parse(&wide, &[]).unwrap().execute(&data).err().unwrap();
+        assert!(err.message.contains("output is over"), "{err}");
+        let doubling = "{{ $x := \"ab\" }}{{ range 100 }}{{ $x = printf \"%s%s\" $x $x }}{{ end }}";
+        let err = Template::parse(doubling, &[]).unwrap().execute(&data).err().unwrap();
+        assert!(err.message.contains("string over"), "{err}");
     }
 }

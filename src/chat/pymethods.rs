@@ -137,7 +137,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Option<Value>,
         }
         "zfill" => {
             let a = bind(method, args, &["width"])?;
-            let width = arg_int(method, &a[0])?.unwrap_or(0).max(0) as usize;
+            let width = padding_width(arg_int(method, &a[0])?.unwrap_or(0))?;
             let len = s.chars().count();
             if len >= width {
                 Value::from(s)
@@ -151,7 +151,7 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Option<Value>,
         }
         "center" | "ljust" | "rjust" => {
             let a = bind(method, args, &["width", "fillchar"])?;
-            let width = arg_int(method, &a[0])?.unwrap_or(0).max(0) as usize;
+            let width = padding_width(arg_int(method, &a[0])?.unwrap_or(0))?;
             let fill = arg_str(method, &a[1])?.unwrap_or_else(|| " ".into());
             let mut fill_chars = fill.chars();
             let (Some(fill), None) = (fill_chars.next(), fill_chars.next()) else {
@@ -208,6 +208,19 @@ fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Option<Value>,
         _ => return Ok(None),
     };
     Ok(Some(v))
+}
+
+/// A `zfill` / `center` / `ljust` / `rjust` width, at most [`MAX_PADDING`](super::template::MAX_PADDING):
+/// the padding is built before the template's fuel can pay for it.
+fn padding_width(width: i64) -> Result<usize, Error> {
+    let width = width.max(0) as u64;
+    if width > super::template::MAX_PADDING as u64 {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("width {width} is over {}, mm's limit for templates", super::template::MAX_PADDING),
+        ));
+    }
+    Ok(width as usize)
 }
 
 /// `str.center` / `ljust` / `rjust`.
@@ -309,8 +322,8 @@ pub fn escape_filter(value: &Value) -> Value {
 }
 
 /// jinja2's `center(width=80)`.
-pub fn center_filter(value: &Value, width: Option<i64>) -> String {
-    pad(&super::pyjson::py_str(value), width.unwrap_or(80).max(0) as usize, ' ', "center")
+pub fn center_filter(value: &Value, width: Option<i64>) -> Result<String, Error> {
+    Ok(pad(&super::pyjson::py_str(value), padding_width(width.unwrap_or(80))?, ' ', "center"))
 }
 
 /// jinja2's `wordcount`: the number of `\w+` runs.

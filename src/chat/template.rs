@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, Rest, Value};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
+use mm_converters::limits;
 use serde_json::{Map, Value as Json};
 
 use super::percent_format;
@@ -32,6 +33,30 @@ use super::pymethods;
 pub const DEFAULT_TEMPLATE: &str = "default";
 /// The named template transformers picks when tools are passed and it exists.
 pub const TOOL_USE_TEMPLATE: &str = "tool_use";
+
+/// Limits that keep a hostile template (nested huge loops, a string doubled in a loop, 100k
+/// chained filters or nested blocks) from hanging mm, exhausting its memory or overflowing its
+/// stack. Real chat templates are a few KB with blocks nested a few deep and render in well
+/// under a million steps.
+///
+/// Largest template source (checked before parsing): 1 MiB.
+pub const MAX_SOURCE_BYTES: usize = limits::MAX_TEMPLATE_BYTES as usize;
+/// Deepest nesting of block tags (`for`, `if`, `macro`, …), checked before parsing.
+pub const MAX_BLOCK_DEPTH: usize = 64;
+/// Most operators (`|`, `.`, `[`, `(`, `+`, `~`, `and`, `not`, …) in one tag, checked before
+/// parsing: a chain of them nests as deep as it is long.
+pub const MAX_TAG_OPERATORS: usize = 256;
+/// minijinja fuel for one render: about one unit per instruction and per 64 bytes of data,
+/// so at most ~256 MB of strings and a fraction of a second.
+pub const RENDER_FUEL: u64 = 4_000_000;
+/// Longest rendered text: 16 MiB.
+pub const MAX_RENDER_BYTES: usize = 16 << 20;
+/// Widest padding (`zfill`, `center`, `%10s`, `tojson(indent=…)`) a template may ask for; the
+/// padding is allocated before fuel can pay for it.
+pub const MAX_PADDING: usize = 1 << 20;
+
+/// Longest `tojson` indent: it is repeated on every line, once per nesting level.
+pub const MAX_JSON_INDENT: usize = 1 << 10;
 
 /// Special-token names transformers puts into the template context (`special_tokens_map`).
 const SPECIAL_TOKEN_KEYS: [&str; 7] =
@@ -89,6 +114,8 @@ pub struct ChatTemplate {
     /// (name, source) in the order given.
     sources: Vec<(String, String)>,
     special_tokens: Map<String, Json>,
+    /// Where the template came from (a model path), for errors.
+    origin: Option<String>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -113,6 +140,7 @@ impl ChatTemplate {
         }
         let mut env = environment()?;
         for (name, source) in &templates {
+            check_source(source).with_context(|| format!("chat template {name:?}"))?;
             let prepared = prepare_source(source);
             let source = match percent_format::rewrite(&prepared) {
                 std::borrow::Cow::Owned(rewritten) => rewritten,
@@ -121,7 +149,7 @@ impl ChatTemplate {
             env.add_template_owned(name.clone(), source)
                 .with_context(|| format!("compiling chat template {name:?}"))?;
         }
-        Ok(Self { env, sources: templates, special_tokens: Map::new() })
+        Ok(Self { env, sources: templates, special_tokens: Map::new(), origin: None })
     }
 
     /// The template of a tokenizer_config.json value: `chat_template` as a string or as a
@@ -153,7 +181,13 @@ impl ChatTemplate {
     /// as named templates, else `chat_template.json`, else tokenizer_config.json's
     /// `chat_template`. Special tokens come from tokenizer_config.json when present.
     pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
-        let read = |path: &Path| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+        let read = |path: &Path| {
+            let (max, what) = match path.extension().and_then(|e| e.to_str()) {
+                Some("jinja") => (limits::MAX_TEMPLATE_BYTES, "chat template"),
+                _ => (limits::MAX_CONFIG_BYTES, "template config"),
+            };
+            limits::read_to_string(path, max, what)
+        };
         let config_path = dir.join("tokenizer_config.json");
         let config: Option<Json> = if config_path.is_file() {
             Some(serde_json::from_str(&read(&config_path)?).with_context(|| format!("parsing {}", config_path.display()))?)
@@ -198,6 +232,20 @@ impl ChatTemplate {
     pub fn with_special_tokens_from_config(mut self, config: &Json) -> Self {
         self.special_tokens = special_tokens_map(config);
         self
+    }
+
+    /// Names where the template came from (a model path) in render errors.
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// "chat template", with its origin when known.
+    fn what(&self) -> String {
+        match &self.origin {
+            Some(origin) => format!("chat template of {origin}"),
+            None => "chat template".into(),
+        }
     }
 
     /// Replaces the special tokens passed to the template.
@@ -302,7 +350,21 @@ impl ChatTemplate {
 
         let name = self.pick_name(req)?;
         let template = self.env.get_template(name).with_context(|| format!("chat template {name:?}"))?;
-        let mut text = template.render(ctx).map_err(render_error)?;
+        let mut out = BoundedOutput { text: Vec::new(), full: false };
+        if let Err(err) = template.render_captured_to(ctx, &mut out) {
+            let what = self.what();
+            if out.full {
+                bail!("rendering the {what}: the output is over {MAX_RENDER_BYTES} bytes, mm's limit");
+            }
+            if err.kind() == ErrorKind::OutOfFuel {
+                bail!(
+                    "rendering the {what}: it ran out of its {RENDER_FUEL} steps (a loop too long for a chat \
+                     template, or data that grows without bound)"
+                );
+            }
+            return Err(render_error(err, &what));
+        }
+        let mut text = String::from_utf8(out.text).with_context(|| format!("rendering the {}: the output is not UTF-8", self.what()))?;
         if req.continue_final_message {
             text = cut_after_final_message(text, &messages)?;
         }
@@ -310,8 +372,146 @@ impl ChatTemplate {
     }
 }
 
+/// The render's output, refused past [`MAX_RENDER_BYTES`].
+struct BoundedOutput {
+    text: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_RENDER_BYTES {
+            self.full = true;
+            return Err(std::io::Error::other("chat template output over the limit"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks a template source against [`MAX_SOURCE_BYTES`], [`MAX_BLOCK_DEPTH`] and
+/// [`MAX_TAG_OPERATORS`] before it is parsed: one cheap pass over the tags, so the parser never
+/// sees a nesting deep enough to overflow the stack.
+pub fn check_source(source: &str) -> Result<()> {
+    if source.len() > MAX_SOURCE_BYTES {
+        bail!("the template is {} bytes, over the {MAX_SOURCE_BYTES} mm accepts", source.len());
+    }
+    let bytes = source.as_bytes();
+    let (mut depth, mut at) = (0usize, 0usize);
+    while let Some(open) = source[at..].find('{').map(|i| at + i) {
+        let kind = bytes.get(open + 1).copied();
+        let close: &[u8] = match kind {
+            Some(b'{') => b"}}",
+            Some(b'%') => b"%}",
+            Some(b'#') => b"#}",
+            _ => {
+                at = open + 1;
+                continue;
+            }
+        };
+        let line = source[..open].matches('\n').count() + 1;
+        let (body, end) = tag_body(bytes, open + 2, close, kind == Some(b'#'));
+        at = end;
+        if kind == Some(b'#') {
+            continue;
+        }
+        let body = std::str::from_utf8(body).unwrap_or_default();
+        let operators = count_operators(body);
+        if operators > MAX_TAG_OPERATORS {
+            bail!("line {line}: a tag with {operators} operators, over the {MAX_TAG_OPERATORS} mm accepts");
+        }
+        if kind != Some(b'%') {
+            continue;
+        }
+        let words: Vec<&str> = body.trim_matches(['-', '+', ' ', '\t', '\r', '\n']).split_whitespace().collect();
+        let Some(&keyword) = words.first() else { continue };
+        if keyword == "raw" {
+            // Everything up to `endraw` is text.
+            let rest = &source[at..];
+            at = rest.find("endraw").map_or(source.len(), |i| at + i);
+            continue;
+        }
+        let opens = matches!(
+            keyword,
+            "for" | "if" | "macro" | "call" | "filter" | "block" | "with" | "autoescape" | "generation"
+        ) || (keyword == "set" && !body.contains('='));
+        if opens {
+            depth += 1;
+            if depth > MAX_BLOCK_DEPTH {
+                bail!("line {line}: blocks nested more than {MAX_BLOCK_DEPTH} deep, over what mm accepts");
+            }
+        } else if keyword.starts_with("end") {
+            depth = depth.saturating_sub(1);
+        }
+    }
+    Ok(())
+}
+
+/// The inside of a tag starting at `from`, up to its `close` delimiter (outside string
+/// literals, except in comments), and the index just past the tag.
+fn tag_body<'a>(bytes: &'a [u8], from: usize, close: &[u8], comment: bool) -> (&'a [u8], usize) {
+    let mut i = from;
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(_) if b == b'\\' => i += 1,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if !comment && (b == b'"' || b == b'\'') => quote = Some(b),
+            None if bytes[i..].starts_with(close) => return (&bytes[from..i], i + close.len()),
+            None => {}
+        }
+        i += 1;
+    }
+    (&bytes[from.min(bytes.len())..], bytes.len())
+}
+
+/// Operators in a tag's body, outside string literals: each one can add a level to the tree
+/// the parser builds.
+fn count_operators(body: &str) -> usize {
+    let mut count = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut word = String::new();
+    let end_word = |word: &mut String, count: &mut usize| {
+        if matches!(word.as_str(), "and" | "or" | "not" | "is" | "in" | "if" | "else") {
+            *count += 1;
+        }
+        word.clear();
+    };
+    for c in body.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        end_word(&mut word, &mut count);
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '|' | '.' | '[' | '(' | '+' | '-' | '*' | '/' | '%' | '~' | '<' | '>' | '=' | '!' => count += 1,
+            _ => {}
+        }
+    }
+    end_word(&mut word, &mut count);
+    count
+}
+
 /// Flattens a minijinja error and its causes into one anyhow error.
-fn render_error(err: Error) -> anyhow::Error {
+fn render_error(err: Error, what: &str) -> anyhow::Error {
     let mut msg = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
@@ -319,7 +519,7 @@ fn render_error(err: Error) -> anyhow::Error {
         msg.push_str(&cause.to_string());
         source = cause.source();
     }
-    anyhow::anyhow!("rendering chat template: {msg}")
+    anyhow::anyhow!("rendering the {what}: {msg}")
 }
 
 /// transformers ≥ 5 copies a message's `reasoning` or `thinking` into `reasoning_content` when
@@ -448,6 +648,7 @@ fn environment() -> Result<Environment<'static>> {
     );
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    env.set_fuel(Some(RENDER_FUEL));
     env.set_unknown_method_callback(pymethods::call_method);
     env.set_formatter(|out, state, value| {
         use minijinja::value::ValueKind;
@@ -492,8 +693,17 @@ fn tojson(value: &Value, positional: Rest<Value>, kwargs: Kwargs) -> Result<Valu
     let ensure_ascii = pick("ensure_ascii")?.is_some_and(|v| v.is_true());
     let indent = match pick("indent")? {
         None => None,
-        Some(v) if v.is_integer() => Some(" ".repeat(v.as_i64().unwrap_or(0).max(0) as usize)),
+        Some(v) if v.is_integer() => {
+            let width = v.as_i64().unwrap_or(0).max(0) as usize;
+            if width > MAX_JSON_INDENT {
+                return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson indent over {MAX_JSON_INDENT}, mm's limit")));
+            }
+            Some(" ".repeat(width))
+        }
         Some(v) => match v.as_str() {
+            Some(s) if s.len() > MAX_JSON_INDENT => {
+                return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson indent over {MAX_JSON_INDENT} bytes, mm's limit")))
+            }
             Some(s) => Some(s.to_string()),
             None => return Err(Error::new(ErrorKind::InvalidOperation, "tojson indent must be an int or a string")),
         },

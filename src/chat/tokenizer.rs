@@ -4,6 +4,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use anyhow::{anyhow, Context, Result};
+use mm_converters::limits;
 use serde_json::Value as Json;
 use tokenizers::AddedToken;
 
@@ -38,10 +39,10 @@ impl Tokenizer {
     /// Loads `tokenizer.json` and, when present, `tokenizer_config.json` from a directory.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let json = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let json = limits::read_to_string(&path, limits::MAX_TOKENIZER_BYTES, "tokenizer.json")?;
         let config_path = dir.join("tokenizer_config.json");
         let config: Option<Json> = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+            let text = limits::read_to_string(&config_path, limits::MAX_CONFIG_BYTES, "tokenizer_config.json")?;
             Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?)
         } else {
             None

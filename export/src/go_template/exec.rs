@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use super::parse::{Arg, List, Node, Number, Pipe};
 use super::value::{self, Value};
-use super::{Arity, Error, Rendered, Template};
+use super::{Arity, Error, Rendered, Template, MAX_EXEC_STEPS, MAX_OUTPUT_BYTES};
 
 enum Flow {
     Normal,
@@ -19,10 +19,12 @@ struct State<'t> {
     vars: Vec<(String, Value)>,
     out: Rendered,
     line: usize,
+    /// Nodes walked, range iterations and commands run so far (see [`MAX_EXEC_STEPS`]).
+    steps: u64,
 }
 
 pub fn execute(tmpl: &Template, data: &Value) -> Result<Rendered, Error> {
-    let mut s = State { tmpl, vars: vec![("$".into(), data.clone())], out: Rendered::default(), line: 1 };
+    let mut s = State { tmpl, vars: vec![("$".into(), data.clone())], out: Rendered::default(), line: 1, steps: 0 };
     s.walk_list(data, &tmpl.root)?;
     Ok(s.out)
 }
@@ -32,6 +34,24 @@ type R<T> = Result<T, Error>;
 impl State<'_> {
     fn err(&self, msg: impl Into<String>) -> Error {
         Error::exec(self.line, msg)
+    }
+
+    /// One more step of work; past [`MAX_EXEC_STEPS`] the template is stopped.
+    fn tick(&mut self) -> R<()> {
+        self.steps += 1;
+        if self.steps > MAX_EXEC_STEPS {
+            return Err(self.err(format!("stopped after {MAX_EXEC_STEPS} steps, mm's limit (a loop too long for a chat template)")));
+        }
+        Ok(())
+    }
+
+    /// Appends to the output, which may not pass [`MAX_OUTPUT_BYTES`].
+    fn emit(&mut self, text: &str) -> R<()> {
+        if self.out.text.len() + text.len() > MAX_OUTPUT_BYTES {
+            return Err(self.err(format!("the output is over {MAX_OUTPUT_BYTES} bytes, mm's limit")));
+        }
+        self.out.text.push_str(text);
+        Ok(())
     }
 
     fn walk_list(&mut self, dot: &Value, list: &List) -> R<Flow> {
@@ -45,15 +65,16 @@ impl State<'_> {
     }
 
     fn walk(&mut self, dot: &Value, node: &Node) -> R<Flow> {
+        self.tick()?;
         match node {
-            Node::Text(t) => self.out.text.push_str(t),
+            Node::Text(t) => self.emit(t)?,
             Node::Action(pipe) => {
                 let v = self.eval_pipeline(dot, pipe)?;
                 if pipe.decl.is_empty() {
                     if v.prints_go_syntax() {
                         self.out.go_syntax_prints.push((pipe.line, pipe.to_string()));
                     }
-                    self.out.text.push_str(&value::print(&v));
+                    self.emit(&value::print(&v))?;
                 }
             }
             Node::If(b) | Node::With(b) => {
@@ -75,21 +96,26 @@ impl State<'_> {
                 let mark = self.vars.len();
                 self.line = b.line;
                 let v = self.eval_pipeline(dot, &b.pipe)?;
-                let items: Vec<(Value, Value)> = match &v {
-                    Value::List(l) => l.items.iter().enumerate().map(|(i, x)| (Value::Int(i as i64), x.clone())).collect(),
-                    Value::Map(m) => m.entries.iter().map(|(k, x)| (Value::str(k.as_str()), x.clone())).collect(),
+                // Lazily: `range 10000000000` must cost steps, not a list of ten billion items.
+                let items: Box<dyn Iterator<Item = (Value, Value)> + '_> = match &v {
+                    Value::List(l) => Box::new(l.items.iter().enumerate().map(|(i, x)| (Value::Int(i as i64), x.clone()))),
+                    Value::Map(m) => Box::new(m.entries.iter().map(|(k, x)| (Value::str(k.as_str()), x.clone()))),
                     Value::Int(n) => {
                         if b.pipe.decl.len() > 1 {
                             return Err(self.err(format!("can't use {n} to iterate over more than one variable")));
                         }
-                        (0..*n).map(|i| (Value::Int(i), Value::Int(i))).collect()
+                        Box::new((0..*n).map(|i| (Value::Int(i), Value::Int(i))))
                     }
-                    Value::Invalid | Value::NilPtr(_) => Vec::new(),
+                    Value::Invalid | Value::NilPtr(_) => Box::new(std::iter::empty()),
                     other => return Err(self.err(format!("range can't iterate over {}", value::print(other)))),
                 };
                 let n_decl = b.pipe.decl.len();
                 let mut flow = Flow::Normal;
-                for (index, elem) in &items {
+                let mut empty = true;
+                for (index, elem) in items {
+                    empty = false;
+                    self.tick()?;
+                    let (index, elem) = (&index, &elem);
                     if n_decl > 0 {
                         let top = self.vars.len();
                         if n_decl == 1 {
@@ -106,7 +132,7 @@ impl State<'_> {
                         break;
                     }
                 }
-                if items.is_empty() {
+                if empty {
                     if let Some(e) = &b.else_list {
                         flow = self.walk_list(dot, e)?;
                     }
@@ -321,7 +347,15 @@ impl State<'_> {
             Some(f) if !super::parse::BUILTINS.contains(&name) => (f.call)(&values),
             _ => builtin(name, &values),
         };
-        result.map_err(|e| self.err(format!("error calling {name}: {e}")))
+        self.tick()?;
+        let value = result.map_err(|e| self.err(format!("error calling {name}: {e}")))?;
+        // A string a function builds (`printf "%s%s" $x $x` in a loop) may not outgrow the output.
+        if let Value::Str(s) = &value {
+            if s.len() > MAX_OUTPUT_BYTES {
+                return Err(self.err(format!("{name} made a string over {MAX_OUTPUT_BYTES} bytes, mm's limit")));
+            }
+        }
+        Ok(value)
     }
 }
 

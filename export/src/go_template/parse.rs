@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::lex::{lex, Keyword, Tok, Token};
-use super::Error;
+use super::{Error, MAX_NESTING};
 
 /// A list of nodes (Go's `ListNode`).
 pub type List = Vec<Node>;
@@ -80,12 +80,14 @@ pub struct Parser<'f> {
     pos: usize,
     vars: Vec<String>,
     range_depth: usize,
+    /// Blocks and parenthesized pipelines open around the current token (see [`MAX_NESTING`]).
+    depth: usize,
     funcs: &'f dyn Fn(&str) -> bool,
 }
 
 pub fn parse(src: &str, has_func: &dyn Fn(&str) -> bool) -> Result<List, Error> {
     let toks = lex(src)?;
-    let mut p = Parser { toks, pos: 0, vars: vec!["$".into()], range_depth: 0, funcs: has_func };
+    let mut p = Parser { toks, pos: 0, vars: vec!["$".into()], range_depth: 0, depth: 0, funcs: has_func };
     let mut root = Vec::new();
     loop {
         if matches!(p.peek().tok, Tok::Eof) {
@@ -204,8 +206,24 @@ impl Parser<'_> {
         Ok(())
     }
 
+    /// Runs `f` one nesting level deeper, refusing to go past [`MAX_NESTING`] so that a hostile
+    /// template cannot overflow the stack.
+    fn nested<T>(&mut self, line: usize, f: impl FnOnce(&mut Self) -> Result<T, Error>) -> Result<T, Error> {
+        if self.depth >= MAX_NESTING {
+            return Err(Error::limit(line, format!("blocks or parentheses nested more than {MAX_NESTING} deep, mm's limit")));
+        }
+        self.depth += 1;
+        let result = f(self);
+        self.depth -= 1;
+        result
+    }
+
     /// `if`/`range`/`with` after the keyword, through the matching `{{end}}`.
     fn control(&mut self, allow_else_chain: bool, context: &str, line: usize) -> Result<Branch, Error> {
+        self.nested(line, |p| p.control_inner(allow_else_chain, context, line))
+    }
+
+    fn control_inner(&mut self, allow_else_chain: bool, context: &str, line: usize) -> Result<Branch, Error> {
         let saved_vars = self.vars.len();
         let result = (|| {
             let pipe = self.pipeline(context, true)?;
@@ -420,7 +438,7 @@ impl Parser<'_> {
                 let c = unquote_char(&s).ok_or_else(|| Error::parse(t.line, format!("malformed character constant: {s}")))?;
                 Arg::Number(Number::Int(c as i64))
             }
-            Tok::LeftParen => Arg::Pipe(self.pipeline("parenthesized pipeline", false)?),
+            Tok::LeftParen => Arg::Pipe(self.nested(t.line, |p| p.pipeline("parenthesized pipeline", false))?),
             Tok::Str(s) => Arg::Str(unquote(&s).ok_or_else(|| Error::parse(t.line, format!("invalid syntax: {s}")))?),
             _ => {
                 self.backup();

@@ -218,10 +218,10 @@ fn status_name(s: CaseStatus) -> &'static str {
 pub fn validate(path: &Path, jinja: Option<JinjaFactory>) -> Result<Report> {
     let modelfile = if path.is_dir() { path.join("Modelfile") } else { path.to_path_buf() };
     let mut r = Report { modelfile: modelfile.clone(), ..Report::default() };
-    let text = match std::fs::read_to_string(&modelfile) {
+    let text = match mm_converters::limits::read_to_string(&modelfile, mm_converters::limits::MAX_CONFIG_BYTES, "Modelfile") {
         Ok(t) => t,
         Err(e) => {
-            r.error("modelfile_unreadable", None, format!("cannot read {}: {e}", modelfile.display()));
+            r.error("modelfile_unreadable", None, format!("{e:#}"));
             return Ok(r);
         }
     };
@@ -454,6 +454,10 @@ fn check_template(r: &mut Report, cmd: &Command, jinja: Option<&str>) -> Option<
         Ok(t) => t,
         Err(e) if e.kind == ErrorKind::Unsupported => {
             r.warn("template_unchecked", line, format!("TEMPLATE not checked: {}", e.message));
+            return None;
+        }
+        Err(e) if e.kind == ErrorKind::Limit => {
+            r.error("template_limit", line, format!("the TEMPLATE is refused (line {} of the TEMPLATE): {}", e.line, e.message));
             return None;
         }
         Err(e) => {
