@@ -413,3 +413,24 @@ fn hostile_ollama_templates_are_reported_not_run_forever() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.code() == Some(1) && text.contains("not a regular file"), "{text}");
 }
+
+#[test]
+fn mnn_config_paths_to_devices_are_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    tiny_model(dir, "tiny");
+    ok(&["export", "mnn", "tiny", "-o", "mnn"], dir);
+    for key in ["tokenizer_file", "llm_model", "llm_config"] {
+        let path = dir.join("mnn/config.json");
+        let original = std::fs::read(&path).unwrap();
+        let mut config: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        config[key] = "/dev/zero".into();
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        // The problem is listed on stdout (a report line) or is the error itself.
+        let out = mm_limited(&["inspect", "mnn"], dir, 0);
+        clean_error(&out, &["inspect", "mnn"], &[]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("/dev/zero") && text.contains("not a regular file"), "{key}: {text}");
+        std::fs::write(&path, original).unwrap();
+    }
+}

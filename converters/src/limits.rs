@@ -34,6 +34,9 @@ pub const MAX_PARAMETERS: u128 = 1 << 31;
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// `tokenizer.json` (MiniMind's is 0.5 MB; Qwen's 7 MB).
 pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+/// A model file read whole rather than mapped (an MNN `llm.mnn` graph): 4 GiB, which is the
+/// model's own size, but never a device or FIFO.
+pub const MAX_MODEL_FILE_BYTES: u64 = 4 << 30;
 /// A chat template file (`chat_template.jinja`, `--template`); see also the template limits
 /// in the root crate's `chat::template`.
 pub const MAX_TEMPLATE_BYTES: u64 = 1 << 20;

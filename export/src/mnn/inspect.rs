@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use mm_converters::limits;
 use serde_json::{json, Value};
 
 use super::config;
@@ -76,13 +77,13 @@ pub fn is_mnn_dir(dir: &Path) -> bool {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = limits::read_to_string(path, limits::MAX_CONFIG_BYTES, "config")?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
 fn tokenizer_header(path: &Path, file: &str) -> Result<TokenizerHeader> {
     const KINDS: [&str; 5] = ["SENTENCEPIECE", "TIKTOKEN", "BERT", "HUGGINGFACE", "PIPELINE"];
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = limits::read_file(path, limits::MAX_TOKENIZER_BYTES, "tokenizer")?;
     let first = bytes.split(|&b| b == b'\n').next().map(String::from_utf8_lossy).unwrap_or_default();
     let kind = match first.split_whitespace().collect::<Vec<_>>()[..] {
         ["430", t] => t.parse::<usize>().ok().and_then(|t| KINDS.get(t)).map(|k| k.to_string()),
@@ -153,7 +154,7 @@ pub fn inspect_dir(dir: &Path) -> Result<MnnDirReport> {
     let llm_config_file = name("llm_config", config::LLM_CONFIG_FILE);
 
     let model_path = dir.join(&model_file);
-    let bytes = std::fs::read(&model_path).with_context(|| format!("cannot read {}", model_path.display()))?;
+    let bytes = limits::read_file(&model_path, limits::MAX_MODEL_FILE_BYTES, "model graph")?;
     let graph = read_net(&bytes).with_context(|| format!("{}: not a readable MNN.Net", model_path.display()))?;
 
     let mut problems = Vec::new();
