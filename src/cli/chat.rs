@@ -1,4 +1,9 @@
 //! `mm chat`: an interactive conversation that keeps its history.
+//!
+//! Ctrl-C during a reply stops that reply and returns to the prompt; Ctrl-C at the prompt
+//! (or a second one before the reply has noticed the first) ends the chat. While a reply
+//! streams to a terminal, what is typed is not echoed into it, and it is thrown away before
+//! the next prompt (termios: ECHO off, then TCIFLUSH).
 
 use std::io::{BufRead, Write};
 
@@ -30,8 +35,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let loaded = a.model.load()?;
     let eos = loaded.tokenizer.eos_id().unwrap_or(loaded.model.config.eos_token_id);
     let context = loaded.model.config.max_position_embeddings;
+    interrupt::install()?;
     eprintln!("{}", loaded.checkpoint_summary);
-    eprintln!("type a message; /reset clears the history, /exit or Ctrl-D quits");
+    eprintln!("type a message; Ctrl-C stops a reply, /reset clears the history, /exit, Ctrl-D or Ctrl-C at the prompt quits");
     let mut history: Vec<Value> = Vec::new();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -79,17 +85,123 @@ pub fn run(a: ChatArgs) -> Result<()> {
         let mut sampler = Sampler::new(params)?;
         let mut decoder = StreamDecoder::new(&loaded.tokenizer);
         let mut reply = String::new();
-        let tokens = generate(&loaded.model, &prompt, &mut sampler, |id| {
+        let quiet = terminal::QuietInput::start();
+        interrupt::replying();
+        let result = generate(&loaded.model, &prompt, &mut sampler, |id| {
             let piece = decoder.push(id)?;
             reply.push_str(&piece);
             stdout.write_all(piece.as_bytes())?;
             stdout.flush()?;
-            Ok(true)
-        })?;
+            Ok(!interrupt::stop_requested())
+        });
+        let stopped = interrupt::back_at_prompt();
+        drop(quiet);
+        let tokens = result?;
         let tail = decoder.finish()?;
         reply.push_str(&tail);
         println!("{tail}");
+        if stopped {
+            eprintln!("(reply stopped)");
+        }
+        // A stopped reply stays in the history as far as it went.
         let content = loaded.tokenizer.decode(&tokens, true)?;
         history.push(json!({"role": "assistant", "content": content}));
+    }
+}
+
+/// Where the chat is, for the Ctrl-C handler: a reply asks to be stopped, the prompt exits.
+mod interrupt {
+    use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+
+    use anyhow::Result;
+
+    const PROMPT: u8 = 0;
+    const REPLYING: u8 = 1;
+    const STOPPING: u8 = 2;
+    static STATE: AtomicU8 = AtomicU8::new(PROMPT);
+
+    /// Handles SIGINT on a thread of its own from now on.
+    #[cfg(unix)]
+    pub fn install() -> Result<()> {
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT])?;
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                if STATE.compare_exchange(REPLYING, STOPPING, SeqCst, SeqCst).is_err() {
+                    // At the prompt, or the reply has not reached its next token yet.
+                    super::terminal::restore();
+                    eprintln!();
+                    std::process::exit(130);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    pub fn install() -> Result<()> {
+        Ok(())
+    }
+
+    pub fn replying() {
+        STATE.store(REPLYING, SeqCst);
+    }
+
+    pub fn stop_requested() -> bool {
+        STATE.load(SeqCst) == STOPPING
+    }
+
+    /// Back at the prompt; whether Ctrl-C stopped the reply.
+    pub fn back_at_prompt() -> bool {
+        STATE.swap(PROMPT, SeqCst) == STOPPING
+    }
+}
+
+/// Terminal input while a reply streams.
+mod terminal {
+    #[cfg(unix)]
+    static SAVED: std::sync::Mutex<Option<libc::termios>> = std::sync::Mutex::new(None);
+
+    /// While alive, input typed on a terminal stdin is not echoed; dropping it restores the
+    /// terminal and discards what was typed meanwhile. Does nothing when stdin is no terminal.
+    pub struct QuietInput(());
+
+    impl QuietInput {
+        pub fn start() -> Option<Self> {
+            #[cfg(unix)]
+            {
+                // SAFETY: tcgetattr/tcsetattr on fd 0 with a termios owned here.
+                let mut t: libc::termios = unsafe { std::mem::zeroed() };
+                if unsafe { libc::isatty(0) } != 1 || unsafe { libc::tcgetattr(0, &mut t) } != 0 {
+                    return None;
+                }
+                *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                let mut quiet = t;
+                quiet.c_lflag &= !libc::ECHO;
+                unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+                Some(Self(()))
+            }
+            #[cfg(not(unix))]
+            None
+        }
+    }
+
+    impl Drop for QuietInput {
+        fn drop(&mut self) {
+            restore();
+            // SAFETY: discards pending input on fd 0, a terminal (checked in `start`).
+            #[cfg(unix)]
+            unsafe {
+                libc::tcflush(0, libc::TCIFLUSH);
+            }
+        }
+    }
+
+    /// Puts back the terminal settings saved by `QuietInput::start`, if any.
+    pub fn restore() {
+        #[cfg(unix)]
+        if let Some(t) = SAVED.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // SAFETY: restores settings read from this terminal by tcgetattr.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        }
     }
 }
