@@ -65,6 +65,7 @@ pub fn read_checkpoint(path: &Path, hints: &PthHints) -> Result<Checkpoint> {
         }
         bail!("{}: a directory without config.json is not an HF model", path.display());
     }
+    crate::limits::check_regular_file(path, "model file")?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "pth" | "pt" | "bin" => pth::checkpoint::read(path, hints),

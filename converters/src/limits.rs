@@ -49,13 +49,21 @@ pub fn check_at_most(field: &str, value: usize, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// The bytes of `path`, which must be a regular file of at most `max_bytes` bytes. `what`
-/// names the file's role in errors (`config`, `tokenizer.json`, …).
-pub fn read_file(path: &Path, max_bytes: u64, what: &str) -> Result<Vec<u8>> {
+/// Refuses anything but a regular file (a device never ends; opening a FIFO blocks until a
+/// writer comes). Readers that map or stream a file call this before opening it.
+pub fn check_regular_file(path: &Path, what: &str) -> Result<()> {
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.is_file() {
         bail!("{}: the {what} is not a regular file", path.display());
     }
+    Ok(())
+}
+
+/// The bytes of `path`, which must be a regular file of at most `max_bytes` bytes. `what`
+/// names the file's role in errors (`config`, `tokenizer.json`, …).
+pub fn read_file(path: &Path, max_bytes: u64, what: &str) -> Result<Vec<u8>> {
+    check_regular_file(path, what)?;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > max_bytes {
         bail!("{}: the {what} is {} bytes, more than the {max_bytes} mm reads", path.display(), meta.len());
     }

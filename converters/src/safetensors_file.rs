@@ -19,6 +19,7 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Reads every tensor of one `.safetensors` file, in file order. The header is validated
 /// (bounds, overlaps, dtype sizes) before any data is touched.
 pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    crate::limits::check_regular_file(path, "safetensors file")?;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // Safety: the map is read-only and dropped before this function returns.
     let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;

@@ -449,6 +449,7 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
+        crate::limits::check_regular_file(path, "GGUF file")?;
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: read-only mapping; mm never writes to a file it is reading.
         let bytes = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;

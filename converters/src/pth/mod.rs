@@ -79,6 +79,10 @@ pub fn write_pth(
 }
 
 fn read_archive(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let meta = std::fs::metadata(path).context("cannot open")?;
+    if !meta.is_file() {
+        bail!("not a regular file");
+    }
     let file = File::open(path).context("cannot open")?;
     let file_len = file.metadata().context("cannot stat")?.len();
     let mut zip = ZipArchive::new(BufReader::new(file)).map_err(|e| {
