@@ -486,6 +486,9 @@ fn print_report(r: &TrainReport) {
     println!("resume:  {}", r.resume_path.display());
     println!("metrics: {}", r.metrics_path.display());
     if r.curve_path.exists() {
-        println!("curve:   {}", r.curve_path.display());
+        match mm::train::plot::loss_scale(&r.metrics_path) {
+            Ok(scale) => println!("curve:   {} ({scale})", r.curve_path.display()),
+            Err(_) => println!("curve:   {}", r.curve_path.display()),
+        }
     }
 }

@@ -1,6 +1,10 @@
 //! The loss curve of a run as a PNG: loss against step from the metrics JSONL, the learning
 //! rate on a second axis, epoch boundaries dashed. Drawn on a plain RGB canvas with a small
 //! built-in 5×7 pixel font (no system fonts needed) and encoded with the `png` crate.
+//!
+//! The loss axis spans at least [`MIN_SPAN_OF_MEAN`] of the mean loss (and [`MIN_SPAN`]), so a
+//! loss that only wobbles draws as the flat line it is instead of noise stretched over the
+//! whole height; the axis range and the data range are written above the plot.
 
 use std::path::Path;
 
@@ -24,6 +28,66 @@ const EPOCH: Rgb = [170, 170, 170];
 pub const LOSS_COLOR: Rgb = [31, 86, 160];
 /// The learning-rate line.
 pub const LR_COLOR: Rgb = [230, 120, 20];
+
+/// The loss axis spans at least this fraction of the mean loss...
+pub const MIN_SPAN_OF_MEAN: f64 = 0.2;
+/// ...and at least this much.
+pub const MIN_SPAN: f64 = 0.05;
+
+/// The loss axis of a drawn curve: its range and the range of the data on it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossScale {
+    pub axis_lo: f64,
+    pub axis_hi: f64,
+    pub data_lo: f64,
+    pub data_hi: f64,
+    /// The data span was below the floor and the axis was widened to it.
+    pub widened: bool,
+}
+
+impl std::fmt::Display for LossScale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "loss axis {} to {}, loss {} to {}", compact(self.axis_lo), compact(self.axis_hi), compact(self.data_lo), compact(self.data_hi))?;
+        if self.widened {
+            write!(f, " (axis widened to {:.0}% of the mean loss: the loss is nearly flat)", MIN_SPAN_OF_MEAN * 100.0)?;
+        }
+        Ok(())
+    }
+}
+
+/// The loss range to draw: the data's, widened about its middle to the floor when narrower
+/// (not below 0 when no loss is negative).
+fn loss_range(points: &[MetricPoint]) -> (f64, f64, bool) {
+    let lo = points.iter().map(|p| p.loss).fold(f64::INFINITY, f64::min);
+    let hi = points.iter().map(|p| p.loss).fold(f64::NEG_INFINITY, f64::max);
+    let mean = points.iter().map(|p| p.loss).sum::<f64>() / points.len().max(1) as f64;
+    let floor = (mean.abs() * MIN_SPAN_OF_MEAN).max(MIN_SPAN);
+    if hi - lo >= floor {
+        return (lo, hi, false);
+    }
+    let mid = (lo + hi) / 2.0;
+    let (mut a, mut b) = (mid - floor / 2.0, mid + floor / 2.0);
+    if a < 0.0 && lo >= 0.0 {
+        (a, b) = (0.0, floor.max(hi));
+    }
+    (a, b, true)
+}
+
+/// The loss scale `write_loss_curve` draws for a metrics file (for the line that announces
+/// the PNG).
+pub fn loss_scale(metrics_jsonl: &Path) -> Result<LossScale> {
+    let points = read_metrics(metrics_jsonl)?;
+    ensure!(!points.is_empty(), "{}: no metrics to plot", metrics_jsonl.display());
+    Ok(scale_of(&points))
+}
+
+fn scale_of(points: &[MetricPoint]) -> LossScale {
+    let (lo, hi, widened) = loss_range(points);
+    let ya = axis(lo, hi, 6, true, 0.0);
+    let data_lo = points.iter().map(|p| p.loss).fold(f64::INFINITY, f64::min);
+    let data_hi = points.iter().map(|p| p.loss).fold(f64::NEG_INFINITY, f64::max);
+    LossScale { axis_lo: ya.lo, axis_hi: ya.hi, data_lo, data_hi, widened }
+}
 
 /// One logged point of the metrics file.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +119,9 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricPoint>> {
     Ok(points)
 }
 
-/// Draws `metrics_jsonl` (the trainer's `<stem>.metrics.jsonl`) to `png`, written atomically.
-/// Errors when the file holds no metric line.
-pub fn write_loss_curve(metrics_jsonl: &Path, png: &Path) -> Result<()> {
+/// Draws `metrics_jsonl` (the trainer's `<stem>.metrics.jsonl`) to `png`, written atomically,
+/// and returns its loss scale. Errors when the file holds no metric line.
+pub fn write_loss_curve(metrics_jsonl: &Path, png: &Path) -> Result<LossScale> {
     let points = read_metrics(metrics_jsonl)?;
     ensure!(!points.is_empty(), "{}: no metrics to plot", metrics_jsonl.display());
     let name = metrics_jsonl.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -72,7 +136,8 @@ pub fn write_loss_curve(metrics_jsonl: &Path, png: &Path) -> Result<()> {
         writer.finish()?;
         Ok(())
     })
-    .with_context(|| format!("writing {}", png.display()))
+    .with_context(|| format!("writing {}", png.display()))?;
+    Ok(scale_of(&points))
 }
 
 /// An RGB8 image.
@@ -222,6 +287,9 @@ fn tick_label(v: f64, step: f64) -> String {
 }
 
 fn compact(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
     let s = if v.abs() >= 1e-3 && v.abs() < 1e6 { format!("{v:.4}") } else { format!("{v:.3e}") };
     s.to_uppercase()
 }
@@ -242,13 +310,9 @@ pub fn render(points: &[MetricPoint], stem: &str) -> Canvas {
         false,
         1.0,
     );
-    let ya = axis(
-        fold(f64::min, f64::INFINITY, &|p| Some(p.loss)),
-        fold(f64::max, f64::NEG_INFINITY, &|p| Some(p.loss)),
-        6,
-        true,
-        0.0,
-    );
+    let loss_scale = scale_of(points);
+    let (lo, hi, _) = loss_range(points);
+    let ya = axis(lo, hi, 6, true, 0.0);
     let has_lr = points.iter().any(|p| p.lr.is_some());
     let lra = has_lr.then(|| axis(0.0, fold(f64::max, f64::NEG_INFINITY, &|p| p.lr).max(0.0), 6, true, 0.0));
 
@@ -312,6 +376,16 @@ pub fn render(points: &[MetricPoint], stem: &str) -> Canvas {
     let scale = if text_width(&title, 2) <= WIDTH as i64 - 16 { 2 } else { 1 };
     c.text((WIDTH as i64 - text_width(&title, scale)) / 2, 14, &title, scale, INK);
     c.text(x0, y0 - 16, "LOSS", 1, LOSS_COLOR);
+    // The scale in words: axis range, and the data's own range on it.
+    let range = format!(
+        "AXIS {} TO {}, DATA {} TO {}{}",
+        compact(loss_scale.axis_lo),
+        compact(loss_scale.axis_hi),
+        compact(loss_scale.data_lo),
+        compact(loss_scale.data_hi),
+        if loss_scale.widened { " (NEARLY FLAT)" } else { "" }
+    );
+    c.text(x0 + text_width("LOSS  ", 1), y0 - 16, &range, 1, INK);
     if lra.is_some() {
         c.text(x1 - text_width("LR", 1), y0 - 16, "LR", 1, LR_COLOR);
     }
@@ -439,6 +513,33 @@ mod tests {
         let (info, buf) = decode(&dir.path().join("b.png"));
         assert_eq!(info.width as usize, WIDTH);
         assert!(buf.chunks(3).any(|p| p == LOSS_COLOR));
+    }
+
+    #[test]
+    fn a_nearly_flat_loss_is_drawn_flat_on_a_floored_axis() {
+        let flat: Vec<MetricPoint> = (1..=200)
+            .map(|i| MetricPoint { step: i as f64, epoch: Some(1), loss: 2.1 + 0.01 * (i as f64 * 0.9).sin(), lr: Some(1e-4) })
+            .collect();
+        let s = scale_of(&flat);
+        assert!(s.widened, "{s:?}");
+        assert!(s.axis_hi - s.axis_lo >= MIN_SPAN_OF_MEAN * 2.1, "axis span {} below the floor", s.axis_hi - s.axis_lo);
+        assert!(s.axis_lo <= s.data_lo && s.data_hi <= s.axis_hi, "{s:?}");
+        assert!(s.to_string().contains("nearly flat"), "{s}");
+        // On the image the curve keeps to a thin band, not the whole plot height.
+        let c = render(&flat, "flat");
+        let rows: Vec<usize> = (TOP..HEIGHT - BOTTOM)
+            .filter(|&y| (LEFT + 1..WIDTH - RIGHT).any(|x| c.pixels[(y * WIDTH + x) * 3..][..3] == LOSS_COLOR))
+            .collect();
+        let band = rows.last().unwrap() - rows.first().unwrap();
+        assert!(band < (HEIGHT - TOP - BOTTOM) / 8, "a flat loss spans {band} of {} rows", HEIGHT - TOP - BOTTOM);
+        // Near zero the floor is absolute and the axis does not go below 0.
+        let tiny: Vec<MetricPoint> = (1..=10).map(|i| MetricPoint { step: i as f64, epoch: None, loss: 1e-4 * i as f64, lr: None }).collect();
+        let s = scale_of(&tiny);
+        assert!(s.axis_lo == 0.0 && s.axis_hi >= MIN_SPAN, "{s:?}");
+        // A real drop is drawn on its own range.
+        let drop: Vec<MetricPoint> = (1..=10).map(|i| MetricPoint { step: i as f64, epoch: None, loss: 9.0 - 0.6 * i as f64, lr: None }).collect();
+        let s = scale_of(&drop);
+        assert!(!s.widened && s.axis_lo <= 3.0 && s.axis_hi >= 8.4 && s.axis_hi - s.axis_lo <= 8.0, "{s:?}");
     }
 
     #[test]
