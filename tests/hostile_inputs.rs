@@ -434,3 +434,27 @@ fn mnn_config_paths_to_devices_are_not_read() {
         std::fs::write(&path, original).unwrap();
     }
 }
+
+#[test]
+fn fifos_given_as_inputs_are_refused_not_waited_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tiny = tiny_model(dir, "tiny");
+    let mkfifo = |name: &str| {
+        let status = Command::new("mkfifo").arg(dir.join(name)).status().unwrap();
+        assert!(status.success(), "mkfifo {name}");
+    };
+    for name in ["fifo.gguf", "fifo.pth", "fifo.jsonl"] {
+        mkfifo(name);
+    }
+    hostile(&["inspect", "fifo.gguf"], dir, &["fifo.gguf", "not a regular file"]);
+    hostile(&["generate", "fifo.gguf", "-p", "hi"], dir, &["fifo.gguf", "not a regular file"]);
+    hostile(&["tokenize", "--model", "fifo.gguf", "hi"], dir, &["fifo.gguf", "not a regular file"]);
+    hostile(&["inspect", "fifo.pth"], dir, &["fifo.pth", "not a regular file"]);
+    hostile(&["generate", "tiny", "--lora", "fifo.pth", "-p", "hi"], dir, &["fifo.pth", "not a regular file"]);
+    hostile(&["train", "pretrain", "--from", "tiny", "--data", "fifo.jsonl", "--out", "run", "--quiet"], dir, &["fifo.jsonl", "not a regular file"]);
+    let model = with_config_field(&tiny, "fifo_weights", "bos_token_id", 1.into());
+    std::fs::remove_file(model.join("model.safetensors")).unwrap();
+    mkfifo("fifo_weights/model.safetensors");
+    hostile(&["inspect", "fifo_weights"], dir, &["model.safetensors", "not a regular file"]);
+}
