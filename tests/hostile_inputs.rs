@@ -260,6 +260,10 @@ fn training_flags_and_data_bombs_are_refused() {
     writeln!(f, "\"}}").unwrap();
     drop(f);
     train(&["--data", "long.jsonl"], &["long.jsonl:2", "longer than 1048576 bytes"]);
+    // The tokenizer trainer reads the same files.
+    hostile(&["train-tokenizer", "long.jsonl", "-o", "tk", "--vocab-size", "300"], dir, &["long.jsonl:2", "longer than 1048576 bytes"]);
+    hostile(&["train-tokenizer", "/dev/zero", "-o", "tk", "--vocab-size", "300"], dir, &["/dev/zero", "not a regular file"]);
+    assert!(!dir.join("tk").exists());
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use mm_dataset::MAX_LINE_BYTES;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::normalizers::NormalizerWrapper;
@@ -137,6 +138,7 @@ impl<R: Read> Read for Counting<R> {
 }
 
 fn read_corpus(path: &Path, opts: &TrainOptions, texts: &mut Vec<String>, skipped: &mut usize) -> Result<()> {
+    mm_converters::limits::check_regular_file(path, "corpus")?;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = if opts.show_progress {
@@ -151,14 +153,54 @@ fn read_corpus(path: &Path, opts: &TrainOptions, texts: &mut Vec<String>, skippe
     } else {
         ProgressBar::hidden()
     };
-    let reader = BufReader::new(Counting { inner: file, bar: bar.clone() });
-    for (i, line) in reader.lines().enumerate() {
-        let lineno = i + 1;
-        let line = line.with_context(|| format!("{}:{lineno}: cannot read line", path.display()))?;
+    let mut reader = BufReader::new(Counting { inner: file, bar: bar.clone() });
+    let mut buf = Vec::new();
+    for lineno in 1.. {
+        // At most MAX_LINE_BYTES of a line are kept (plus the newline); a longer line is a bad line.
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("{}:{lineno}: cannot read line", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        let too_long = buf.last() != Some(&b'\n') && buf.len() > MAX_LINE_BYTES;
+        let line = if too_long {
+            // Drop the rest of the line without keeping it.
+            loop {
+                let available = reader.fill_buf().with_context(|| format!("{}:{lineno}: cannot read line", path.display()))?;
+                if available.is_empty() {
+                    break;
+                }
+                let (used, done) = match available.iter().position(|&b| b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (available.len(), false),
+                };
+                reader.consume(used);
+                if done {
+                    break;
+                }
+            }
+            Err(format!("line is longer than {MAX_LINE_BYTES} bytes, the most a line may have"))
+        } else {
+            String::from_utf8(std::mem::take(&mut buf)).map_err(|_| "line is not UTF-8".to_string())
+        };
+        let line = match line {
+            Ok(line) => line,
+            Err(_) if opts.skip_bad_lines => {
+                *skipped += 1;
+                continue;
+            }
+            Err(why) => {
+                bar.abandon();
+                bail!("{}:{lineno}: {why} (use --skip-bad-lines to skip such lines)", path.display());
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match line_text(&line) {
+        match line_text(line.trim_end_matches(['\n', '\r'])) {
             Ok(text) => texts.push(text),
             Err(_) if opts.skip_bad_lines => *skipped += 1,
             Err(why) => {
