@@ -19,7 +19,7 @@ use safetensors::SafeTensors;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use mm_converters::MiniMindConfig;
+use mm_converters::{limits, MiniMindConfig};
 
 /// Which loader the directory must satisfy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -335,10 +335,10 @@ impl Checker<'_> {
         if !path.exists() {
             return None;
         }
-        let text = match std::fs::read_to_string(&path) {
+        let text = match limits::read_to_string(&path, limits::MAX_CONFIG_BYTES, name) {
             Ok(t) => t,
             Err(e) => {
-                self.error(code, name, format!("cannot read: {e}"));
+                self.error(code, name, format!("cannot read: {e:#}"));
                 return None;
             }
         };
@@ -848,7 +848,15 @@ impl Checker<'_> {
     /// `__metadata__`; returns its tensors in file order.
     fn read_header(&mut self, file: &str) -> Option<Vec<(String, TensorEntry)>> {
         let path = self.dir.join(file);
-        let map = match File::open(&path).and_then(|f| {
+        // Only a regular file is opened: opening a FIFO would wait for a writer forever.
+        let regular = std::fs::metadata(&path).and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        });
+        let map = match regular.and_then(|()| File::open(&path)).and_then(|f| {
             // SAFETY: read-only map, dropped before returning; the file is not modified here.
             unsafe { memmap2::Mmap::map(&f) }
         }) {
@@ -1181,7 +1189,8 @@ impl Checker<'_> {
             "F32" => DType::F32,
             _ => return None,
         };
-        let file = File::open(self.dir.join(&t.file)).ok()?;
+        let path = self.dir.join(&t.file);
+        let file = path.is_file().then(|| File::open(&path).ok()).flatten()?;
         // SAFETY: read-only map, dropped before returning; the file is not modified here.
         let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
         let data = map.get(t.start..t.start.checked_add(t.bytes)?)?;
@@ -1349,7 +1358,7 @@ impl Checker<'_> {
                 .and_then(|e| e.get("template")?.as_str().map(str::to_string)),
             _ => None,
         });
-        let jinja = std::fs::read_to_string(self.dir.join("chat_template.jinja")).ok();
+        let jinja = limits::read_to_string(&self.dir.join("chat_template.jinja"), limits::MAX_TEMPLATE_BYTES, "chat template").ok();
         let json_file = self
             .read_json("chat_template.json", "chat_template.invalid_json")
             .and_then(|v| v.get("chat_template")?.as_str().map(str::to_string));
@@ -1493,10 +1502,10 @@ impl Checker<'_> {
     }
 
     fn template_text(&self) -> Option<String> {
-        if let Ok(t) = std::fs::read_to_string(self.dir.join("chat_template.jinja")) {
+        if let Ok(t) = limits::read_to_string(&self.dir.join("chat_template.jinja"), limits::MAX_TEMPLATE_BYTES, "chat template") {
             return Some(t);
         }
-        let text = std::fs::read_to_string(self.dir.join(TOKENIZER_CONFIG)).ok()?;
+        let text = limits::read_to_string(&self.dir.join(TOKENIZER_CONFIG), limits::MAX_CONFIG_BYTES, TOKENIZER_CONFIG).ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
         match v.get("chat_template")? {
             Value::String(s) => Some(s.clone()),

@@ -363,7 +363,9 @@ fn check_from(r: &mut Report, commands: &[Command], base: &Path) -> Option<Strin
         return None;
     }
     let mut magic = [0u8; 4];
-    let is_gguf = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+    // Only a regular file is opened: opening a FIFO would wait for a writer forever.
+    let is_gguf = path.is_file()
+        && std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
         && &magic == b"GGUF";
     if !is_gguf {
         r.error("from_not_gguf", Some(from.line), format!("FROM {value}: {} is not a GGUF file", path.display()));
