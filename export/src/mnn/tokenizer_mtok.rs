@@ -973,7 +973,7 @@ mod tests {
         let tj: Value = serde_json::from_str(files.tokenizer_json.as_deref().unwrap()).unwrap();
         let added = tj["added_tokens"].as_array().unwrap().len();
         assert_eq!((c.model, c.vocab, c.merges, c.added_tokens), ("BPE", 6400, 6141, added));
-        let header = header_ids(&tj, files.tokenizer_config.as_ref(), &tokenizers::Tokenizer::from_str(files.tokenizer_json.as_deref().unwrap()).unwrap(), &MtokOptions::default()).unwrap();
+        let header = header_ids(&tj, files.tokenizer_config.as_ref(), &files.tokenizer_json.as_deref().unwrap().parse::<tokenizers::Tokenizer>().unwrap(), &MtokOptions::default()).unwrap();
         assert_eq!(c.header, header);
         assert!(c.chat_template_bytes.is_some_and(|n| n > 100) && c.unchecked.is_none(), "{c:?}");
         // Cut anywhere: an error, except exactly before the optional tail, which is noted.
