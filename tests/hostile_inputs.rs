@@ -273,6 +273,12 @@ fn side_files_that_are_devices_are_not_read() {
     let tiny = tiny_model(dir, "tiny");
     std::fs::write(dir.join("msgs.json"), r#"[{"role": "user", "content": "hi"}]"#).unwrap();
     hostile(&["template", "render", "/dev/zero"], dir, &["/dev/zero", "not a regular file"]);
+    hostile(&["export", "ollama", "tiny", "-o", "ollama", "--license", "/dev/zero"], dir, &["--license", "/dev/zero", "not a regular file"]);
+    let model = with_config_field(&tiny, "validate_me", "bos_token_id", 1.into());
+    symlink("/dev/zero", &model.join("config.json"));
+    let out = mm_limited(&["validate", "hf", "validate_me"], dir, 0);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && text.contains("config.json") && text.contains("not a regular file"), "{text}");
     for file in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"] {
         let model = with_config_field(&tiny, "devices", "bos_token_id", 1.into());
         symlink("/dev/zero", &model.join(file));

@@ -219,7 +219,10 @@ fn ollama(a: OllamaArgs) -> Result<()> {
     let license = a
         .license
         .as_ref()
-        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read --license {}", p.display())))
+        .map(|p| {
+            mm::converters::limits::read_to_string(p, mm::converters::limits::MAX_CONFIG_BYTES, "license")
+                .with_context(|| format!("cannot read --license {}", p.display()))
+        })
         .transpose()?;
     let started = Instant::now();
     let ckpt = read_checkpoint(&a.input, &a.hints.to_hints()?)?;
