@@ -6,12 +6,13 @@
 //!
 //! Memory: every hostile command runs under an address-space limit (`ulimit -v`, i.e.
 //! RLIMIT_AS) of [`ADDRESS_SPACE`] plus the model's size. Address space bounds RSS from above,
-//! so staying inside it shows the command stayed under 1 GiB beyond the model. A normal run
-//! of the same tiny model (init, inspect, generate, a few training steps) needs about 100 MiB
-//! of address space on a 2-core machine (measured with `ulimit -v`: `mm generate` runs at
-//! 128 MiB); rayon's per-core stacks and mimalloc's reservations grow with the core count,
-//! which the limit leaves room for. [`normal_runs_fit_the_limit`] runs those normal commands
-//! under the same limit, so a limit too tight for this machine shows there first.
+//! so staying inside it shows the command stayed under 1 GiB beyond the model. Normal runs of
+//! the same tiny model need far less: measured with `ulimit -v` (debug build, 2 cores), the
+//! smallest limits that pass are 40 MiB for `mm inspect`, 64 MiB for `mm generate`, 72 MiB for
+//! `mm generate` of its GGUF and 93 MiB for a few `mm train pretrain` steps. rayon's per-core
+//! stacks and mimalloc's reservations grow with the core count, which the 10x margin leaves
+//! room for; [`normal_runs_fit_the_limit`] runs those normal commands under the same limit, so
+//! a limit too tight for a machine shows there first.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
