@@ -6,4 +6,5 @@ pub mod hf;
 pub mod llamacpp;
 pub mod mnn;
 pub mod ollama;
+pub mod tokenizer_json;
 pub mod validate_hf;

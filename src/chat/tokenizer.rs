@@ -1,7 +1,6 @@
 //! The HF tokenizer (`tokenizer.json` + `tokenizer_config.json`) and streaming detokenization.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use anyhow::{anyhow, Context, Result};
 use mm_converters::limits;
@@ -54,7 +53,7 @@ impl Tokenizer {
     /// tokenizer_config.json. Tokens the config's `added_tokens_decoder` lists but
     /// tokenizer.json lacks are added, as transformers does.
     pub fn from_strings(tokenizer_json: &str, tokenizer_config: Option<&Json>) -> Result<Self> {
-        let mut inner = tokenizers::Tokenizer::from_str(tokenizer_json).map_err(|e| anyhow!("parsing tokenizer.json: {e}"))?;
+        let mut inner = mm_export::tokenizer_json::parse(tokenizer_json).map_err(|e| anyhow!("parsing tokenizer.json: {e}"))?;
         let mut special = SpecialTokens::default();
         let mut clean_up_spaces = false;
         if let Some(config) = tokenizer_config {

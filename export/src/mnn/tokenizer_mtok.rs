@@ -22,7 +22,6 @@
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
-use std::str::FromStr;
 
 use mm_converters::TokenizerFiles;
 
@@ -53,7 +52,7 @@ pub fn write_mtok(files: &TokenizerFiles, options: &MtokOptions) -> Result<Vec<u
         files.tokenizer_json.as_deref().context("the tokenizer has no tokenizer.json; MNN's .mtok is built from it")?;
     let tj: Value = serde_json::from_str(json_text).context("parsing tokenizer.json")?;
     let config = files.tokenizer_config.as_ref();
-    let tokenizer = tokenizers::Tokenizer::from_str(json_text).map_err(|e| anyhow!("loading tokenizer.json: {e}"))?;
+    let tokenizer = crate::tokenizer_json::parse(json_text).map_err(|e| anyhow!("loading tokenizer.json: {e}"))?;
     let header = header_ids(&tj, config, &tokenizer, options)?;
 
     let mut out = Vec::with_capacity(json_text.len() / 2);
