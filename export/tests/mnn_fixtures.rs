@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use mm_converters::hf::read_tokenizer_files;
 use mm_export::mnn::config::{config_json, json_bytes, llm_config_json, LlmFacts};
-use mm_export::mnn::tokenizer_mtok::{write_mtok, MtokOptions};
+use mm_export::mnn::tokenizer_mtok::{read_mtok, write_mtok, MtokOptions};
 use mm_export::mnn::weights::{plan_decoder, DecoderQuant, DecoderShape, QuantOptions, Record};
 
 fn shared_or_skip(test: &str) -> Option<PathBuf> {
@@ -44,6 +44,12 @@ fn check_mtok(shared: &Path, tokenizer: &str, fixture: &str) {
     let ours = write_mtok(&files, &options).unwrap();
     let theirs = std::fs::read(shared.join("fixtures/mnn").join(fixture).join("tokenizer.mtok")).unwrap();
     assert!(ours == theirs, "{tokenizer}: {}", first_difference(&ours, &theirs));
+    // The reader `mm inspect` uses takes llmexport's file whole, with nothing unchecked.
+    let read = read_mtok(&theirs).unwrap();
+    let tj: Value = serde_json::from_str(files.tokenizer_json.as_deref().unwrap()).unwrap();
+    assert_eq!(read.vocab, tj["model"]["vocab"].as_object().unwrap().len(), "{tokenizer}");
+    assert_eq!(read.added_tokens, tj["added_tokens"].as_array().unwrap().len(), "{tokenizer}");
+    assert!(read.unchecked.is_none() && read.chat_template_bytes.is_some(), "{tokenizer}: {read:?}");
 }
 
 #[test]
