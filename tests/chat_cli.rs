@@ -77,7 +77,9 @@ fn ctrl_c_stops_the_reply_and_the_chat_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(&tmp.path().join("tiny"));
     let mut child = mm()
-        .args(["chat", &model, "--max-new-tokens", "100000"])
+        // One message of history: each reply depends only on its own line (init and sampling
+        // are seeded), so none ends early by chance.
+        .args(["chat", &model, "--max-new-tokens", "100000", "--history", "1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
