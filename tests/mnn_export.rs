@@ -339,7 +339,7 @@ fn refusals_are_clear_and_write_nothing() {
     std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
     let out = run_mm(&["export", "mnn", tiny.to_str().unwrap(), "-o", foreign.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("not an MNN export"), "{err}");
+    assert!(!out.status.success() && err.contains("notes.txt") && err.contains("refusing"), "{err}");
     assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 1);
 
     // An earlier export is replaced whole; no temporary directory is left beside it.

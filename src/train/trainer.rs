@@ -284,6 +284,7 @@ fn ensure_finite_parameters(model: &TrainableModel, step: u64, opts: &TrainOptio
         .iter()
         .map(|v| {
             let t = v.as_tensor().to_dtype(DType::F32)?;
+            #[allow(clippy::eq_op)] // x - x is the point: 0 for finite x, NaN otherwise
             let non_finite = (&t - &t)?.sum_all()?.reshape(1)?;
             let beyond_f16 = t.abs()?.gt(F16_MAX)?.to_dtype(DType::F32)?.sum_all()?.reshape(1)?;
             Ok(Tensor::cat(&[non_finite, beyond_f16], 0)?)
