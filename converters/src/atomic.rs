@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::output_guard::{check_dir_replacement, check_dir_target, check_file_target, FileKind};
+use crate::output_guard::{check_dir_replacement, check_dir_target, check_file_target, only_what_was_written, FileKind, KnownOutputs};
 
 /// Writes `path` through `fill`, into a temporary file in the same directory that is
 /// renamed over `path` only when `fill` succeeds; on error nothing is left behind. An
@@ -43,6 +43,15 @@ pub fn write_dir_atomically<F>(dir: &Path, fill: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
+    write_output_dir(dir, &only_what_was_written, fill)
+}
+
+/// [`write_dir_atomically`] for an output kind whose other configurations write other files
+/// (`known`): an earlier output holding those is replaced too.
+pub fn write_output_dir<F>(dir: &Path, known: KnownOutputs, fill: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
     recover_interrupted_swap(dir)?;
     check_dir_target(dir)?;
     remove_stale_temps(dir);
@@ -50,7 +59,7 @@ where
     let result: Result<()> = (|| {
         std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         fill(&tmp)?;
-        check_dir_replacement(dir, &tmp)?;
+        check_dir_replacement(dir, &tmp, known)?;
         swap_into_place(&tmp, dir)
     })();
     if result.is_err() {

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::atomic::{write_dir_atomically, write_file_atomically};
+use crate::atomic::{write_file_atomically, write_output_dir};
 use crate::output_guard::FileKind;
 use crate::checkpoint::{hf_dtype_name, Checkpoint, Provenance, TokenizerFiles};
 use crate::config::{ConfigFlavor, MiniMindConfig};
@@ -114,12 +114,34 @@ pub fn write(ckpt: &Checkpoint, dir: &Path, layout: HfLayout, max_shard_bytes: u
             (ckpt.config.to_qwen2_moe_json(dtype)?, Cow::Owned(qwen2_moe::to_hf_tensors(ckpt)?))
         }
     };
-    write_dir_atomically(dir, |tmp| {
+    write_output_dir(dir, &is_hf_output_file, |tmp| {
         write_json(&tmp.join("config.json"), &config)?;
         write_json(&tmp.join("generation_config.json"), &generation_config(ckpt))?;
         safetensors_file::write_dir(tmp, &tensors, max_shard_bytes)?;
         write_tokenizer_files(&ckpt.tokenizer, tmp)
     })
+}
+
+/// The files an HF directory mm writes can hold, in any configuration (single file or
+/// sharded, with or without a chat template file).
+pub fn is_hf_output_file(rel: &Path) -> bool {
+    let Some(name) = rel.to_str() else { return false };
+    let shard = name
+        .strip_prefix("model-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+        .and_then(|r| r.split_once("-of-"))
+        .is_some_and(|(i, n)| [i, n].iter().all(|d| d.len() == 5 && d.bytes().all(|b| b.is_ascii_digit())));
+    shard
+        || [
+            "config.json",
+            "generation_config.json",
+            safetensors_file::SINGLE_FILE,
+            safetensors_file::INDEX_FILE,
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+        ]
+        .contains(&name)
 }
 
 /// `generation_config.json`: the model's bos/eos ids, plus the tokenizer's pad id when it

@@ -188,17 +188,26 @@ pub fn check_dir_target(dir: &Path) -> Result<()> {
     }
 }
 
+/// Names an output kind may write besides the ones a given run wrote (an optional file such
+/// as MNN's `llm.mnn.json`, the other sharding of an HF directory), as relative paths.
+pub type KnownOutputs<'a> = &'a dyn Fn(&Path) -> bool;
+
+/// Nothing beyond what the run wrote.
+pub fn only_what_was_written(_: &Path) -> bool {
+    false
+}
+
 /// With the new output complete in `staged`, checks that the existing `dir` may be replaced
-/// by it: every file and folder in `dir` is one the new output writes again (so nothing of
-/// the user's is lost), or `--force`.
-pub fn check_dir_replacement(dir: &Path, staged: &Path) -> Result<()> {
+/// by it: every file and folder in `dir` is one the new output writes again or one its kind
+/// writes in another configuration (`known`), so nothing of the user's is lost; or `--force`.
+pub fn check_dir_replacement(dir: &Path, staged: &Path, known: KnownOutputs) -> Result<()> {
     check_dir_target(dir)?;
     if !matches!(existing(dir)?, Existing::Dir) || forced() {
         return Ok(());
     }
     let old = relative_entries(dir)?;
     let new = relative_entries(staged)?;
-    let foreign: Vec<&PathBuf> = old.difference(&new).collect();
+    let foreign: Vec<&PathBuf> = old.difference(&new).filter(|p| !known(p)).collect();
     if let Some(first) = foreign.first() {
         let more = if foreign.len() > 1 { format!(" and {} more", foreign.len() - 1) } else { String::new() };
         bail!(
@@ -287,9 +296,12 @@ mod tests {
         std::fs::write(out.join("config.json"), "{}").unwrap();
         std::fs::write(staged.join("config.json"), "{}").unwrap();
         std::fs::write(staged.join("model.safetensors"), "x").unwrap();
-        assert!(check_dir_replacement(&out, &staged).is_ok());
+        assert!(check_dir_replacement(&out, &staged, &only_what_was_written).is_ok());
+        std::fs::write(out.join("extra.json"), "{}").unwrap();
+        assert!(check_dir_replacement(&out, &staged, &only_what_was_written).is_err());
+        assert!(check_dir_replacement(&out, &staged, &|p| p == Path::new("extra.json")).is_ok());
         std::fs::write(out.join("thesis.tex"), "years of work").unwrap();
-        let err = check_dir_replacement(&out, &staged).unwrap_err().to_string();
+        let err = check_dir_replacement(&out, &staged, &|p| p == Path::new("extra.json")).unwrap_err().to_string();
         assert!(err.contains("thesis.tex") && err.contains("out"), "{err}");
     }
 }

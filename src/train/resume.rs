@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::converters::hf::{self, HfLayout, DEFAULT_MAX_SHARD_BYTES};
 use crate::converters::safetensors_file;
-use crate::converters::{atomic::write_dir_atomically, Checkpoint, Provenance};
+use crate::converters::{atomic::write_output_dir, Checkpoint, Provenance};
 use crate::train::adamw::AdamW;
 use crate::train::params::TrainableModel;
 use crate::train::trainer::TrainOptions;
@@ -94,7 +94,11 @@ pub fn write(dir: &Path, model: &TrainableModel, optimizer: &AdamW, accumulated:
         }
     }
     let file = StateFile { format_version: FORMAT_VERSION, state: state.clone() };
-    write_dir_atomically(dir, |tmp| {
+    // A run with LoRA adapters writes lora.safetensors; the model/ folder is an HF directory.
+    let known = |rel: &Path| {
+        rel == Path::new("lora.safetensors") || rel.strip_prefix("model").is_ok_and(hf::is_hf_output_file)
+    };
+    write_output_dir(dir, &known, |tmp| {
         hf::write(&ckpt, &tmp.join("model"), HfLayout::MiniMind, DEFAULT_MAX_SHARD_BYTES)?;
         if !lora.is_empty() {
             safetensors_file::write_file(&tmp.join("lora.safetensors"), &lora)?;

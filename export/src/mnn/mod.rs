@@ -68,7 +68,7 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 
-use mm_converters::atomic::write_dir_atomically;
+use mm_converters::atomic::write_output_dir;
 use mm_converters::naming::EMBED;
 use mm_converters::Checkpoint;
 
@@ -188,7 +188,11 @@ pub fn export_dir(
     mm_converters::output_guard::check_dir_target(dir)?;
 
     let mut written = None;
-    write_dir_atomically(dir, |tmp| {
+    // An export with other options (--emit-json, untied embeddings) writes other files.
+    let known = |rel: &Path| {
+        [config::EMBEDDINGS_BF16_FILE, net_json::JSON_FILE].iter().any(|n| rel == Path::new(n))
+    };
+    write_output_dir(dir, &known, |tmp| {
         let assets = write_assets_with_tokenizer(ckpt, tmp, &opts.quant, &tokenizer, progress)?;
         ensure!(assets.weights == planned, "internal: the weight records differ from the ones the graph was built on");
         let write = |name: &str, bytes: &[u8]| -> Result<()> {
