@@ -30,6 +30,11 @@ extern "C" fn print_summary() {
     reasons.dedup();
     let binary = std::env::args().next().unwrap_or_default();
     let binary = std::path::Path::new(&binary).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // cargo names test binaries `<name>-<16 hex digits>`.
+    let binary = match binary.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => name.to_string(),
+        _ => binary,
+    };
     let _ = std::io::stderr().write_all(
         format!("note: {binary}: {} test(s) skipped, not passed: {}\n", list.len(), reasons.join("; ")).as_bytes(),
     );
