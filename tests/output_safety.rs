@@ -213,3 +213,27 @@ fn training_never_replaces_a_foreign_file_under_out() {
     assert!(!r.status.success());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
 }
+
+#[test]
+fn an_input_is_never_the_output_however_it_is_spelled() {
+    let root = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let model = root.path().join("model");
+    ok(&["init", "--hidden-size", "64", "--layers", "1", "--heads", "4", "--kv-heads", "2", "-o", &s(&model)]);
+    let pth = model.join("weights.pth");
+    ok(&["convert", &s(&model), "--to", "pth", "-o", &s(&pth)]);
+    let before = std::fs::read(&pth).unwrap();
+    for args in [
+        vec!["convert".to_string(), s(&model), "--to".into(), "hf".into(), "-o".into(), format!("{}/", s(&model)), "--force".into()],
+        vec!["convert".into(), s(&pth), "--to".into(), "hf".into(), "-o".into(), s(&model), "--force".into()],
+        vec!["export".into(), "mnn".into(), s(&pth), "-o".into(), format!("{}/.", s(&model)), "--force".into()],
+        vec!["convert".into(), s(&pth), "--to".into(), "pth".into(), "-o".into(), format!("{}/../model/weights.pth", s(&model))],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("input"), "mm {args:?}: {err}");
+        assert_eq!(std::fs::read(&pth).unwrap(), before, "mm {args:?} changed the input");
+        assert!(model.join("config.json").exists());
+    }
+}

@@ -219,6 +219,32 @@ pub fn check_dir_replacement(dir: &Path, staged: &Path, known: KnownOutputs) -> 
     Ok(())
 }
 
+/// Refuses an output that is one of the inputs, or a directory holding one (replacing it
+/// would delete the input), however the paths are spelled (`dir/`, `./dir`, a symlink).
+pub fn check_not_an_input(output: &Path, inputs: &[&Path]) -> Result<()> {
+    let Some(out) = resolved(output) else { return Ok(()) };
+    for input in inputs {
+        let Ok(inp) = input.canonicalize() else { continue };
+        if inp == out {
+            bail!("output {} is the input {}; pass another -o", output.display(), input.display());
+        }
+        if inp.starts_with(&out) {
+            bail!("output {} holds the input {}; replacing it would delete the input; pass another -o", output.display(), input.display());
+        }
+    }
+    Ok(())
+}
+
+/// `path` with its directory resolved (the path itself may not exist yet).
+fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = path.canonicalize() {
+        return Some(p);
+    }
+    let name = path.file_name()?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Some(parent.canonicalize().ok()?.join(name))
+}
+
 /// Every file and folder under `root`, relative to it (symlinks are listed, not followed).
 fn relative_entries(root: &Path) -> Result<BTreeSet<PathBuf>> {
     let mut out = BTreeSet::new();

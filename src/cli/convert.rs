@@ -49,9 +49,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         Format::HfQwen2Moe => default_output(&a.input, "-hf-qwen2-moe"),
         Format::Gguf => default_output(&a.input, ".gguf"),
     });
-    if output == a.input {
-        anyhow::bail!("output {} would overwrite the input; pass -o", output.display());
-    }
+    let mut inputs = vec![a.input.as_path()];
+    inputs.extend(a.merge_lora.as_deref());
+    mm::converters::output_guard::check_not_an_input(&output, &inputs)?;
     write_checkpoint(&ckpt, &output, format)?;
     println!("wrote {} ({}) from {}", output.display(), format.name(), ckpt);
     Ok(())

@@ -84,9 +84,7 @@ fn gguf(a: GgufArgs) -> Result<()> {
     let started = Instant::now();
     let ckpt = read_checkpoint(&a.input, &a.hints.to_hints()?)?;
     let output = a.output.unwrap_or_else(|| default_output(&a.input, &format!("-{}.gguf", scheme.name())));
-    if output == a.input {
-        bail!("output {} would overwrite the input; pass -o", output.display());
-    }
+    mm::converters::output_guard::check_not_an_input(&output, &[&a.input])?;
     let name = a.name.unwrap_or_else(|| {
         let base = a.input.file_stem().or_else(|| a.input.file_name());
         base.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "MiniMind".into())
@@ -156,9 +154,7 @@ fn hf(a: HfArgs) -> Result<()> {
     }
     let arch = arch.unwrap_or_else(|| HfArch::native_for(&ckpt));
     let output = a.output.unwrap_or_else(|| default_output(&a.input, &format!("-{}", arch.name())));
-    if output == a.input {
-        bail!("output {} would overwrite the input; pass -o", output.display());
-    }
+    mm::converters::output_guard::check_not_an_input(&output, &[&a.input])?;
     let probe = super::validate::template_probe;
     let opts = HfExportOptions { arch, dtype, max_shard_bytes, template_probe: Some(&probe) };
     let summary = export_hf(&ckpt, &output, &opts)?;
@@ -242,6 +238,7 @@ fn ollama(a: OllamaArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
+    mm::converters::output_guard::check_not_an_input(&a.output, &[&a.input])?;
     let done = ollama::export(&ckpt, &a.output, &options, &|done, total, tensor| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

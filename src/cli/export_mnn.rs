@@ -65,9 +65,7 @@ pub fn run(a: MnnArgs) -> Result<()> {
         eprintln!("note: {note}");
     }
     let output = a.output.unwrap_or_else(|| default_output(&a.input, "-mnn"));
-    if output == a.input {
-        bail!("output {} would overwrite the input; pass -o", output.display());
-    }
+    mm::converters::output_guard::check_not_an_input(&output, &[&a.input])?;
     let options = MnnExportOptions {
         quant: DecoderQuant::uniform(quant),
         // llmexport adds generation_config's eos to the stop ids; MiniMind's is the config's.

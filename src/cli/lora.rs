@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use mm::converters::lora::Lora;
@@ -82,9 +82,7 @@ fn merge(a: MergeArgs) -> Result<()> {
         };
         default_output(&a.base, &suffix)
     });
-    if output == a.base || output == a.lora {
-        bail!("output {} would overwrite an input; pass -o", output.display());
-    }
+    mm::converters::output_guard::check_not_an_input(&output, &[&a.base, &a.lora])?;
     write_checkpoint(&merged, &output, format)?;
     println!(
         "wrote {} ({}): {} merged with {} (rank {}, {} adapters)",

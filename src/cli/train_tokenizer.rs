@@ -34,6 +34,8 @@ pub fn run(a: TrainTokenizerArgs) -> Result<()> {
         skip_bad_lines: a.skip_bad_lines,
         show_progress: std::io::stderr().is_terminal(),
     };
+    let inputs: Vec<&std::path::Path> = a.data.iter().map(PathBuf::as_path).collect();
+    mm::converters::output_guard::check_not_an_input(&a.output, &inputs)?;
     let report = train_tokenizer(&a.data, &a.output, &opts)?;
     println!(
         "trained vocab of {} tokens on {} lines in {:.1}s -> {}",
