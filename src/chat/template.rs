@@ -604,7 +604,8 @@ fn prepare_source(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` comes after the opening `{%` (in `{%}` they share the `%`).
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -751,6 +752,16 @@ impl mm_export::ollama::JinjaRenderer for ChatTemplate {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Fuzzing regression (fuzz target `chat_template`): `{%}` panicked while the
+    /// `{% generation %}` markers were rewritten (the `%}` search started inside the `{%`).
+    #[test]
+    fn fuzz_block_opener_followed_by_brace_is_an_error_not_a_panic() {
+        assert!(ChatTemplate::new("{%}").is_err());
+        assert!(ChatTemplate::new("a{%}b{% generation %}c{% endgeneration %}").is_err());
+        assert_eq!(prepare_source("{%} generation %}"), "{%} generation %}");
+        assert_eq!(prepare_source("x{%- generation %}y{% endgeneration -%}"), "x{%- if true %}y{% endif -%}");
+    }
 
     fn render_str(source: &str, ctx: Json) -> Result<String> {
         let t = ChatTemplate::new(source)?;
