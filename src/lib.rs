@@ -7,6 +7,7 @@ pub mod fused;
 pub mod generate;
 pub mod loaded;
 pub mod model;
+pub mod serve;
 pub mod train;
 
 pub use mm_converters as converters;

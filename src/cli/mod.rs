@@ -12,6 +12,7 @@ mod inspect;
 mod lora;
 mod selftest_fused;
 mod selftest_train_step;
+mod serve;
 mod template;
 mod tokenize;
 mod train;
@@ -60,6 +61,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Measure load time and prefill/decode speed.
     Bench(bench::BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API with continuous batching.
+    Serve(serve::ServeArgs),
     /// Chat templates: render a conversation exactly as transformers does.
     Template(template::TemplateArgs),
     /// Encode text to token ids, or decode ids.
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Template(a) => template::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Train(a) => train::run(a),
@@ -150,6 +154,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    fn path(&self) -> &Path {
+        &self.model
+    }
+
     fn load(&self) -> Result<LoadedModel> {
         set_threads(self.threads);
         let dtype = parse_dtype(&self.dtype)?;

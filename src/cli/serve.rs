@@ -1,0 +1,72 @@
+//! `mm serve MODEL`: the OpenAI-compatible server (see `mm::serve`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use mm::serve::ServeOptions;
+
+use super::ModelArgs;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8998)]
+    port: u16,
+    /// The model id clients send and `/v1/models` lists (default: the model's file or directory name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Require `Authorization: Bearer KEY` on the API (default: the MM_API_KEY variable, else none).
+    #[arg(long, env = "MM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Sequences decoded together in one batched step.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// Requests that may wait for a batch slot; beyond, the server answers 503.
+    #[arg(long, default_value_t = 256)]
+    queue: usize,
+    /// Tokens per sequence, prompt and reply (default: the model's context, at most 2048);
+    /// longer conversations are cut from the left, keeping the system prompt.
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Seconds a request may run before it is ended (finish_reason "length").
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let ip: IpAddr = a.host.parse().with_context(|| format!("--host {:?}: not an IP address", a.host))?;
+    let loaded = a.model.load()?;
+    let name = a.served_model_name.clone().unwrap_or_else(|| {
+        let path = a.model.path();
+        path.file_stem().or_else(|| path.file_name()).map_or_else(|| "mm".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let declared = loaded.model.config.max_position_embeddings;
+    let opts = ServeOptions {
+        host: a.host.clone(),
+        port: a.port,
+        model_name: name.clone(),
+        api_key: a.api_key.clone(),
+        ctx: a.ctx.unwrap_or(declared.min(2048)).min(declared),
+        max_batch: a.max_batch.max(1),
+        queue: a.queue.max(1),
+        request_timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    let summary = loaded.checkpoint_summary.clone();
+    let (router, state) = mm::serve::app(loaded.model, loaded.tokenizer, loaded.template, &opts);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(mm::serve::serve(router, SocketAddr::new(ip, a.port), |addr| {
+        println!(
+            "serving {name} ({summary}) on http://{addr}  (OpenAI API at http://{addr}/v1; context {} tokens, batch {}{})",
+            state.ctx,
+            opts.max_batch,
+            if opts.api_key.is_some() { ", API key required" } else { "" }
+        );
+    }))
+}
