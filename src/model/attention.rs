@@ -14,6 +14,16 @@ impl LayerCache {
     pub fn len(&self) -> usize {
         self.kv.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
     }
+
+    /// Appends k/v [b, kv_heads, t, head_dim] and returns every cached position, new ones included.
+    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match &self.kv {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.kv = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -84,24 +94,56 @@ impl Attention {
         let mut k = rotate(&k, cos, sin, path)?;
         let mut v = v.contiguous()?;
         if let Some(cache) = cache {
-            if let Some((pk, pv)) = &cache.kv {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            cache.kv = Some((k.clone(), v.clone()));
+            (k, v) = cache.append(k, v)?;
         }
+        let out = self.attend(&q, &k, &v, mask, path)?;
+        let out = out.transpose(1, 2)?.reshape((b * t, self.n_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+
+    /// One decode step of `caches.len()` independent sequences: row i of x [n, hidden] is the
+    /// next token of sequence i, at position `caches[i].len()`; `cos`/`sin` [n, head_dim/2] hold
+    /// each row's own position. Returns rows [n, hidden].
+    ///
+    /// The projections and RoPE run once over all n rows. Attention loops over the sequences,
+    /// each against its own cache: the caches have different lengths, and a padded batch
+    /// would need every cache copied into one padded tensor each step (a copy as large as all
+    /// the caches, per layer), while the per-sequence products are tiny (one query row) and,
+    /// being the very ops of the single-sequence path, give the same values bit for bit.
+    pub fn forward_step_batch(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, caches: &mut [&mut LayerCache]) -> Result<Tensor> {
+        let n = caches.len();
+        let heads = |proj: &Linear, h: usize| -> Result<Tensor> {
+            // [1, heads, n, head_dim]: the n sequences stand where one sequence's positions
+            // would, so RoPE takes row i of cos/sin for sequence i.
+            proj.forward(x)?.reshape((1, n, h, self.head_dim))?.transpose(1, 2)
+        };
+        let path = AttentionPath::Inference;
+        let q = rotate(&heads(&self.q_proj, self.n_heads)?, cos, sin, path)?;
+        let k = rotate(&heads(&self.k_proj, self.n_kv_heads)?, cos, sin, path)?;
+        let v = heads(&self.v_proj, self.n_kv_heads)?.contiguous()?;
+        let mut outs = Vec::with_capacity(n);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let (k, v) = cache.append(k.narrow(2, i, 1)?.contiguous()?, v.narrow(2, i, 1)?.contiguous()?)?;
+            outs.push(self.attend(&q.narrow(2, i, 1)?, &k, &v, None, path)?);
+        }
+        // [1, heads, n, head_dim] → rows [n, heads·head_dim].
+        let out = Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((n, self.n_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+
+    /// softmax(q kᵀ / √d + mask) v for q [b, heads, t, d] and k/v [b, kv_heads, total, d]
+    /// (GQA heads repeated here); returns [b, heads, t, d].
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, path: AttentionPath) -> Result<Tensor> {
         let n_rep = self.n_heads / self.n_kv_heads;
-        let k = repeat_kv(&k, n_rep)?;
-        let v = repeat_kv(&v, n_rep)?;
+        let k = repeat_kv(k, n_rep)?;
+        let v = repeat_kv(v, n_rep)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         if path == AttentionPath::FusedCausal {
             // Scores in the compute dtype; scale, causal mask and softmax in f32 in one kernel.
             // cuBLAS takes kᵀ as a transposed view: no copy.
             let scores = q.matmul(&k.t()?)?;
             let probs = crate::fused::causal_softmax(&scores, scale as f32)?;
-            let out = probs.matmul(&v)?;
-            let out = out.transpose(1, 2)?.reshape((b * t, self.n_heads * self.head_dim))?;
-            return self.o_proj.forward(&out);
+            return probs.matmul(&v);
         }
         let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
         if let Some(mask) = mask {
@@ -115,9 +157,7 @@ impl Attention {
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let out = probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?;
-        let out = out.transpose(1, 2)?.reshape((b * t, self.n_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        probs.to_dtype(dtype)?.matmul(&v.contiguous()?)
     }
 }
 

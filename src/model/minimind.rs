@@ -359,6 +359,66 @@ impl MiniMind {
         Ok(ModelOutput { logits: self.logits(&rows)?.reshape((b, t, ()))?, aux_loss })
     }
 
+    /// Logits of every position of `ids`, one sequence placed after `cache`'s positions (which
+    /// it extends), as [len, vocab] f32: what a completions endpoint's `echo` / `logprobs`
+    /// need from one prompt pass.
+    pub fn forward_all_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        if ids.is_empty() {
+            candle_core::bail!("forward_all_logits needs at least one token");
+        }
+        let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
+        let (rows, _) = self.forward_rows(&input, Some(cache), None, Mode::Inference)?;
+        self.logits(&rows)?.to_dtype(DType::F32)
+    }
+
+    /// One decode step for `tokens.len()` independent sequences: token i is appended to
+    /// sequence i, whose past is `caches[i]` (lengths may differ, an empty cache included),
+    /// and `caches[i]` grows by that one position. Returns the next-token logits [n, vocab], f32.
+    ///
+    /// Everything that does not mix positions (embedding, norms, projections, RoPE at each
+    /// sequence's own position, MLP / MoE, head) runs once over the n rows; attention runs per
+    /// sequence against its own cache (see `Attention::forward_step_batch`). Row i does not
+    /// depend on the other rows beyond the summation order a batched matrix product may pick.
+    pub fn forward_step_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let n = tokens.len();
+        if n != caches.len() {
+            candle_core::bail!("forward_step_batch: {n} tokens for {} caches", caches.len());
+        }
+        if n == 0 {
+            candle_core::bail!("forward_step_batch needs at least one sequence");
+        }
+        let layers = self.layers.len();
+        if let Some(c) = caches.iter().find(|c| c.layers.len() != layers) {
+            candle_core::bail!("a KV cache has {} layers, the model {layers}", c.layers.len());
+        }
+        // Each sequence's own RoPE row, [n, head_dim/2].
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for c in caches.iter() {
+            let (c, s) = self.rope.slice(c.len(), 1)?;
+            cos.push(c);
+            sin.push(s);
+        }
+        let (cos, sin) = (Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?);
+        let ids = Tensor::new(tokens, self.device())?;
+        let mut x = if super::fused_kernels(self.device()) {
+            crate::fused::embedding(&self.embed_tokens, &ids)?
+        } else {
+            self.embed_tokens.embedding(&ids)?
+        };
+        for (l, block) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut LayerCache> = caches.iter_mut().map(|c| &mut c.layers[l]).collect();
+            let h = block.self_attn.forward_step_batch(&block.input_layernorm.forward(&x)?, &cos, &sin, &mut layer_caches)?;
+            x = (x + h)?;
+            let normed = block.post_attention_layernorm.forward(&x)?;
+            let y = match &block.mlp {
+                Mlp::Dense(ffn) => ffn.forward(&normed)?,
+                Mlp::Moe(moe) => moe.forward(&normed.reshape((n, 1, ()))?, false)?.y.reshape((n, ()))?,
+            };
+            x = (x + y)?;
+        }
+        self.logits(&self.norm.forward(&x)?)?.to_dtype(DType::F32)
+    }
+
     /// Logits of the last position only, [b, vocab]: what generation needs.
     pub fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (hidden, _) = self.forward_hidden(input_ids, Some(cache), None, Mode::Inference)?;
