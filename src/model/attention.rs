@@ -115,7 +115,7 @@ impl Attention {
         let heads = |proj: &Linear, h: usize| -> Result<Tensor> {
             // [1, heads, n, head_dim]: the n sequences stand where one sequence's positions
             // would, so RoPE takes row i of cos/sin for sequence i.
-            proj.forward(x)?.reshape((1, n, h, self.head_dim))?.transpose(1, 2)
+            proj.forward_batch_invariant(x)?.reshape((1, n, h, self.head_dim))?.transpose(1, 2)
         };
         let path = AttentionPath::Inference;
         let q = rotate(&heads(&self.q_proj, self.n_heads)?, cos, sin, path)?;
@@ -128,7 +128,7 @@ impl Attention {
         }
         // [1, heads, n, head_dim] → rows [n, heads·head_dim].
         let out = Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((n, self.n_heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward_batch_invariant(&out)
     }
 
     /// softmax(q kᵀ / √d + mask) v for q [b, heads, t, d] and k/v [b, kv_heads, total, d]

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Result, Tensor, D};
 
 #[derive(Debug, Clone)]
 pub enum Weight {
@@ -59,6 +59,57 @@ impl Linear {
             Some((a, b)) => y + matmul_rows(&matmul_rows(x, a)?, b)?,
         }
     }
+}
+
+impl Linear {
+    /// [`forward`](Self::forward) for rows x [m, in] such that each output row has the same
+    /// value whatever m is: a decode step over a batch of sequences must give each sequence
+    /// what it gets alone, bit for bit (with quantized weights, a last-bit difference can move
+    /// the next layer's Q8 activation rounding and grow into a visible one). Costs at most a
+    /// few padding rows over `forward`.
+    pub fn forward_batch_invariant(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Dense(w) => matmul_rows_invariant(x, w)?,
+            Weight::Quantized { matmul, .. } => {
+                // candle's one-row Q6K product has a kernel of its own that sums in another
+                // order than its many-row one; its other block types use one kernel for both.
+                let single_row_kernel = matches!(matmul, QMatMul::QTensor(q) if q.dtype() == GgmlDType::Q6K);
+                let m = x.dim(0)?;
+                if m == 1 && single_row_kernel {
+                    let padded = Tensor::cat(&[x, &x.zeros_like()?], 0)?;
+                    matmul.forward(&padded)?.narrow(0, 0, 1)?
+                } else {
+                    matmul.forward(&x.contiguous()?)?
+                }
+            }
+        };
+        match &self.lora {
+            None => Ok(y),
+            Some((a, b)) => y + matmul_rows_invariant(&matmul_rows_invariant(x, a)?, b)?,
+        }
+    }
+}
+
+/// `x · wᵀ` for rows x [m, in] and w [out, in], each output row independent of m. gemm (CPU)
+/// picks its kernel by shape: a one-row kernel for m = 1, dot products when m·out ≤ 256 and
+/// block sizes that change at m = 64 when out ≤ 64; past those every row is summed in the
+/// same order. So narrow products (a router, a LoRA A) are computed as broadcast products
+/// summed per row in f32, and wide ones get zero rows up to the size where gemm's blocked
+/// kernel takes over (at most 3 rows for out > 64).
+fn matmul_rows_invariant(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, inp) = x.dims2()?;
+    let out = w.dim(0)?;
+    if out <= 64 {
+        let dtype = x.dtype();
+        let prod = x.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&w.to_dtype(DType::F32)?.unsqueeze(0)?)?;
+        return prod.sum(D::Minus1)?.to_dtype(dtype);
+    }
+    let need = (256 / out + 1).max(2);
+    if m >= need {
+        return x.matmul(&w.t()?);
+    }
+    let pad = Tensor::zeros((need - m, inp), x.dtype(), x.device())?;
+    Tensor::cat(&[x, &pad], 0)?.matmul(&w.t()?)?.narrow(0, 0, m)
 }
 
 /// `x · wᵀ` for x [..., in] and w [out, in], as one 2-D product over all leading rows. A

@@ -377,8 +377,10 @@ impl MiniMind {
     ///
     /// Everything that does not mix positions (embedding, norms, projections, RoPE at each
     /// sequence's own position, MLP / MoE, head) runs once over the n rows; attention runs per
-    /// sequence against its own cache (see `Attention::forward_step_batch`). Row i does not
-    /// depend on the other rows beyond the summation order a batched matrix product may pick.
+    /// sequence against its own cache (see `Attention::forward_step_batch`). Row i's logits are
+    /// the same bits whatever else is in the batch (products through
+    /// `Linear::forward_batch_invariant`); against [`forward_last`](Self::forward_last) on the
+    /// sequence alone they differ only by summation order (~1e-6 in f32).
     pub fn forward_step_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let n = tokens.len();
         if n != caches.len() {
@@ -411,12 +413,12 @@ impl MiniMind {
             x = (x + h)?;
             let normed = block.post_attention_layernorm.forward(&x)?;
             let y = match &block.mlp {
-                Mlp::Dense(ffn) => ffn.forward(&normed)?,
-                Mlp::Moe(moe) => moe.forward(&normed.reshape((n, 1, ()))?, false)?.y.reshape((n, ()))?,
+                Mlp::Dense(ffn) => ffn.forward_with(&normed, true)?,
+                Mlp::Moe(moe) => moe.forward_with(&normed.reshape((n, 1, ()))?, false, true)?.y.reshape((n, ()))?,
             };
             x = (x + y)?;
         }
-        self.logits(&self.norm.forward(&x)?)?.to_dtype(DType::F32)
+        self.lm_head.forward_batch_invariant(&self.norm.forward(&x)?)?.to_dtype(DType::F32)
     }
 
     /// Logits of the last position only, [b, vocab]: what generation needs.

@@ -14,12 +14,19 @@ pub struct FeedForward {
 
 impl FeedForward {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    /// `invariant`: rows x [m, hidden] whose outputs must not depend on m
+    /// ([`Linear::forward_batch_invariant`]), for batched decoding.
+    pub fn forward_with(&self, x: &Tensor, invariant: bool) -> Result<Tensor> {
+        let lin = |l: &Linear, x: &Tensor| if invariant { l.forward_batch_invariant(x) } else { l.forward(x) };
         if super::fused_kernels(x.device()) {
-            let hidden = crate::fused::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
-            return self.down_proj.forward(&hidden);
+            let hidden = crate::fused::swiglu(&lin(&self.gate_proj, x)?, &lin(&self.up_proj, x)?)?;
+            return lin(&self.down_proj, &hidden);
         }
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate = candle_nn::ops::silu(&lin(&self.gate_proj, x)?)?;
+        lin(&self.down_proj, &(gate * lin(&self.up_proj, x)?)?)
     }
 }
 
@@ -58,11 +65,21 @@ impl MoeFeedForward {
     /// `training` reproduces upstream's train-mode path: expert outputs pass through a
     /// float16 buffer, and the aux loss is computed.
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<MoeOutput> {
+        self.forward_with(x, training, false)
+    }
+
+    /// `invariant`: each row's output must not depend on the other rows (batched decoding):
+    /// the router and every expert run through [`Linear::forward_batch_invariant`].
+    pub fn forward_with(&self, x: &Tensor, training: bool, invariant: bool) -> Result<MoeOutput> {
         let (b, t, h) = x.dims3()?;
         let n = b * t;
         let n_experts = self.experts.len();
         let flat = x.reshape((n, h))?;
-        let logits = flat.matmul(&self.gate.t()?)?;
+        let logits = if invariant {
+            Linear::new(self.gate.clone()).forward_batch_invariant(&flat)?
+        } else {
+            flat.matmul(&self.gate.t()?)?
+        };
         let scores = candle_nn::ops::softmax(&logits, D::Minus1)?;
         let host_scores = scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let chosen = top_k_rows(&host_scores, n_experts, self.top_k);
@@ -92,7 +109,7 @@ impl MoeFeedForward {
             let m = rows.len();
             let rows = Tensor::from_vec(rows, m, x.device())?;
             let slots = Tensor::from_vec(slots, m, x.device())?;
-            let mut out = expert.forward(&flat.index_select(&rows, 0)?)?;
+            let mut out = expert.forward_with(&flat.index_select(&rows, 0)?, invariant)?;
             if training {
                 out = out.to_dtype(DType::F16)?.to_dtype(x.dtype())?;
             }
@@ -101,7 +118,8 @@ impl MoeFeedForward {
         }
         let mut y = y.reshape((b, t, h))?;
         for shared in &self.shared_experts {
-            y = (y + shared.forward(x)?)?;
+            let out = if invariant { shared.forward_with(&flat, true)?.reshape((b, t, h))? } else { shared.forward(x)? };
+            y = (y + out)?;
         }
         let aux_loss = if training && self.aux_loss_alpha > 0.0 {
             Some(self.aux_loss(&scores, &chosen, b, t)?)
