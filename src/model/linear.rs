@@ -5,7 +5,7 @@
 //! activations are quantized to the weight type's dot-product partner (Q8_0 / Q8_K) and
 //! the weights are never expanded to floats.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor, D};
@@ -22,18 +22,23 @@ pub enum Weight {
 pub struct Linear {
     pub weight: Weight,
     pub lora: Option<(Tensor, Tensor)>,
+    /// A dense weight transposed to [in, out], contiguous, made by the first
+    /// [`forward_batch_invariant`](Self::forward_batch_invariant): gemm multiplies a few rows
+    /// by a row-major right-hand side several times faster than by the transposed view
+    /// `forward` uses. (Set only from `weight`, which nothing replaces after construction.)
+    transposed: OnceLock<Tensor>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor) -> Self {
-        Self { weight: Weight::Dense(weight), lora: None }
+        Self { weight: Weight::Dense(weight), lora: None, transposed: OnceLock::new() }
     }
 
     /// A layer over a quantized [out, in] matrix. Float ggml types are dequantized by
     /// `QMatMul` itself; callers normally pass those as dense tensors instead.
     pub fn quantized(weight: Arc<QTensor>) -> Result<Self> {
         let dims = weight.shape().dims2()?;
-        Ok(Self { weight: Weight::Quantized { matmul: QMatMul::from_arc(weight)?, dims }, lora: None })
+        Ok(Self { weight: Weight::Quantized { matmul: QMatMul::from_arc(weight)?, dims }, lora: None, transposed: OnceLock::new() })
     }
 
     /// (out, in).
@@ -69,7 +74,17 @@ impl Linear {
     /// few padding rows over `forward`.
     pub fn forward_batch_invariant(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            Weight::Dense(w) => matmul_rows_invariant(x, w)?,
+            Weight::Dense(w) if w.dim(0)? <= NARROW => narrow_product(x, w)?,
+            Weight::Dense(w) => {
+                let wt = match self.transposed.get() {
+                    Some(wt) => wt,
+                    None => {
+                        let wt = w.t()?.contiguous()?;
+                        self.transposed.get_or_init(|| wt)
+                    }
+                };
+                wide_product(x, wt)?
+            }
             Weight::Quantized { matmul, .. } => {
                 // candle's one-row Q6K product has a kernel of its own that sums in another
                 // order than its many-row one; its other block types use one kernel for both.
@@ -90,26 +105,40 @@ impl Linear {
     }
 }
 
-/// `x · wᵀ` for rows x [m, in] and w [out, in], each output row independent of m. gemm (CPU)
-/// picks its kernel by shape: a one-row kernel for m = 1, dot products when m·out ≤ 256 and
-/// block sizes that change at m = 64 when out ≤ 64; past those every row is summed in the
-/// same order. So narrow products (a router, a LoRA A) are computed as broadcast products
-/// summed per row in f32, and wide ones get zero rows up to the size where gemm's blocked
-/// kernel takes over (at most 3 rows for out > 64).
+// Row-invariant products. gemm (candle's CPU matmul) picks its kernel by shape: a one-row
+// kernel for m = 1, dot products when m·out ≤ 256 and the right-hand side is the transposed
+// view, block sizes that change at m = 64 when out ≤ 64. Its blocked kernel, which it uses
+// for m ≥ 2 rows against a row-major [in, out] right-hand side, sums every row in the same
+// order whatever m is. So wide products run on wᵀ made contiguous, a single row padded with a
+// zero row; narrow ones (a router, a LoRA A) are broadcast products summed per row in f32.
+
+/// Widest output that [`narrow_product`] handles.
+const NARROW: usize = 64;
+
+/// `x · wᵀ` for rows x [m, in] and a narrow w [out, in], out ≤ [`NARROW`].
+fn narrow_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let prod = x.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&w.to_dtype(DType::F32)?.unsqueeze(0)?)?;
+    prod.sum(D::Minus1)?.to_dtype(dtype)
+}
+
+/// `x · wt` for rows x [m, in] and wt [in, out] contiguous.
+fn wide_product(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if x.dim(0)? >= 2 {
+        return x.matmul(wt);
+    }
+    Tensor::cat(&[&x, &x.zeros_like()?], 0)?.matmul(wt)?.narrow(0, 0, 1)
+}
+
+/// `x · wᵀ` for rows x [m, in] and w [out, in], each output row independent of m (LoRA
+/// factors: small, so transposed per call).
 fn matmul_rows_invariant(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (m, inp) = x.dims2()?;
-    let out = w.dim(0)?;
-    if out <= 64 {
-        let dtype = x.dtype();
-        let prod = x.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&w.to_dtype(DType::F32)?.unsqueeze(0)?)?;
-        return prod.sum(D::Minus1)?.to_dtype(dtype);
+    if w.dim(0)? <= NARROW {
+        narrow_product(x, w)
+    } else {
+        wide_product(x, &w.t()?.contiguous()?)
     }
-    let need = (256 / out + 1).max(2);
-    if m >= need {
-        return x.matmul(&w.t()?);
-    }
-    let pad = Tensor::zeros((need - m, inp), x.dtype(), x.device())?;
-    Tensor::cat(&[x, &pad], 0)?.matmul(&w.t()?)?.narrow(0, 0, m)
 }
 
 /// `x · wᵀ` for x [..., in] and w [out, in], as one 2-D product over all leading rows. A
