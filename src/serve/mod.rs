@@ -3,7 +3,7 @@
 //! Endpoints: `GET /v1/models`, `POST /v1/chat/completions` and `POST /v1/completions`
 //! (streamed as server-sent events or whole), vLLM's `POST /tokenize`, `POST /detokenize` and
 //! `GET /tokenizer_info`, `GET /health` and `GET /metrics` (Prometheus). Every error is
-//! OpenAI's JSON shape; bodies are size-limited and requests time out.
+//! OpenAI's JSON shape; bodies are size-limited and requests time out. `GET /` is a chat page.
 
 pub mod chat;
 pub mod completions;
@@ -34,6 +34,9 @@ use crate::model::MiniMind;
 use crate::serve::engine::EngineHandle;
 use crate::serve::error::ApiError;
 use crate::serve::metrics::Metrics;
+
+/// The web chat page (one self-contained file: no CDN, no build step).
+const CHAT_PAGE: &str = include_str!("chat_page.html");
 
 /// Largest request body accepted (a long conversation with tools is far smaller).
 pub const MAX_BODY_BYTES: usize = 4 << 20;
@@ -108,6 +111,7 @@ pub fn app(model: MiniMind, tokenizer: Tokenizer, template: Option<ChatTemplate>
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let router = Router::new()
         .merge(api)
+        .route("/", get(|| async { axum::response::Html(CHAT_PAGE) }))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics_text))
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
