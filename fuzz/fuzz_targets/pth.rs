@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use mm_fuzz::{one_thread, put, scratch_dir};
 
-fuzz_target!(init: { one_thread(); }, |data: &[u8]| {
+fuzz_target!(init: { one_thread(); mm_fuzz::small_checkpoint(); }, |data: &[u8]| {
     let path = put(&scratch_dir("pth"), "model.pth", data);
     mm_fuzz::pth_consumers(&path);
 });

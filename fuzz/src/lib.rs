@@ -99,14 +99,29 @@ pub fn write_torch_zip(path: &Path, prefix: &str, pickle: &[u8], storages: &[Vec
     zip.finish().expect("zip finish");
 }
 
+/// The small model of [`TINY_CONFIG`] + [`TINY_SAFETENSORS`], read once.
+pub fn small_checkpoint() -> &'static mm_converters::Checkpoint {
+    static SMALL: OnceLock<mm_converters::Checkpoint> = OnceLock::new();
+    SMALL.get_or_init(|| {
+        let dir = scratch_dir("small-model");
+        put(&dir, "config.json", TINY_CONFIG);
+        put(&dir, "model.safetensors", TINY_SAFETENSORS);
+        mm_converters::hf::read(&dir).expect("the fixture model reads")
+    })
+}
+
 /// What mm does with the tensors of a `.pth`: `mm convert` (config inferred from the
-/// shapes, then the checkpoint checked against it) and `mm lora merge` (A/B pairing).
+/// shapes, then the checkpoint checked against it) and `mm lora merge` (A/B pairing, then
+/// the adapters checked against and merged into the small model, whose shapes the LoRA seed
+/// fits).
 pub fn pth_consumers(path: &Path) {
     use mm_converters::lora::Lora;
     use mm_converters::pth::checkpoint::infer_config;
     use mm_converters::{pth, Checkpoint, Provenance, TokenizerFiles};
     let Ok(tensors) = pth::read_pth(path) else { return };
-    let _ = Lora::from_tensors(tensors.clone());
+    if let Ok(lora) = Lora::from_tensors(tensors.clone()) {
+        let _ = lora.merge_into(small_checkpoint());
+    }
     for heads in [None, Some(1), Some(2)] {
         if let Ok(cfg) = infer_config(&tensors, heads) {
             let tok = TokenizerFiles { tokenizer_json: None, tokenizer_config: None, chat_template: None };
@@ -154,10 +169,12 @@ fn too_big(size: usize) -> ! {
     extern "C" {
         fn write(fd: i32, buf: *const u8, n: usize) -> isize;
     }
-    let mut msg = *b"==mm-fuzz== out-of-memory: one allocation of 0x0000000000000000 bytes\n";
+    const MSG: &[u8; 70] = b"==mm-fuzz== out-of-memory: one allocation of 0x0000000000000000 bytes\n";
+    const DIGITS: usize = 47; // after the "0x"
+    let mut msg = *MSG;
     let hex = b"0123456789abcdef";
     for i in 0..16 {
-        msg[43 + i] = hex[(size >> (60 - 4 * i)) & 15];
+        msg[DIGITS + i] = hex[(size >> (60 - 4 * i)) & 15];
     }
     // SAFETY: writes a stack buffer to stderr.
     unsafe { write(2, msg.as_ptr(), msg.len()) };
