@@ -370,3 +370,67 @@ fn clients_that_disconnect_free_their_slots() {
     let cancelled: u64 = text.lines().find_map(|l| l.strip_prefix("mm_requests_cancelled_total ")).unwrap().parse().unwrap();
     assert_eq!(cancelled, 8, "{text}");
 }
+
+#[test]
+fn ten_thousand_mutated_requests_get_answers_and_memory_stays_bounded() {
+    let s = start(&["--ctx", "48", "--max-batch", "4"]);
+    let pid = s.child.id();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    };
+    let seeds: Vec<(&str, String)> = vec![
+        ("/v1/chat/completions", chat(hello(), json!({"max_tokens": 4, "n": 2, "logprobs": true, "top_logprobs": 2})).to_string()),
+        ("/v1/chat/completions", chat(hello(), json!({"stream": true, "stop": ["a", "b"]})).to_string()),
+        ("/v1/completions", json!({"prompt": [[1, 2, 3], [4, 5]], "max_tokens": 3, "echo": true, "logprobs": 2}).to_string()),
+        ("/tokenize", json!({"prompt": "你好", "add_special_tokens": false}).to_string()),
+        ("/detokenize", json!({"tokens": [1, 2, 300]}).to_string()),
+    ];
+    let alphabet = br#"{}[]":,0123456789-.eE truefalsnul\"abc"#;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Warm up the allocator, then measure.
+    for (path, body) in &seeds {
+        let mut r = agent().post(&format!("{}{path}", s.base)).header("content-type", "application/json").send(body.as_bytes()).unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.body_mut().read_to_string().unwrap();
+    }
+    let before = rss();
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..10_000 {
+        let (path, seed) = &seeds[(next() % seeds.len() as u64) as usize];
+        let mut body = seed.clone().into_bytes();
+        for _ in 0..1 + next() % 4 {
+            let len = body.len();
+            let at = (next() % len.max(1) as u64) as usize;
+            let byte = alphabet[(next() % alphabet.len() as u64) as usize];
+            match next() % 4 {
+                _ if len == 0 => body.push(byte),
+                0 => body[at.min(len - 1)] = byte,
+                1 => body.insert(at, byte),
+                2 => {
+                    body.remove(at.min(len - 1));
+                }
+                _ => body.truncate(at.max(1)),
+            }
+        }
+        let mut r = agent().post(&format!("{}{path}", s.base)).header("content-type", "application/json").send(&body[..]).unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        assert!(status == 200 || (400..500).contains(&status), "{status} for {}: {text}", String::from_utf8_lossy(&body));
+        if status != 200 {
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+            assert!(v["error"]["message"].is_string(), "{text}");
+        }
+        *statuses.entry(status).or_insert(0u32) += 1;
+    }
+    let after = rss();
+    println!("statuses {statuses:?}; RSS {before} kB -> {after} kB");
+    assert_eq!(get(&s.base, "/health").0, 200);
+    assert!(after < before + 64 * 1024, "RSS grew from {before} kB to {after} kB");
+}
