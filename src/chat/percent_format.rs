@@ -717,7 +717,7 @@ fn parse_spec(chars: &[char], i: &mut usize, args: &mut Args) -> Result<Spec, Er
     spec.conv = c;
     *i += 1;
     if spec.width.max(spec.prec).is_some_and(|n| n > super::template::MAX_PADDING) {
-        return Err(op_error(&format!("width or precision over {}, mm's limit for templates", super::template::MAX_PADDING)));
+        return Err(op_error(format!("width or precision over {}, mm's limit for templates", super::template::MAX_PADDING)));
     }
     Ok(spec)
 }
