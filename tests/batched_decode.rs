@@ -421,6 +421,8 @@ fn a_row_is_the_same_bits_in_any_batch() {
     let tmp2 = tempfile::tempdir().unwrap();
     let mut kinds = vec![
         ("dense f32", model(&dense_config(), 12, DType::F32)),
+        // MiniMind2-small's shape: products deeper than one 512 slice (FFN 1408).
+        ("small f32", model(&MiniMindConfig::preset("small").unwrap(), 12, DType::F32)),
         ("dense bf16", model(&dense_config(), 12, DType::BF16)),
         ("moe f16", model(&moe_config(), 12, DType::F16)),
         ("dense q4_k_m gguf", gguf_model(&dense_config(), 12, tmp.path())),

@@ -70,8 +70,9 @@ impl Linear {
     /// [`forward`](Self::forward) for rows x [m, in] such that each output row has the same
     /// value whatever m is: a decode step over a batch of sequences must give each sequence
     /// what it gets alone, bit for bit (with quantized weights, a last-bit difference can move
-    /// the next layer's Q8 activation rounding and grow into a visible one). Costs at most a
-    /// few padding rows over `forward`.
+    /// the next layer's Q8 activation rounding and grow into a visible one). Costs a row-major
+    /// copy of each dense weight (made on first use, kept). Relies on how candle 0.11's CPU
+    /// kernels sum (see below); tests/batched_decode.rs checks it for every model kind.
     pub fn forward_batch_invariant(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Dense(w) if w.dim(0)? <= NARROW => narrow_product(x, w)?,
@@ -106,14 +107,22 @@ impl Linear {
 }
 
 // Row-invariant products. gemm (candle's CPU matmul) picks its kernel by shape: a one-row
-// kernel for m = 1, dot products when m·out ≤ 256 and the right-hand side is the transposed
-// view, block sizes that change at m = 64 when out ≤ 64. Its blocked kernel, which it uses
-// for m ≥ 2 rows against a row-major [in, out] right-hand side, sums every row in the same
-// order whatever m is. So wide products run on wᵀ made contiguous, a single row padded with a
-// zero row; narrow ones (a router, a LoRA A) are broadcast products summed per row in f32.
+// kernel, dot products when m·out ≤ 256 and the right-hand side is the transposed view, and a
+// blocked kernel whose depth blocks (kc) change at m = 64 when out ≤ 64. Against a row-major
+// [in, out] right-hand side things are simpler: in f32, its one-row kernel and its blocked
+// kernel sum each output in the same order as long as k fits in one depth block (gemm never
+// makes those shorter than 512); in f16/bf16 every row count from two up gives the same bits.
+// So wide products run on wᵀ made contiguous, in f32 as a fixed sum of ≤ 512-deep slices
+// (the slices' partial products are added in order, whatever gemm's own blocking would be),
+// in f16/bf16 with a single row padded to two; narrow ones (a router, a LoRA A) are broadcast
+// products summed per row in f32. This also makes a single row faster than `forward`'s
+// product against the transposed view.
 
 /// Widest output that [`narrow_product`] handles.
 const NARROW: usize = 64;
+
+/// Depth of the slices an f32 [`wide_product`] is summed over: gemm's shortest depth block.
+const DEPTH_SLICE: usize = 512;
 
 /// `x · wᵀ` for rows x [m, in] and a narrow w [out, in], out ≤ [`NARROW`].
 fn narrow_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -125,10 +134,24 @@ fn narrow_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `x · wt` for rows x [m, in] and wt [in, out] contiguous.
 fn wide_product(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
-    if x.dim(0)? >= 2 {
-        return x.matmul(wt);
+    let (m, k) = x.dims2()?;
+    match x.dtype() {
+        DType::F32 if k > DEPTH_SLICE => {
+            let mut y: Option<Tensor> = None;
+            for start in (0..k).step_by(DEPTH_SLICE) {
+                let len = DEPTH_SLICE.min(k - start);
+                let part = x.narrow(1, start, len)?.contiguous()?.matmul(&wt.narrow(0, start, len)?)?;
+                y = Some(match y {
+                    None => part,
+                    Some(y) => (y + part)?,
+                });
+            }
+            Ok(y.expect("k > 0"))
+        }
+        DType::F32 => x.matmul(wt),
+        _ if m == 1 => Tensor::cat(&[&x, &x.zeros_like()?], 0)?.matmul(wt)?.narrow(0, 0, 1),
+        _ => x.matmul(wt),
     }
-    Tensor::cat(&[&x, &x.zeros_like()?], 0)?.matmul(wt)?.narrow(0, 0, 1)
 }
 
 /// `x · wᵀ` for rows x [m, in] and w [out, in], each output row independent of m (LoRA
