@@ -4,25 +4,62 @@ use candle_core::{DType, Result, Tensor, D};
 
 use super::linear::Linear;
 
-/// Keys and values seen so far by one layer, [batch, kv_heads, positions, head_dim].
-#[derive(Debug, Clone, Default)]
+/// Keys and values seen so far by one layer, [batch, kv_heads, positions, head_dim], in
+/// buffers with room for more positions: a step writes its keys and values in place instead
+/// of concatenating (and so copying) the whole past every step. Cloning copies the buffers,
+/// so clones never write into each other's storage.
+#[derive(Debug, Default)]
 pub struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
+    /// (k, v) buffers [batch, kv_heads, capacity, head_dim]; positions `..len` are filled.
+    buf: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+/// Buffers grow in steps of this many positions (so a long decode copies its past once per
+/// step of growth, not once per token), and at least to what a prefill needs.
+const CACHE_GROWTH: usize = 256;
+
+impl Clone for LayerCache {
+    fn clone(&self) -> Self {
+        let buf = self.buf.as_ref().map(|(k, v)| -> Result<(Tensor, Tensor)> { Ok((k.copy()?, v.copy()?)) });
+        match buf.transpose() {
+            Ok(buf) => Self { buf, len: self.len },
+            // A copy can only fail for lack of memory; a cache that lost its past would give
+            // wrong logits silently, so fail loudly instead.
+            Err(e) => panic!("copying a KV cache: {e}"),
+        }
+    }
 }
 
 impl LayerCache {
     pub fn len(&self) -> usize {
-        self.kv.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+        self.len
     }
 
-    /// Appends k/v [b, kv_heads, t, head_dim] and returns every cached position, new ones included.
+    /// Appends k/v [b, kv_heads, t, head_dim] and returns every cached position, new ones
+    /// included (views of the buffers: strided, not contiguous).
     fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.kv {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
-        };
-        self.kv = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        let (b, kvh, t, d) = k.dims4()?;
+        let needed = self.len + t;
+        let capacity = self.buf.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
+        if needed > capacity {
+            let new_cap = needed.div_ceil(CACHE_GROWTH) * CACHE_GROWTH;
+            let nk = Tensor::zeros((b, kvh, new_cap, d), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((b, kvh, new_cap, d), v.dtype(), v.device())?;
+            if let Some((ok, ov)) = &self.buf {
+                nk.slice_set(&ok.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                nv.slice_set(&ov.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            }
+            self.buf = Some((nk, nv));
+        }
+        let (bk, bv) = self.buf.as_ref().expect("allocated above");
+        if bk.dims4()? != (b, kvh, bk.dim(2)?, d) {
+            candle_core::bail!("KV cache holds {:?}, the step brings {:?}", bk.dims(), k.dims());
+        }
+        bk.slice_set(&k.contiguous()?, 2, self.len)?;
+        bv.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = needed;
+        Ok((bk.narrow(2, 0, needed)?, bv.narrow(2, 0, needed)?))
     }
 }
 
