@@ -434,3 +434,21 @@ fn ten_thousand_mutated_requests_get_answers_and_memory_stays_bounded() {
     assert_eq!(get(&s.base, "/health").0, 200);
     assert!(after < before + 64 * 1024, "RSS grew from {before} kB to {after} kB");
 }
+
+#[test]
+fn a_conversation_longer_than_the_context_is_cut_on_tokens_and_still_answered() {
+    let s = start(&["--ctx", "96"]);
+    let mut messages = vec![json!({"role": "system", "content": "You are terse."})];
+    for i in 0..40 {
+        messages.push(json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": format!("第{i}句话，内容很长很长。")}));
+    }
+    let (status, r) = post(&s.base, "/v1/chat/completions", &chat(json!(messages), json!({"max_tokens": 8})));
+    assert_eq!(status, 200, "{r}");
+    let prompt_tokens = r["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens + 8 <= 96, "prompt of {prompt_tokens} tokens in a 96-token context");
+    assert!(r["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    // A system prompt that alone overflows the context is an error, not a silent cut.
+    let long_system = json!([{"role": "system", "content": "很长的系统提示。".repeat(100)}, {"role": "user", "content": "hi"}]);
+    let (status, r) = post(&s.base, "/v1/chat/completions", &chat(long_system, json!({"max_tokens": 8})));
+    assert_eq!(status, 400, "{r}");
+}
