@@ -356,10 +356,24 @@ fn all_prompt_logits_in_one_pass() {
     }
 }
 
+/// User + system CPU time of this process so far, from /proc/self/stat (0 where absent).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    if f.len() < 13 {
+        return 0.0;
+    }
+    // USER_HZ is 100 on Linux.
+    (f[11] + f[12]) / 100.0
+}
+
 /// Not a test: decode tokens/s of the MiniMind2-small shape (random weights) at batch 1, 4 and
 /// 16, one `forward_step_batch` per step against n `forward_last` calls per step.
 /// `cargo test --release --test batched_decode -- --ignored --nocapture bench`
-/// (`MM_BENCH_GGUF=1` also runs a Q4_K_M export).
+/// (`MM_BENCH_GGUF=1` also runs a Q4_K_M export; `MM_BENCH_PROMPT`, `MM_BENCH_STEPS`: prompt
+/// length (64) and decode steps (48)).
 #[test]
 #[ignore]
 fn bench_batched_decode_small() {
@@ -369,8 +383,9 @@ fn bench_batched_decode_small() {
     if std::env::var_os("MM_BENCH_GGUF").is_some() {
         models.push(("small q4_k_m", gguf_model(&cfg, 0, tmp.path())));
     }
-    let prompt_len = 64;
-    let steps = 32;
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let prompt_len = env("MM_BENCH_PROMPT", 64);
+    let steps = env("MM_BENCH_STEPS", 48);
     for (what, m) in &models {
         for n in [1usize, 4, 16] {
             let prompts: Vec<Vec<u32>> =
@@ -379,13 +394,15 @@ fn bench_batched_decode_small() {
             // Warm-up (the first batched step also makes the transposed weight copies).
             let mut warm = start[0].0.clone();
             m.forward_step_batch(&[start[0].1], &mut [&mut warm]).unwrap();
-            // Best of three alternating runs of each (the machine is shared).
+            // Best of three alternating runs of each (the machine is shared), by wall clock and
+            // by this process's CPU time.
             let (mut sep_tps, mut bat_tps) = (0f64, 0f64);
+            let (mut sep_cpu, mut bat_cpu) = (0f64, 0f64);
             let (mut sep, mut bat) = (start.clone(), start.clone());
             for _ in 0..3 {
                 // n separate single-sequence steps.
                 sep = start.clone();
-                let t0 = std::time::Instant::now();
+                let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
                 for _ in 0..steps {
                     for (cache, tok) in sep.iter_mut() {
                         let l = m.forward_last(&Tensor::new(&[[*tok]], m.device()).unwrap(), cache).unwrap();
@@ -393,9 +410,10 @@ fn bench_batched_decode_small() {
                     }
                 }
                 sep_tps = sep_tps.max((n * steps) as f64 / t0.elapsed().as_secs_f64());
+                sep_cpu = sep_cpu.max((n * steps) as f64 / (cpu_seconds() - c0));
                 // One batched step.
                 bat = start.clone();
-                let t0 = std::time::Instant::now();
+                let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
                 for _ in 0..steps {
                     let tokens: Vec<u32> = bat.iter().map(|b| b.1).collect();
                     let mut caches: Vec<&mut KvCache> = bat.iter_mut().map(|b| &mut b.0).collect();
@@ -405,11 +423,14 @@ fn bench_batched_decode_small() {
                     }
                 }
                 bat_tps = bat_tps.max((n * steps) as f64 / t0.elapsed().as_secs_f64());
+                bat_cpu = bat_cpu.max((n * steps) as f64 / (cpu_seconds() - c0));
             }
             let same = sep.iter().zip(&bat).all(|(a, b)| a.1 == b.1);
             eprintln!(
-                "{what}: batch {n:>2}: forward_step_batch {bat_tps:7.1} tok/s, {n} × forward_last {sep_tps:7.1} tok/s ({:.2}×), same last tokens: {same}",
-                bat_tps / sep_tps
+                "{what}: batch {n:>2}: forward_step_batch {bat_tps:6.1} tok/s ({bat_cpu:6.1} per CPU-s), {n:>2} × forward_last {sep_tps:6.1} tok/s \
+                 ({sep_cpu:6.1} per CPU-s): {:.2}× ({:.2}× per CPU-s), same last tokens: {same}",
+                bat_tps / sep_tps,
+                bat_cpu / sep_cpu
             );
         }
     }

@@ -111,12 +111,12 @@ impl Linear {
 // blocked kernel whose depth blocks (kc) change at m = 64 when out ≤ 64. Against a row-major
 // [in, out] right-hand side things are simpler: in f32, its one-row kernel and its blocked
 // kernel sum each output in the same order as long as k fits in one depth block (gemm never
-// makes those shorter than 512); in f16/bf16 every row count from two up gives the same bits.
-// So wide products run on wᵀ made contiguous, in f32 as a fixed sum of ≤ 512-deep slices
-// (the slices' partial products are added in order, whatever gemm's own blocking would be),
-// in f16/bf16 with a single row padded to two; narrow ones (a router, a LoRA A) are broadcast
-// products summed per row in f32. This also makes a single row faster than `forward`'s
-// product against the transposed view.
+// makes those shorter than 512), and so does its kernel for the transposed product; in
+// f16/bf16 every row count from two up gives the same bits. So wide products run on wᵀ made
+// contiguous, in f32 as a fixed sum of ≤ 512-deep slices (the slices' partial products are
+// added in order, whatever gemm's own blocking would be), in f16/bf16 with a single row
+// padded to two; narrow ones (a router, a LoRA A) are broadcast products summed per row in
+// f32.
 
 /// Widest output that [`narrow_product`] handles.
 const NARROW: usize = 64;
@@ -135,22 +135,36 @@ fn narrow_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 fn wide_product(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (m, k) = x.dims2()?;
-    match x.dtype() {
-        DType::F32 if k > DEPTH_SLICE => {
-            let mut y: Option<Tensor> = None;
-            for start in (0..k).step_by(DEPTH_SLICE) {
-                let len = DEPTH_SLICE.min(k - start);
-                let part = x.narrow(1, start, len)?.contiguous()?.matmul(&wt.narrow(0, start, len)?)?;
-                y = Some(match y {
-                    None => part,
-                    Some(y) => (y + part)?,
-                });
-            }
-            Ok(y.expect("k > 0"))
+    if x.dtype() != DType::F32 {
+        if m == 1 {
+            return Tensor::cat(&[&x, &x.zeros_like()?], 0)?.matmul(wt)?.narrow(0, 0, 1);
         }
-        DType::F32 => x.matmul(wt),
-        _ if m == 1 => Tensor::cat(&[&x, &x.zeros_like()?], 0)?.matmul(wt)?.narrow(0, 0, 1),
-        _ => x.matmul(wt),
+        return x.matmul(wt);
+    }
+    let mut y: Option<Tensor> = None;
+    for start in (0..k).step_by(DEPTH_SLICE) {
+        let len = DEPTH_SLICE.min(k - start);
+        let (xs, ws) = if len == k { (x.clone(), wt.clone()) } else { (x.narrow(1, start, len)?.contiguous()?, wt.narrow(0, start, len)?) };
+        let part = f32_slice_product(&xs, &ws)?;
+        y = Some(match y {
+            None => part,
+            Some(y) => (y + part)?,
+        });
+    }
+    y.ok_or_else(|| candle_core::Error::Msg("a product over an empty dimension".into()))
+}
+
+/// `x · wt` for x [m, k] and wt [k, out] with k ≤ [`DEPTH_SLICE`], f32. gemm vectorises its
+/// blocked kernel over the left operand's rows: for a few rows of x that wastes most of each
+/// vector, so from 2 to 48 rows the product runs transposed, (wtᵀ · xᵀ)ᵀ, with the weight's
+/// columns in the vectors (same sums, same bits: the kernel adds each output's k terms in
+/// order either way; 2-3× faster at 4-16 rows).
+fn f32_slice_product(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    let m = x.dim(0)?;
+    if (2..=48).contains(&m) {
+        wt.t()?.matmul(&x.t()?)?.t()?.contiguous()
+    } else {
+        x.matmul(wt)
     }
 }
 
