@@ -8,6 +8,6 @@ cd "$(dirname "$0")"
 target=${1:?usage: fuzz/run.sh TARGET [libFuzzer flags]}
 shift
 mkdir -p "corpus/$target" "artifacts/$target"
-export RUSTC_BOOTSTRAP=1   # cargo fuzz passes -Z flags; this lets the stable toolchain take them
+export RUSTC_BOOTSTRAP=1   # only needed for a sanitizer (-Z flags); harmless with --sanitizer none
 exec cargo fuzz run --sanitizer none "$target" "corpus/$target" "seeds/$target" -- \
   -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -artifact_prefix="artifacts/$target/" "$@"
