@@ -199,7 +199,7 @@ impl fmt::Display for GgufModelFile {
         let types: Vec<String> = self.type_counts.iter().map(|(t, n)| format!("{n}×{t}")).collect();
         write!(
             f,
-            "gguf from {} ({} tensors, {:.2}M parameters, {}; {} run quantized, {:.2} MB of weights)",
+            "{} (gguf, {} tensors, {:.2}M parameters, {}; {} run quantized, {:.2} MB of weights)",
             self.source.display(),
             self.weights.len(),
             self.parameter_count() as f64 / 1e6,
