@@ -63,7 +63,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(mm::serve::serve(router, SocketAddr::new(ip, a.port), |addr| {
         println!(
-            "serving {name} ({summary}) on http://{addr}  (OpenAI API at http://{addr}/v1, chat page at http://{addr}/; context {} tokens, batch {}{})",
+            "serving {summary} as `{name}` on http://{addr}  (OpenAI API at http://{addr}/v1, chat page at http://{addr}/; context {} tokens, batch {}{})",
             state.ctx,
             opts.max_batch,
             if opts.api_key.is_some() { ", API key required" } else { "" }
