@@ -3,8 +3,10 @@ N concurrent clients each stream chat completions for a fixed time; reports outp
 (all clients together, counted as streamed content pieces, or from `usage` when the server
 sends it) and time to first token (median and p90).
 
-usage: serve_load.py BASE_URL MODEL --clients 1 4 16 32 [--seconds 60] [--max-tokens 128]
-Only the standard library: every client is a thread with its own HTTP connection.
+usage: serve_load.py BASE_URL MODEL --clients 1 4 16 32 [--seconds 60] [--max-tokens 128] [--tokenizer tokenizer.json]
+Every client is a thread with its own HTTP connection (standard library). With --tokenizer
+(needs the `tokenizers` package) output tokens are counted by encoding each reply's text, the
+same way for every server: upstream's server streams words, not tokens, and sends no usage.
 """
 import argparse
 import http.client
@@ -18,7 +20,7 @@ PROMPTS = ["你好，请介绍一下你自己。", "解释一下什么是光合�
 
 
 def one_request(url, model, prompt, max_tokens):
-    """Streams one chat completion; returns (seconds to first content, content pieces, usage tokens or None)."""
+    """Streams one chat completion; returns (seconds to first content, content pieces, usage tokens or None, text)."""
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
@@ -29,7 +31,7 @@ def one_request(url, model, prompt, max_tokens):
     resp = conn.getresponse()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
-    first, pieces, usage = None, 0, None
+    first, pieces, usage, text = None, 0, None, []
     for raw in resp:
         line = raw.decode("utf-8", "replace").strip()
         if not line.startswith("data:"):
@@ -44,13 +46,14 @@ def one_request(url, model, prompt, max_tokens):
             delta = choice.get("delta") or {}
             if delta.get("content") or delta.get("reasoning_content"):
                 pieces += 1
+                text.append((delta.get("reasoning_content") or "") + (delta.get("content") or ""))
                 if first is None:
                     first = time.perf_counter() - start
     conn.close()
-    return first, pieces, usage
+    return first, pieces, usage, "".join(text)
 
 
-def run(url, model, clients, seconds, max_tokens):
+def run(url, model, clients, seconds, max_tokens, tokenizer=None):
     stop_at = time.perf_counter() + seconds
     lock = threading.Lock()
     ttft, tokens, requests, errors = [], [0], [0], []
@@ -59,7 +62,7 @@ def run(url, model, clients, seconds, max_tokens):
         k = i
         while time.perf_counter() < stop_at:
             try:
-                first, pieces, usage = one_request(url, model, PROMPTS[k % len(PROMPTS)], max_tokens)
+                first, pieces, usage, text = one_request(url, model, PROMPTS[k % len(PROMPTS)], max_tokens)
             except Exception as e:  # noqa: BLE001 - reported, not hidden
                 with lock:
                     errors.append(str(e))
@@ -67,7 +70,10 @@ def run(url, model, clients, seconds, max_tokens):
             k += 1
             with lock:
                 requests[0] += 1
-                tokens[0] += usage if usage is not None else pieces
+                if tokenizer is not None:
+                    tokens[0] += len(tokenizer.encode(text, add_special_tokens=False).ids)
+                else:
+                    tokens[0] += usage if usage is not None else pieces
                 if first is not None:
                     ttft.append(first)
 
@@ -92,9 +98,14 @@ def main():
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--tokenizer", help="tokenizer.json to count output tokens with")
     a = ap.parse_args()
+    tokenizer = None
+    if a.tokenizer:
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_file(a.tokenizer)
     for n in a.clients:
-        r = run(a.url, a.model, n, a.seconds, a.max_tokens)
+        r = run(a.url, a.model, n, a.seconds, a.max_tokens, tokenizer)
         print(json.dumps(r, ensure_ascii=False), flush=True)
 
 
