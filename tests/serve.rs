@@ -76,7 +76,7 @@ fn shared() -> &'static Server {
     SERVER.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            tx.send(start(&["--max-batch", "8"])).unwrap();
+            tx.send(start(&["--max-batch", "32"])).unwrap();
             loop {
                 std::thread::park();
             }
@@ -208,22 +208,33 @@ fn streamed_chat_sends_role_first_chunks_usage_and_done() {
     assert_eq!(finish.as_deref(), whole["choices"][0]["finish_reason"].as_str());
 }
 
+/// The content a stream adds up to.
+fn streamed_content(base: &str, body: &Value) -> String {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    let events = stream(base, "/v1/chat/completions", &body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
 #[test]
 fn greedy_output_does_not_depend_on_the_batch() {
     let s = shared();
-    let prompts: Vec<Value> = (0..12).map(|i| json!([{"role": "user", "content": format!("问题 {i}: {}", "为什么".repeat(i % 4))}])).collect();
-    let alone: Vec<Value> = prompts
-        .iter()
-        .map(|m| post(&s.base, "/v1/chat/completions", &chat(m.clone(), json!({"max_tokens": 16}))).1["choices"][0]["message"].clone())
-        .collect();
-    let together: Vec<Value> = std::thread::scope(|scope| {
-        let handles: Vec<_> = prompts
-            .iter()
-            .map(|m| scope.spawn(|| post(&s.base, "/v1/chat/completions", &chat(m.clone(), json!({"max_tokens": 16}))).1["choices"][0]["message"].clone()))
-            .collect();
+    // 32 simultaneous streaming clients, every reply equal to the same request served alone.
+    let prompts: Vec<Value> =
+        (0..32).map(|i| json!([{"role": "user", "content": format!("问题 {i}: {}", "为什么".repeat(i % 5))}])).collect();
+    let body = |m: &Value| chat(m.clone(), json!({"max_tokens": 16}));
+    let alone: Vec<String> = prompts.iter().map(|m| streamed_content(&s.base, &body(m))).collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts.iter().map(|m| scope.spawn(|| streamed_content(&s.base, &body(m)))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(alone, together);
+    let whole = post(&s.base, "/v1/chat/completions", &body(&prompts[3])).1;
+    assert_eq!(whole["choices"][0]["message"]["content"], alone[3]);
 }
 
 #[test]
@@ -292,6 +303,8 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
         ("/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": -5}"#.to_vec(), 400, Some("max_tokens")),
         ("/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1e30}"#.to_vec(), 400, Some("max_tokens")),
         ("/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#.to_vec(), 400, Some("temperature")),
+        ("/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}"#.to_vec(), 400, None),
+        ("/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "temperature": -1}"#.to_vec(), 400, Some("temperature")),
         ("/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "n": 1000}"#.to_vec(), 400, Some("n")),
         ("/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "stop": 5}"#.to_vec(), 400, Some("stop")),
         ("/v1/completions", br#"{"prompt": [[1, 99999999]]}"#.to_vec(), 400, Some("prompt")),
