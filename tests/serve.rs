@@ -465,3 +465,37 @@ fn a_conversation_longer_than_the_context_is_cut_on_tokens_and_still_answered() 
     let (status, r) = post(&s.base, "/v1/chat/completions", &chat(long_system, json!({"max_tokens": 8})));
     assert_eq!(status, 400, "{r}");
 }
+
+#[test]
+fn a_full_queue_answers_503_and_a_deadline_ends_a_request() {
+    let s = start(&["--max-batch", "1", "--queue", "1", "--ctx", "30000", "--timeout", "3"]);
+    let addr = s.base.strip_prefix("http://").unwrap().to_string();
+    // Greedy on random weights never ends its turn: each of these runs until its deadline.
+    let body = json!({"messages": [{"role": "user", "content": "讲个很长的故事"}], "max_tokens": 25000, "stream": true, "temperature": 0}).to_string();
+    let open_stream = || {
+        let mut sock = TcpStream::connect(&addr).unwrap();
+        write!(sock, "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        sock
+    };
+    let first = open_stream(); // decoding
+    std::thread::sleep(Duration::from_millis(500));
+    let second = open_stream(); // waiting in the queue
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, r) = post(&s.base, "/v1/chat/completions", &chat(hello(), json!({})));
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["error"]["code"], "server_busy");
+    // The running request ends at its 3 s deadline with finish_reason "length".
+    let mut text = String::new();
+    let mut reader = BufReader::new(first);
+    let started = std::time::Instant::now();
+    while !text.contains("[DONE]") && started.elapsed() < Duration::from_secs(60) {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(&line);
+    }
+    assert!(text.contains(r#""finish_reason":"length""#) && text.contains("[DONE]"), "{}", &text[text.len().saturating_sub(500)..]);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    drop(second);
+}
