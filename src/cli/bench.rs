@@ -152,7 +152,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         best_decode = best_decode.min(start.elapsed().as_secs_f64());
     }
     println!("model       {summary}");
-    println!("device      {device:?}, threads {threads}");
+    println!("device      {}, threads {threads}", mm::device::describe(&device));
     if let Some(s) = load_s {
         println!("load        {:.3} s (read + validate), model build {:.3} s", s, build_s);
     }
