@@ -4,18 +4,16 @@
 //! `reasoning_content` and `tool_calls` — streamed as OpenAI chunks or returned whole.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value as Json_};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 
 use crate::chat::output::{parse_output, Delta, OutputStream, ToolCall};
@@ -25,14 +23,7 @@ use crate::serve::engine::{Event, FinishReason};
 use crate::serve::error::ApiError;
 use crate::serve::logprobs::TokenLogprob;
 use crate::serve::params::{Body, Sampling, MAX_TOP_LOGPROBS};
-use crate::serve::{body_bytes, unix_now, Shared};
-
-pub async fn handle(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    match run(state, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
+use crate::serve::{body_bytes, event_stream, unix_now, Shared};
 
 /// A chat request ready to generate.
 struct Prepared {
@@ -44,7 +35,7 @@ struct Prepared {
     top_logprobs: Option<usize>,
 }
 
-async fn run(state: Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn handle(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let body = Body::parse(&body_bytes(body)?)?;
     body.check_model(&state.model_name)?;
@@ -279,8 +270,7 @@ async fn whole_response(state: Shared, receivers: Vec<mpsc::UnboundedReceiver<Ev
         };
         choices.push(choice);
     }
-    state.metrics.prompt_tokens.fetch_add(prompt_tokens as u64, std::sync::atomic::Ordering::Relaxed);
-    state.metrics.generation_tokens.fetch_add(completion_tokens as u64, std::sync::atomic::Ordering::Relaxed);
+    state.metrics.tokens(prompt_tokens, completion_tokens);
     Ok(Json(json!({
         "id": id,
         "object": "chat.completion",
@@ -306,15 +296,14 @@ fn stream_response(
     include_usage: bool,
     arrived: Instant,
 ) -> impl IntoResponse {
-    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    tokio::spawn(async move {
+    event_stream(move |out| async move {
         let created = unix_now();
         let chunk = |choices: Json_| {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": state.model_name, "choices": choices})
         };
         let send = |v: Json_| {
-            let tx = tx.clone();
-            async move { tx.send(Ok(SseEvent::default().data(v.to_string()))).await.is_ok() }
+            let out = &out;
+            async move { out.send(v.to_string()).await }
         };
         let mut merged = StreamMap::new();
         let mut choices = BTreeMap::new();
@@ -388,9 +377,7 @@ fn stream_response(
             }
         }
         let completion_tokens: usize = choices.values().map(|c| c.completion_tokens).sum();
-        let metrics = &state.metrics;
-        metrics.prompt_tokens.fetch_add(p.prompt.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics.generation_tokens.fetch_add(completion_tokens as u64, std::sync::atomic::Ordering::Relaxed);
+        state.metrics.tokens(p.prompt.len(), completion_tokens);
         if include_usage {
             let mut last = chunk(json!([]));
             last["usage"] = usage(p.prompt.len(), completion_tokens);
@@ -398,9 +385,8 @@ fn stream_response(
                 return;
             }
         }
-        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
-    });
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default())
+        out.send("[DONE]").await;
+    })
 }
 
 #[cfg(test)]

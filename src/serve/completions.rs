@@ -2,19 +2,16 @@
 //! the legacy shape (`tokens`, `token_logprobs` with `null` first, `top_logprobs` holding the
 //! argmax, `text_offset`) that lm-evaluation-harness's `local-completions` scores with.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value as Json_};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::generate::SamplingParams;
 use crate::serve::chat::completion_id;
@@ -22,7 +19,7 @@ use crate::serve::engine::{Event, FinishReason, GenerationRequest, SubmitError};
 use crate::serve::error::ApiError;
 use crate::serve::logprobs::TokenLogprob;
 use crate::serve::params::{Body, Sampling, MAX_TOP_LOGPROBS};
-use crate::serve::{body_bytes, unix_now, Shared};
+use crate::serve::{body_bytes, event_stream, unix_now, Shared};
 
 /// Most prompts in one request (lm-eval batches a few).
 const MAX_PROMPTS: usize = 64;
@@ -86,13 +83,6 @@ pub fn submit(
     Ok(receivers)
 }
 
-pub async fn handle(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    match run(state, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
 /// The prompts of a request as token ids: a string, a list of strings, a list of ids, or a
 /// list of id lists.
 fn prompts(state: &Shared, body: &Body) -> Result<Vec<Vec<u32>>, ApiError> {
@@ -150,7 +140,7 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Collected, Ap
     Ok(c)
 }
 
-async fn run(state: Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn handle(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let body = Body::parse(&body_bytes(body)?)?;
     body.check_model(&state.model_name)?;
@@ -193,8 +183,7 @@ async fn run(state: Shared, body: Result<Bytes, BytesRejection>) -> Result<Respo
             }));
         }
     }
-    state.metrics.prompt_tokens.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-    state.metrics.generation_tokens.fetch_add(completion_tokens as u64, Ordering::Relaxed);
+    state.metrics.tokens(prompt_tokens, completion_tokens);
     Ok(Json(json!({
         "id": id,
         "object": "text_completion",
@@ -259,8 +248,7 @@ fn stream_response(
     id: String,
     include_usage: bool,
 ) -> impl IntoResponse {
-    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
-    tokio::spawn(async move {
+    event_stream(move |out| async move {
         let created = unix_now();
         let chunk = |index: usize, text: &str, finish: Option<&str>| {
             json!({"id": id, "object": "text_completion", "created": created, "model": state.model_name,
@@ -274,12 +262,12 @@ fn stream_response(
                 let index = p * n + j;
                 if echo {
                     let text = state.tokenizer.decode(prompt, false).unwrap_or_default();
-                    if tx.send(Ok(SseEvent::default().data(chunk(index, &text, None).to_string()))).await.is_err() {
+                    if !out.send(chunk(index, &text, None).to_string()).await {
                         return;
                     }
                 }
                 while let Some(event) = rx.recv().await {
-                    let out = match event {
+                    let event = match event {
                         Event::Token { text, .. } | Event::Text(text) if !text.is_empty() => chunk(index, &text, None),
                         Event::Finished { reason, completion_tokens: ct, .. } => {
                             completion_tokens += ct;
@@ -288,23 +276,21 @@ fn stream_response(
                         Event::Failed(m) => ApiError::internal(m).body(),
                         _ => continue,
                     };
-                    if tx.send(Ok(SseEvent::default().data(out.to_string()))).await.is_err() {
+                    if !out.send(event.to_string()).await {
                         state.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
                 }
             }
         }
-        state.metrics.prompt_tokens.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-        state.metrics.generation_tokens.fetch_add(completion_tokens as u64, Ordering::Relaxed);
+        state.metrics.tokens(prompt_tokens, completion_tokens);
         if include_usage {
             let last = json!({"id": id, "object": "text_completion", "created": created, "model": state.model_name,
                               "choices": [], "usage": usage(prompt_tokens, completion_tokens)});
-            if tx.send(Ok(SseEvent::default().data(last.to_string()))).await.is_err() {
+            if !out.send(last.to_string()).await {
                 return;
             }
         }
-        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
-    });
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default().interval(Duration::from_secs(15)))
+        out.send("[DONE]").await;
+    })
 }

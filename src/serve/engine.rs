@@ -4,7 +4,7 @@
 //! or its deadline passed) leaves the batch at once and frees its KV cache. The engine also
 //! turns tokens into text (never a broken character) and ends a sequence at a stop string.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,7 +76,7 @@ struct Active<'t> {
 pub struct EngineHandle {
     queue: mpsc::Sender<GenerationRequest>,
     pub max_batch: usize,
-    queued: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why a request could not be queued.
@@ -92,7 +92,7 @@ impl EngineHandle {
     pub fn submit(&self, request: GenerationRequest) -> Result<(), SubmitError> {
         match self.queue.try_send(request) {
             Ok(()) => {
-                self.queued.fetch_add(1, Ordering::Relaxed);
+                self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => Err(SubmitError::Busy),
@@ -105,12 +105,11 @@ impl EngineHandle {
 /// at most `queue` more wait.
 pub fn start(model: Arc<MiniMind>, tokenizer: Arc<Tokenizer>, max_batch: usize, queue: usize, metrics: Arc<Metrics>) -> EngineHandle {
     let (tx, rx) = mpsc::channel(queue.max(1));
-    let queued = Arc::new(AtomicUsize::new(0));
-    let handle = EngineHandle { queue: tx, max_batch: max_batch.max(1), queued: queued.clone() };
+    let handle = EngineHandle { queue: tx, max_batch: max_batch.max(1), metrics: metrics.clone() };
     let max_batch = handle.max_batch;
     std::thread::Builder::new()
         .name("mm-engine".into())
-        .spawn(move || run(&model, &tokenizer, rx, max_batch, &queued, &metrics))
+        .spawn(move || run(&model, &tokenizer, rx, max_batch, &metrics))
         .expect("spawning the engine thread");
     handle
 }
@@ -120,7 +119,6 @@ fn run(
     tokenizer: &Tokenizer,
     mut rx: mpsc::Receiver<GenerationRequest>,
     max_batch: usize,
-    queued: &AtomicUsize,
     metrics: &Metrics,
 ) {
     let mut active: Vec<Active> = Vec::new();
@@ -138,8 +136,7 @@ fn run(
                     Err(_) => break,
                 }
             };
-            queued.fetch_sub(1, Ordering::Relaxed);
-            metrics.queue_depth.store(queued.load(Ordering::Relaxed), Ordering::Relaxed);
+            metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             if next.events.is_closed() {
                 continue;
             }

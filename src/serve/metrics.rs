@@ -56,6 +56,12 @@ impl Metrics {
         *map.entry((endpoint.to_string(), status)).or_default() += 1;
     }
 
+    /// Tokens a finished request read and wrote.
+    pub fn tokens(&self, prompt: usize, generated: usize) {
+        self.prompt_tokens.fetch_add(prompt as u64, Ordering::Relaxed);
+        self.generation_tokens.fetch_add(generated as u64, Ordering::Relaxed);
+    }
+
     pub fn first_token(&self, seconds: f64) {
         self.time_to_first_token.lock().unwrap_or_else(|e| e.into_inner()).observe(seconds, 1);
     }

@@ -193,6 +193,29 @@ async fn metrics_text(State(state): State<Shared>) -> impl IntoResponse {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
+/// The sending end of a server-sent-event stream.
+pub struct EventSender(tokio::sync::mpsc::Sender<Result<axum::response::sse::Event, std::convert::Infallible>>);
+
+impl EventSender {
+    /// Sends one `data:` event; false once the client is gone (the stream was dropped).
+    pub async fn send(&self, data: impl AsRef<str>) -> bool {
+        self.0.send(Ok(axum::response::sse::Event::default().data(data.as_ref()))).await.is_ok()
+    }
+}
+
+/// A streamed response whose events `task` sends (on its own task, so a slow or departed
+/// client never holds up the engine); keep-alive comments every 15 s.
+pub fn event_stream<F, Fut>(task: F) -> impl IntoResponse
+where
+    F: FnOnce(EventSender) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(task(EventSender(tx)));
+    axum::response::sse::Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(axum::response::sse::KeepAlive::default().interval(Duration::from_secs(15)))
+}
+
 /// The body of a JSON request, with a body over the limit or unreadable as an OpenAI error.
 pub fn body_bytes(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
