@@ -320,8 +320,8 @@ pub fn export(
     // Everything that can fail cheaply fails before the GGUF is written.
     let text = modelfile_for(&gguf_name, family, opts)?;
     // The directory appears whole (GGUF and Modelfile) or not at all, and replaces only an
-    // earlier export (see mm_converters::output_guard).
-    mm_converters::output_guard::check_dir_target(dir)?;
+    // earlier export (see mm_converters::output_guard; a file or device there is refused
+    // before the GGUF is quantized).
     let mut summary = None;
     write_dir_atomically(dir, |tmp| {
         summary = Some(crate::llamacpp::export_gguf(ckpt, &tmp.join(&gguf_name), &opts.gguf, progress)?);

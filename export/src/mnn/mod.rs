@@ -185,7 +185,6 @@ pub fn export_dir(
     let json = if opts.emit_json { Some(config::json_bytes(&net_json::to_json(&graph)?)?) } else { None };
     let tokenizer = tokenizer_mtok::write_mtok(&ckpt.tokenizer, &opts.mtok)
         .context("the tokenizer cannot be written as tokenizer.mtok")?;
-    mm_converters::output_guard::check_dir_target(dir)?;
 
     let mut written = None;
     // An export with other options (--emit-json, untied embeddings) writes other files.
