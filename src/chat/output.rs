@@ -314,8 +314,13 @@ impl OutputStream {
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of one of `tags`.
-fn partial_tag_len(text: &str, tags: &[&str]) -> usize {
-    tags.iter().flat_map(|tag| (1..tag.len()).rev().filter(move |&n| text.ends_with(&tag[..n]))).max().unwrap_or(0)
+/// The length of the longest end of `text` that is the start of one of `tags` (held back
+/// while streaming: it may become the tag). Tags may be any UTF-8 (stop strings are).
+pub fn partial_tag_len(text: &str, tags: &[&str]) -> usize {
+    tags.iter()
+        .flat_map(|tag| (1..tag.len()).rev().filter(move |&n| tag.is_char_boundary(n) && text.ends_with(&tag[..n])))
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! back until it is known not to be, so no stream ever shows part of a stop string, and the
 //! output ends right before the first one.
 
+use crate::chat::output::partial_tag_len;
+
 pub struct StopMatcher {
     stops: Vec<String>,
     held: String,
@@ -29,7 +31,8 @@ impl StopMatcher {
             self.stopped = true;
             return (std::mem::take(&mut self.held), true);
         }
-        let keep = self.longest_partial_stop();
+        let stops: Vec<&str> = self.stops.iter().map(String::as_str).collect();
+        let keep = partial_tag_len(&self.held, &stops);
         let ready = self.held.len() - keep;
         let out = self.held[..ready].to_string();
         self.held.drain(..ready);
@@ -39,21 +42,6 @@ impl StopMatcher {
     /// What is still held back (the output ended without completing a stop string).
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
-    }
-
-    /// The longest suffix of `held` that begins some stop string.
-    fn longest_partial_stop(&self) -> usize {
-        let mut best = 0;
-        for stop in &self.stops {
-            for (i, _) in self.held.char_indices() {
-                let tail = &self.held[i..];
-                if tail.len() > best && stop.starts_with(tail) {
-                    best = tail.len();
-                    break;
-                }
-            }
-        }
-        best
     }
 }
 
@@ -72,6 +60,10 @@ mod tests {
         assert!(m.stopped());
         let mut m = StopMatcher::new(vec!["。".into()]);
         assert_eq!(m.push("你好。再见"), ("你好".into(), true));
+        // A multi-byte stop string whose first character has arrived is held back.
+        let mut m = StopMatcher::new(vec!["再见。".into()]);
+        assert_eq!(m.push("你好再"), ("你好".into(), false));
+        assert_eq!(m.push("来"), ("再来".into(), false));
         let mut m = StopMatcher::new(Vec::new());
         assert_eq!(m.push("abc"), ("abc".into(), false));
         assert_eq!(m.finish(), "");
