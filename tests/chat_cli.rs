@@ -121,7 +121,9 @@ fn typing_during_a_reply_is_not_echoed_and_is_discarded() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(&tmp.path().join("tiny"));
-    let cmd = format!("{} chat {model} --max-new-tokens 100000", env!("CARGO_BIN_EXE_mm"));
+    // `exec`: under a shell that forks instead (dash, when $SHELL is /bin/sh), the shell would
+    // share mm's foreground process group, die of the Ctrl-C and make `script -e` report 130.
+    let cmd = format!("exec {} chat {model} --max-new-tokens 100000", env!("CARGO_BIN_EXE_mm"));
     let mut child = Command::new("script")
         .args(["-q", "-e", "-c", &cmd, "/dev/null"])
         .stdin(Stdio::piped())
