@@ -1,0 +1,181 @@
+//! Products with float weights (f32, f16, bf16) and the two vector steps of attention.
+//!
+//! Every output is one f32 accumulator that starts at 0 and takes `fma(W[r, k], x[t, k], acc)`
+//! for k = 0..cols in order. The kernels vectorise across weight rows and tokens, never across
+//! k, so the scalar code (`f32::mul_add`), AVX2 and AVX-512 give the same bits, whatever m is,
+//! whichever token an output belongs to and however the rows are split between threads.
+//! f16 and bf16 weights are widened to f32 exactly before the fma.
+//!
+//! Weights are repacked once into panels of [`PANEL`] rows interleaved per k (see [`panel`]),
+//! so that one aligned load gives the weights of 16 rows at one k. The SIMD kernels keep a tile
+//! of a few tokens × a few panels of accumulators in registers ([`tile`]); activations are
+//! packed per block of tokens so that their broadcasts stream from one place.
+
+mod panel;
+mod scalar;
+mod tile;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(test)]
+mod tests;
+
+use std::ops::Range;
+
+use crate::cpu::{self, Level};
+use crate::SharedOut;
+use panel::Panels;
+
+pub use panel::PANEL;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatKind {
+    F32,
+    F16,
+    BF16,
+}
+
+/// A `[rows, cols]` weight matrix in its stored precision, repacked into panels of [`PANEL`]
+/// rows. f16/bf16 values are kept as they are and widened exactly when used.
+pub struct FMatrix {
+    rows: usize,
+    cols: usize,
+    panels: Panels,
+}
+
+impl FMatrix {
+    /// `w` is row-major `[rows, cols]`.
+    pub fn from_f32(rows: usize, cols: usize, w: &[f32]) -> FMatrix {
+        assert_eq!(w.len(), rows * cols, "FMatrix::from_f32: {rows}x{cols} needs {} values", rows * cols);
+        FMatrix { rows, cols, panels: Panels::f32(rows, cols, w) }
+    }
+
+    pub fn from_f16(rows: usize, cols: usize, w: &[half::f16]) -> FMatrix {
+        assert_eq!(w.len(), rows * cols, "FMatrix::from_f16: {rows}x{cols} needs {} values", rows * cols);
+        FMatrix { rows, cols, panels: Panels::f16(rows, cols, w) }
+    }
+
+    pub fn from_bf16(rows: usize, cols: usize, w: &[half::bf16]) -> FMatrix {
+        assert_eq!(w.len(), rows * cols, "FMatrix::from_bf16: {rows}x{cols} needs {} values", rows * cols);
+        FMatrix { rows, cols, panels: Panels::bf16(rows, cols, w) }
+    }
+
+    pub fn kind(&self) -> FloatKind {
+        self.panels.kind()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Threads are given row ranges whose bounds are multiples of this (or the end).
+    pub fn row_align(&self) -> usize {
+        PANEL
+    }
+
+    /// `y[t, r] = Σ_k W[r, k] · x[t, k]` for r in `rows`, t in 0..m; x is `[m, cols]`
+    /// row-major. Writes element (t, r) of `out` (`[m, ld]`) only for r in `rows`.
+    pub fn matmul(&self, x: &[f32], m: usize, rows: Range<usize>, out: SharedOut) {
+        self.matmul_at(cpu::level(), x, m, rows, out)
+    }
+
+    /// [`FMatrix::matmul`] with the kernels of `level` (at most [`cpu::level`]'s detection; for
+    /// tests and benchmarks, which compare levels).
+    pub fn matmul_at(&self, level: Level, x: &[f32], m: usize, rows: Range<usize>, out: SharedOut) {
+        assert_eq!(x.len(), m * self.cols, "matmul: x holds {} values, not {m}x{}", x.len(), self.cols);
+        assert!(rows.start <= rows.end && rows.end <= self.rows, "matmul: rows {rows:?} of {}", self.rows);
+        assert!(rows.start % PANEL == 0, "matmul: row range {rows:?} does not start on a panel");
+        assert!(rows.end <= out.ld(), "matmul: output rows are {} wide, rows end at {}", out.ld(), rows.end);
+        if m == 0 || rows.is_empty() {
+            return;
+        }
+        // Bounds of every output row written, checked once here.
+        out.row_ptr(m - 1);
+        let job = tile::Job { x, m, rows, out };
+        match level {
+            Level::Scalar => scalar::matmul(&self.panels, self.cols, &job),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => {
+                assert!(cpu::level() >= Level::Avx2, "matmul: AVX2 kernels on a CPU without them");
+                // SAFETY: AVX2/FMA/F16C detected just above.
+                unsafe { avx2::matmul(&self.panels, self.cols, &job) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => {
+                assert!(cpu::level() >= Level::Avx512, "matmul: AVX-512 kernels on a CPU without them");
+                // SAFETY: AVX-512 detected just above.
+                unsafe { avx512::matmul(&self.panels, self.cols, &job) }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => scalar::matmul(&self.panels, self.cols, &job),
+        }
+    }
+
+    /// Row `r` as f32 (embedding lookup).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        assert_eq!(out.len(), self.cols, "row: output holds {}, not {}", out.len(), self.cols);
+        self.panels.row(r, out);
+    }
+}
+
+/// `Σ a[i]·b[i]` with a fixed order: 32 lanes (lane j takes i ≡ j mod 32, zero-padded to a
+/// multiple of 32), each an fma chain from 0, then summed pairwise (lanes j and j+16, then
+/// j+8, …). Every level computes exactly this, so the bits depend only on the inputs.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_at(cpu::level(), a, b)
+}
+
+/// `y[i] = fma(alpha, x[i], y[i])`: per element, so every level gives the same bits.
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    axpy_at(cpu::level(), alpha, x, y)
+}
+
+/// [`dot`] with the kernels of `level` (tests and benchmarks).
+pub fn dot_at(level: Level, a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: lengths {} and {}", a.len(), b.len());
+    match level {
+        Level::Scalar => scalar::dot(a, b),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => {
+            assert!(cpu::level() >= Level::Avx2, "dot: AVX2 kernels on a CPU without them");
+            // SAFETY: AVX2/FMA detected just above.
+            unsafe { avx2::dot(a, b) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => {
+            assert!(cpu::level() >= Level::Avx512, "dot: AVX-512 kernels on a CPU without them");
+            // SAFETY: AVX-512 detected just above.
+            unsafe { avx512::dot(a, b) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::dot(a, b),
+    }
+}
+
+/// [`axpy`] with the kernels of `level` (tests and benchmarks).
+pub fn axpy_at(level: Level, alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: lengths {} and {}", x.len(), y.len());
+    match level {
+        Level::Scalar => scalar::axpy(alpha, x, y),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => {
+            assert!(cpu::level() >= Level::Avx2, "axpy: AVX2 kernels on a CPU without them");
+            // SAFETY: AVX2/FMA detected just above.
+            unsafe { avx2::axpy(alpha, x, y) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => {
+            assert!(cpu::level() >= Level::Avx512, "axpy: AVX-512 kernels on a CPU without them");
+            // SAFETY: AVX-512 detected just above.
+            unsafe { avx512::axpy(alpha, x, y) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::axpy(alpha, x, y),
+    }
+}

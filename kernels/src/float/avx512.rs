@@ -1,0 +1,136 @@
+//! AVX-512 kernels: one zmm is one panel of 16 rows; 32 registers hold up to 24 accumulators.
+
+use std::arch::x86_64::*;
+
+use super::panel::{Panels, View};
+use super::scalar::DOT_LANES;
+use super::tile::{self, Bf16, Format, Job, Simd, Tile, TileFn, F16, F32};
+
+#[derive(Clone, Copy)]
+struct Avx512;
+
+impl Simd for Avx512 {
+    const LANES: usize = 16;
+    type V = __m512;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> __m512 {
+        _mm512_set1_ps(*p)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn load_f32(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const u16) -> (__m512, __m512) {
+        let v = _mm512_loadu_si512(p.cast());
+        let hi = _mm512_and_si512(v, _mm512_set1_epi32(0xffff0000u32 as i32));
+        (_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), _mm512_castsi512_ps(hi))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_low(p: *const u16) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_loadu_si512(p.cast())))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn store_n(p: *mut f32, v: __m512, n: usize) {
+        _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, v)
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn kernel<F: Format<Avx512>, const T: usize, const Q: usize>(a: &Tile<F::E>) {
+    tile::tile::<Avx512, F, T, Q>(a)
+}
+
+/// Tokens per block for long x: 6 tokens × 4 panels = 24 accumulators, 10 loads per 24 fma.
+const TMAX: usize = 6;
+
+/// Fewer tokens take more panels (decode: 1 token × 8 panels, 8 independent fma chains).
+fn pick<F: Format<Avx512>>(t: usize) -> (usize, TileFn<F::E>, TileFn<F::E>) {
+    match t {
+        1 => (8, kernel::<F, 1, 8>, kernel::<F, 1, 1>),
+        2 => (8, kernel::<F, 2, 8>, kernel::<F, 2, 1>),
+        3 => (8, kernel::<F, 3, 8>, kernel::<F, 3, 1>),
+        4 => (4, kernel::<F, 4, 4>, kernel::<F, 4, 1>),
+        5 => (4, kernel::<F, 5, 4>, kernel::<F, 5, 1>),
+        6 => (4, kernel::<F, 6, 4>, kernel::<F, 6, 1>),
+        _ => unreachable!("token blocks are at most {TMAX}"),
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW/VL, FMA and F16C are available; the job's bounds were checked.
+pub(super) unsafe fn matmul(w: &Panels, cols: usize, job: &Job) {
+    let stride = w.stride();
+    match w.view() {
+        View::F32(d) => tile::run(d, stride, cols, job, TMAX, pick::<F32>),
+        View::F16(d) => tile::run(d, stride, cols, job, TMAX, pick::<F16>),
+        View::BF16(d) => tile::run(d, stride, cols, job, TMAX, pick::<Bf16>),
+    }
+}
+
+/// The fixed order of `float::dot`: lanes 0–15 in `s0`, 16–31 in `s1`.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let n = a.len();
+    let full = n / DOT_LANES * DOT_LANES;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    while i < full {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), s1);
+        i += DOT_LANES;
+    }
+    if full < n {
+        // Zero-padded tail, as the scalar code.
+        let rest = n - full;
+        let m0 = ((1u32 << rest.min(16)) - 1) as u16;
+        let m1 = ((1u32 << rest.saturating_sub(16)) - 1) as u16;
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, pa.add(i)), _mm512_maskz_loadu_ps(m0, pb.add(i)), s0);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, pa.add(i + 16)), _mm512_maskz_loadu_ps(m1, pb.add(i + 16)), s1);
+    }
+    let s = _mm512_add_ps(s0, s1);
+    let s = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
+    reduce8(s)
+}
+
+/// Lanes j + 4, then j + 2, then j + 1 of 8: the end of `float::dot`'s pairwise sum.
+#[inline(always)]
+unsafe fn reduce8(s: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+}
+
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len();
+    let a = _mm512_set1_ps(alpha);
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let mut i = 0;
+    while i + 16 <= n {
+        _mm512_storeu_ps(py.add(i), _mm512_fmadd_ps(a, _mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(py.add(i))));
+        i += 16;
+    }
+    if i < n {
+        let k = ((1u32 << (n - i)) - 1) as u16;
+        let v = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(k, px.add(i)), _mm512_maskz_loadu_ps(k, py.add(i)));
+        _mm512_mask_storeu_ps(py.add(i), k, v);
+    }
+}
