@@ -8,8 +8,8 @@
 //!
 //! Weights are repacked once into panels of [`PANEL`] rows interleaved per k (see [`panel`]),
 //! so that one aligned load gives the weights of 16 rows at one k. The SIMD kernels keep a tile
-//! of a few tokens × a few panels of accumulators in registers ([`tile`]); activations are
-//! packed per block of tokens so that their broadcasts stream from one place.
+//! of a few tokens × a few panels of accumulators in registers ([`tile`]), so each weight is
+//! read once per few tokens and the fma units, not the loads, set the pace.
 
 mod panel;
 mod scalar;

@@ -7,7 +7,7 @@ use super::scalar::DOT_LANES;
 use super::tile::{self, Bf16, Format, Job, Simd, Tile, TileFn, F16, F32};
 
 #[derive(Clone, Copy)]
-struct Avx2;
+pub(super) struct Avx2;
 
 impl Simd for Avx2 {
     const LANES: usize = 8;
@@ -55,7 +55,7 @@ impl Simd for Avx2 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kernel<F: Format<Avx2>, const T: usize, const Q: usize>(a: &Tile<F::E>) {
+pub(super) unsafe fn kernel<F: Format<Avx2>, const T: usize, const Q: usize>(a: &Tile<F::E>) {
     tile::tile::<Avx2, F, T, Q>(a)
 }
 

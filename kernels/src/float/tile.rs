@@ -4,13 +4,12 @@
 //! A tile is T tokens × Q vectors of rows (Q/vpp panels): T·Q accumulators held in registers
 //! while k runs over all columns. Each k step loads Q weight vectors and broadcasts T
 //! activations, so a weight is read once per T tokens and an activation once per Q vectors.
-//! Activations are packed per block of T tokens as `[cols][T]`, so the broadcasts of one k
-//! step are adjacent.
+//! The broadcasts come straight from the T rows of x (T streams of a few KB, in L1); packing x
+//! per token block cost more than it saved.
 //!
 //! Order of work: panels in chunks (a few hundred KB of weights, kept in L2), and inside a
 //! chunk every block of tokens, so weights come from memory once per call whatever m is.
 
-use std::cell::RefCell;
 use std::ops::Range;
 
 use super::panel::PANEL;
@@ -114,8 +113,8 @@ pub(super) struct Tile<E> {
     /// Elements from one panel to the next.
     pub stride: usize,
     pub cols: usize,
-    /// The tile's tokens, packed `[cols][T]`.
-    pub xp: *const f32,
+    /// The tile's first token (x row-major, `cols` apart).
+    pub x: *const f32,
     /// Output element (first token, first row of the tile).
     pub out: *mut f32,
     pub ld: usize,
@@ -141,8 +140,11 @@ pub(super) unsafe fn tile<S: Simd, F: Format<S>, const T: usize, const Q: usize>
     for (q, p) in wp.iter_mut().enumerate() {
         *p = a.w.add(q / vpp * a.stride + F::offset(q % vpp * S::LANES));
     }
-    let mut x = a.xp;
-    for _ in 0..a.cols / 2 {
+    let mut xt = [a.x; T];
+    for (t, p) in xt.iter_mut().enumerate() {
+        *p = a.x.add(t * a.cols);
+    }
+    for kk in 0..a.cols / 2 {
         let mut w0 = [S::zero(); Q];
         let mut w1 = [S::zero(); Q];
         for q in 0..Q {
@@ -150,18 +152,17 @@ pub(super) unsafe fn tile<S: Simd, F: Format<S>, const T: usize, const Q: usize>
             wp[q] = wp[q].add(2 * PANEL);
         }
         for t in 0..T {
-            let b = S::splat(x.add(t));
+            let b = S::splat(xt[t].add(2 * kk));
             for q in 0..Q {
                 acc[t][q] = S::fma(w0[q], b, acc[t][q]);
             }
         }
         for t in 0..T {
-            let b = S::splat(x.add(T + t));
+            let b = S::splat(xt[t].add(2 * kk + 1));
             for q in 0..Q {
                 acc[t][q] = S::fma(w1[q], b, acc[t][q]);
             }
         }
-        x = x.add(2 * T);
     }
     if a.cols % 2 == 1 {
         let mut w0 = [S::zero(); Q];
@@ -169,7 +170,7 @@ pub(super) unsafe fn tile<S: Simd, F: Format<S>, const T: usize, const Q: usize>
             w0[q] = F::load1(wp[q]);
         }
         for t in 0..T {
-            let b = S::splat(x.add(t));
+            let b = S::splat(xt[t].add(a.cols - 1));
             for q in 0..Q {
                 acc[t][q] = S::fma(w0[q], b, acc[t][q]);
             }
@@ -192,11 +193,6 @@ pub(super) unsafe fn tile<S: Simd, F: Format<S>, const T: usize, const Q: usize>
 /// panel count divides it.
 const CHUNK: usize = 8;
 
-thread_local! {
-    /// Packed activations, per thread (each thread of a product packs the x it reads).
-    static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Runs `job` over panels `w` (`stride` elements apart) with tile kernels from `pick`, token
 /// blocks of at most `tmax`.
 ///
@@ -207,55 +203,29 @@ pub(super) unsafe fn run<E>(w: &[E], stride: usize, cols: usize, job: &Job, tmax
     let (m, rows) = (job.m, &job.rows);
     let (p0, p1) = (rows.start / PANEL, rows.end.div_ceil(PANEL));
     assert!(p1 * stride <= w.len(), "panels out of range");
-    PACKED.with_borrow_mut(|buf| {
-        // One token is its own packing.
-        let xp: &[f32] = if m == 1 {
-            job.x
-        } else {
-            pack(job.x, m, cols, tmax, buf);
-            buf
-        };
-        for c0 in (p0..p1).step_by(CHUNK) {
-            let c1 = (c0 + CHUNK).min(p1);
-            let mut t0 = 0;
-            while t0 < m {
-                let tb = tmax.min(m - t0);
-                let (pn, main, one) = pick(tb);
-                let out = job.out.row_ptr(t0);
-                let mut p = c0;
-                while p < c1 {
-                    let (n, kernel) = if p + pn <= c1 { (pn, main) } else { (1, one) };
-                    let tile = Tile {
-                        w: w.as_ptr().add(p * stride),
-                        stride,
-                        cols,
-                        xp: xp.as_ptr().add(t0 * cols),
-                        out: out.add(p * PANEL),
-                        ld: job.out.ld(),
-                        valid: rows.end - p * PANEL,
-                    };
-                    kernel(&tile);
-                    p += n;
-                }
-                t0 += tb;
+    for c0 in (p0..p1).step_by(CHUNK) {
+        let c1 = (c0 + CHUNK).min(p1);
+        let mut t0 = 0;
+        while t0 < m {
+            let tb = tmax.min(m - t0);
+            let (pn, main, one) = pick(tb);
+            let out = job.out.row_ptr(t0);
+            let mut p = c0;
+            while p < c1 {
+                let (n, kernel) = if p + pn <= c1 { (pn, main) } else { (1, one) };
+                let tile = Tile {
+                    w: w.as_ptr().add(p * stride),
+                    stride,
+                    cols,
+                    x: job.x.as_ptr().add(t0 * cols),
+                    out: out.add(p * PANEL),
+                    ld: job.out.ld(),
+                    valid: rows.end - p * PANEL,
+                };
+                kernel(&tile);
+                p += n;
             }
-        }
-    })
-}
-
-/// x `[m, cols]` into blocks of `tmax` tokens (the last one shorter), each `[cols][block]`,
-/// block b at `b·tmax·cols`.
-fn pack(x: &[f32], m: usize, cols: usize, tmax: usize, buf: &mut Vec<f32>) {
-    buf.clear();
-    buf.resize(m * cols, 0.0);
-    for t0 in (0..m).step_by(tmax) {
-        let tb = tmax.min(m - t0);
-        let dst = &mut buf[t0 * cols..(t0 + tb) * cols];
-        for j in 0..tb {
-            let src = &x[(t0 + j) * cols..(t0 + j + 1) * cols];
-            for (k, &v) in src.iter().enumerate() {
-                dst[k * tb + j] = v;
-            }
+            t0 += tb;
         }
     }
 }
