@@ -23,7 +23,8 @@ impl LoadedModel {
     /// tokenizer (the built-in MiniMind2 one when the checkpoint carries none). A GGUF with
     /// quantized tensors runs them as they are (see [`Self::from_gguf`]).
     pub fn load(path: &Path, hints: &PthHints, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
-        if is_gguf_path(path) && gguf_holds_quantized(path)? {
+        // On the CPU every GGUF runs as stored (blocks or f16/bf16 matrices) in the engine.
+        if is_gguf_path(path) && (device.is_cpu() || gguf_holds_quantized(path)?) {
             return Self::from_gguf(&GgufModelFile::read(path)?, lora, dtype, device);
         }
         let ckpt = read_checkpoint(path, hints)?;

@@ -67,9 +67,50 @@ struct Deltas {
     misses: Vec<(String, usize, f32)>,
 }
 
+/// The logits from the CPU inference engine (what generation and serving run), the prompt
+/// fed in two pieces so the second reads the cache the first filled.
+fn engine_logits_of(model: &MiniMind, ids: &[u32]) -> Tensor {
+    let mut cache = KvCache::new(&model.config);
+    let split = ids.len() / 2;
+    let a = model.forward_all_logits(&ids[..split], &mut cache).unwrap();
+    let b = model.forward_all_logits(&ids[split..], &mut cache).unwrap();
+    Tensor::cat(&[a, b], 0).unwrap()
+}
+
 /// `prefix` is e.g. "q4_k_m." for llama.cpp's file, "" for the PyTorch one; `last_key` the
-/// name of the last-rows tensor ("logits_last4" / "logits_last8").
+/// name of the last-rows tensor ("logits_last4" / "logits_last8"). Both of mm's runtimes
+/// are measured (candle's ops and the CPU engine) and the worse figure of the two is kept,
+/// so every bound a test sets holds for both.
 fn compare(model: &MiniMind, shared: &Path, refs: &HashMap<String, Tensor>, prefix: &str, last_key: &str) -> Deltas {
+    let candle = compare_one(model, shared, refs, prefix, last_key, logits_of);
+    let engine = compare_one(model, shared, refs, prefix, last_key, engine_logits_of);
+    report("    candle's ops", &candle);
+    report("    CPU engine", &engine);
+    let worst = |a: Option<f32>, b: Option<f32>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let (misses, argmax_agree) =
+        if engine.argmax_agree < candle.argmax_agree { (engine.misses, engine.argmax_agree) } else { (candle.misses, candle.argmax_agree) };
+    Deltas {
+        full: worst(candle.full, engine.full),
+        last: worst(candle.last, engine.last),
+        probe: candle.probe.max(engine.probe),
+        lse: candle.lse.max(engine.lse),
+        argmax_agree,
+        positions: candle.positions,
+        misses,
+    }
+}
+
+fn compare_one(
+    model: &MiniMind,
+    shared: &Path,
+    refs: &HashMap<String, Tensor>,
+    prefix: &str,
+    last_key: &str,
+    logits_of: fn(&MiniMind, &[u32]) -> Tensor,
+) -> Deltas {
     let probe_ids = refs["probe_ids"].to_dtype(DType::U32).unwrap();
     let mut d = Deltas::default();
     for (name, ids) in sequences(shared) {
@@ -162,19 +203,27 @@ fn q4_k_m_runs_quantized_and_matches_llama_cpp() {
     let same = max_abs_diff(&logits_of(&dequantized_copy(&path), ids), &logits_of(&dense, ids));
     assert!(same <= 1e-5, "expanded blocks differ from the dequantizing reader by {same}");
 
-    // Decoding one token at a time through the KV cache gives the one-batch logits.
+    // Decoding one token at a time through the KV cache gives the one-batch logits, in each
+    // runtime (between the two, the Q8 rounding of activations differs at the last bit now
+    // and then, which moves logits by up to a few 1e-2, as between llama.cpp and either).
     let (_, ids) = &sequences(&shared)[0];
-    let full = logits_of(&model, ids);
-    let mut cache = KvCache::new(&model.config);
-    let split = ids.len() - 6;
-    let prefix = Tensor::new(&ids[..split], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let mut worst = max_abs_diff(&model.forward_last(&prefix, &mut cache).unwrap().squeeze(0).unwrap(), &full.get(split - 1).unwrap());
-    for (i, &id) in ids.iter().enumerate().skip(split) {
-        let step = Tensor::new(&[id], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let row = model.forward_last(&step, &mut cache).unwrap().squeeze(0).unwrap();
-        worst = worst.max(max_abs_diff(&row, &full.get(i).unwrap()));
+    let mut candle = model.clone();
+    candle.set_cpu_engine(false);
+    let mut worst = 0f32;
+    for (runtime, model) in [("CPU engine", &model), ("candle", &candle)] {
+        let full = model.forward_all_logits(ids, &mut KvCache::new(&model.config)).unwrap();
+        let mut cache = KvCache::new(&model.config);
+        let split = ids.len() - 6;
+        let prefix = Tensor::new(&ids[..split], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let mut d = max_abs_diff(&model.forward_last(&prefix, &mut cache).unwrap().squeeze(0).unwrap(), &full.get(split - 1).unwrap());
+        for (i, &id) in ids.iter().enumerate().skip(split) {
+            let step = Tensor::new(&[id], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let row = model.forward_last(&step, &mut cache).unwrap().squeeze(0).unwrap();
+            d = d.max(max_abs_diff(&row, &full.get(i).unwrap()));
+        }
+        eprintln!("q4_k_m cached decode vs one batch ({runtime}): max|Δ| {d:.2e}");
+        worst = worst.max(d);
     }
-    eprintln!("q4_k_m cached decode vs one batch: max|Δ| {worst:.2e}");
     assert!(worst <= 1e-4, "cached decode differs from the batch forward by {worst}");
 }
 

@@ -31,6 +31,20 @@ fn logits_of(model: &MiniMind, ids: &[u32]) -> Tensor {
     model.forward(&input, None, None, Mode::Inference).unwrap().logits.squeeze(0).unwrap()
 }
 
+/// The same logits from the CPU inference engine (what generation and serving run), fed in
+/// three pieces so the later ones read the KV cache the earlier ones filled.
+fn engine_logits_of(model: &MiniMind, ids: &[u32]) -> Tensor {
+    let mut cache = KvCache::new(&model.config);
+    let (a, b) = (ids.len() / 3, ids.len() * 2 / 3);
+    let parts: Vec<Tensor> = [&ids[..a], &ids[a..b], &ids[b..]]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| model.forward_all_logits(p, &mut cache).unwrap())
+        .collect();
+    assert_eq!(cache.len(), ids.len());
+    Tensor::cat(&parts, 0).unwrap()
+}
+
 /// Compares full logits against every per-position summary of a reference sequence.
 fn check_sequence(logits: &Tensor, refs: &std::collections::HashMap<String, Tensor>, name: &str, probe: &Tensor) {
     let t = logits.dim(0).unwrap();
@@ -83,6 +97,7 @@ fn logits_match(cfg: &str, format: &str) {
     let probe = probe_ids(&refs);
     for (name, ids) in sequences(&shared) {
         check_sequence(&logits_of(&model, &ids), &refs, &name, &probe);
+        check_sequence(&engine_logits_of(&model, &ids), &refs, &name, &probe);
     }
 }
 
@@ -134,8 +149,9 @@ fn yarn_logits(cfg_name: &str) {
     ckpt.config.set_inference_rope_scaling(true);
     let model = MiniMind::from_checkpoint(&ckpt, DType::F32, &Device::Cpu).unwrap();
     let inputs = read_json(&shared.join("fixtures/minimind2/inputs.json"));
-    let logits = logits_of(&model, &ids(&inputs["random300"]["input_ids"]));
-    check_sequence(&logits, &refs, "random300_yarn", &probe_ids(&refs));
+    let ids = ids(&inputs["random300"]["input_ids"]);
+    check_sequence(&logits_of(&model, &ids), &refs, "random300_yarn", &probe_ids(&refs));
+    check_sequence(&engine_logits_of(&model, &ids), &refs, "random300_yarn", &probe_ids(&refs));
 }
 
 #[test]

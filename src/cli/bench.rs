@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Repetitions (the best is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Batched decode: for each N, N sequences (32-token prompts) advance together for
+    /// --decode steps, one forward per step; aggregate tokens/s is reported. `none` skips it.
+    #[arg(long, default_value = "1,4,16")]
+    batches: String,
     /// Time a quantized GGUF dequantized to f32 instead of running its blocks directly.
     #[arg(long)]
     dequantize: bool,
@@ -111,7 +115,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     let (model, summary, load_s, build_s) = match &a.model {
         // A quantized GGUF runs its ggml blocks directly, as `mm generate` does.
-        Some(path) if !a.dequantize && is_gguf_path(path) && gguf_holds_quantized(path)? => {
+        // On the CPU an F16/BF16 GGUF also runs as stored.
+        Some(path) if !a.dequantize && is_gguf_path(path) && (device.is_cpu() || gguf_holds_quantized(path)?) => {
             let start = Instant::now();
             let file = GgufModelFile::read(path)?;
             let load_s = start.elapsed().as_secs_f64();
@@ -133,6 +138,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (model, ckpt.to_string(), load_s, start.elapsed().as_secs_f64())
         }
     };
+    let batches: Vec<usize> = match a.batches.as_str() {
+        "" | "none" => Vec::new(),
+        list => list
+            .split(',')
+            .map(|n| n.trim().parse::<usize>().ok().filter(|&n| n > 0))
+            .collect::<Option<_>>()
+            .ok_or_else(|| anyhow::anyhow!("--batches {list:?}: expected sizes like 1,4,16 or `none`"))?,
+    };
+    let start = Instant::now();
+    let engine = model.prepare_cpu_engine();
+    let build_s = build_s + start.elapsed().as_secs_f64();
     let vocab = model.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..a.prefill as u32).map(|i| 3 + (i * 7919) % (vocab - 3)).collect();
     let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
@@ -152,11 +168,48 @@ pub fn run(a: BenchArgs) -> Result<()> {
         best_decode = best_decode.min(start.elapsed().as_secs_f64());
     }
     println!("model       {summary}");
-    println!("device      {}, threads {threads}", mm::device::describe(&device));
+    let (runtime, threads) = if engine {
+        (format!("mm CPU kernels ({:?})", mm_kernels::cpu::level()), mm_kernels::pool::global().threads())
+    } else {
+        ("candle".to_string(), threads)
+    };
+    println!("device      {}, threads {threads}, {runtime}", mm::device::describe(&device));
     if let Some(s) = load_s {
         println!("load        {:.3} s (read + validate), model build {:.3} s", s, build_s);
     }
     println!("prefill     {} tokens in {:.3} s = {:.1} tokens/s", a.prefill, best_prefill, a.prefill as f64 / best_prefill);
     println!("decode      {} tokens in {:.3} s = {:.1} tokens/s", a.decode, best_decode, a.decode as f64 / best_decode);
+    for n in batches {
+        let secs = batched_decode(&model, n, a.decode, a.repeat)?;
+        let total = n * a.decode;
+        println!("batched {n:<3} {total} tokens ({n} sequences x {}) in {secs:.3} s = {:.1} tokens/s", a.decode, total as f64 / secs);
+    }
     Ok(())
+}
+
+/// Best time of `repeat` runs of `steps` decode steps for `n` sequences advancing together
+/// (`MiniMind::forward_step_batch`, as `mm serve` runs them), each after its own 32-token
+/// prompt; greedy.
+fn batched_decode(model: &MiniMind, n: usize, steps: usize, repeat: usize) -> Result<f64> {
+    let vocab = model.config.vocab_size as u32;
+    let mut best = f64::MAX;
+    for _ in 0..repeat.max(1) {
+        let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::new(&model.config)).collect();
+        let mut next = Vec::with_capacity(n);
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let prompt: Vec<u32> = (0..32u32).map(|i| 3 + (i * 7919 + s as u32 * 104_729) % (vocab - 3)).collect();
+            let logits = model.forward_last(&Tensor::new(prompt.as_slice(), model.device())?.unsqueeze(0)?, cache)?;
+            next.push(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?);
+        }
+        model.device().synchronize()?;
+        let start = Instant::now();
+        for _ in 0..steps {
+            let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+            let logits = model.forward_step_batch(&next, &mut refs)?;
+            next = logits.argmax(candle_core::D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        }
+        model.device().synchronize()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }

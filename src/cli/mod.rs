@@ -9,6 +9,7 @@ mod export_mnn;
 mod generate;
 mod init;
 mod inspect;
+mod logits;
 mod lora;
 mod selftest_fused;
 mod selftest_train_step;
@@ -59,6 +60,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Interactive chat with history and a system prompt.
     Chat(chat::ChatArgs),
+    /// The logits of every position of a text or id list, as JSON (to compare engines).
+    Logits(logits::LogitsArgs),
     /// Measure load time and prefill/decode speed.
     Bench(bench::BenchArgs),
     /// Serve the model over an OpenAI-compatible HTTP API with continuous batching.
@@ -92,6 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Logits(a) => logits::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Template(a) => template::run(a),
@@ -177,10 +181,12 @@ impl ModelArgs {
     }
 }
 
-/// candle's CPU kernels size their thread pool from RAYON_NUM_THREADS at first use.
+/// candle's CPU kernels size their thread pool from RAYON_NUM_THREADS at first use; the
+/// inference engine's pool (`mm_kernels::pool`) is sized here too.
 fn set_threads(threads: Option<usize>) {
     if let Some(n) = threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        mm_kernels::pool::set_threads(n);
     }
 }
 

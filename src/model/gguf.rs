@@ -290,6 +290,9 @@ struct GgufSource<'a> {
     weights: &'a HashMap<String, GgufWeight>,
     dtype: DType,
     device: Device,
+    /// Float matrices (F16/BF16 files) stay in their stored type, for the CPU engine, which
+    /// multiplies them as they are; otherwise they take `dtype`.
+    keep_float_types: bool,
 }
 
 impl GgufSource<'_> {
@@ -309,6 +312,7 @@ impl WeightSource for GgufSource<'_> {
 
     fn linear(&self, out: usize, inp: usize, name: &str) -> Result<Linear> {
         match self.get(&format!("{name}.weight"), &[out, inp])? {
+            GgufWeight::Dense(t) if self.keep_float_types && t.dtype() != DType::F32 => Ok(Linear::new(t.clone())),
             GgufWeight::Dense(t) => Ok(Linear::new(t.to_dtype(self.dtype)?.to_device(&self.device)?)),
             GgufWeight::Quantized(q) => Linear::quantized(q.clone()),
         }
@@ -318,7 +322,9 @@ impl WeightSource for GgufSource<'_> {
     fn head(&self, cfg: &MiniMindConfig, embed: &Tensor) -> Result<Linear> {
         let name = if cfg.tie_word_embeddings { "model.embed_tokens" } else { "lm_head" };
         match self.get(&format!("{name}.weight"), &[cfg.vocab_size, cfg.hidden_size])? {
-            GgufWeight::Dense(_) if cfg.tie_word_embeddings => Ok(Linear::new(embed.clone())),
+            GgufWeight::Dense(t) if cfg.tie_word_embeddings && !(self.keep_float_types && t.dtype() != DType::F32) => {
+                Ok(Linear::new(embed.clone()))
+            }
             _ => self.linear(cfg.vocab_size, cfg.hidden_size, name),
         }
     }
@@ -335,7 +341,10 @@ impl MiniMind {
         if !device.is_cpu() && file.is_quantized() {
             bail!("quantized GGUF inference runs on the CPU");
         }
-        let src = GgufSource { weights: &file.weights, dtype, device: device.clone() };
-        MiniMind::build(&file.config, &src).with_context(|| format!("building the model from {}", file.source.display()))
+        let src = GgufSource { weights: &file.weights, dtype, device: device.clone(), keep_float_types: device.is_cpu() };
+        let mut model =
+            MiniMind::build(&file.config, &src).with_context(|| format!("building the model from {}", file.source.display()))?;
+        model.set_cpu_engine(true);
+        Ok(model)
     }
 }

@@ -54,6 +54,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.forward_in_weight_dtype(x, Self::forward)? {
+            return Ok(y);
+        }
         let y = match &self.weight {
             Weight::Dense(w) => matmul_rows(x, w)?,
             // QMatMul wants a contiguous input whose last dim is `in`; any leading dims.
@@ -67,6 +70,19 @@ impl Linear {
 }
 
 impl Linear {
+    /// A dense weight kept in another dtype than the activations (an F16 GGUF's matrices,
+    /// held as stored for the CPU engine) runs `f` with the weight cast to the activations'
+    /// dtype (exact from f16/bf16 to f32); only candle's fallback path gets here.
+    fn forward_in_weight_dtype(&self, x: &Tensor, f: fn(&Self, &Tensor) -> Result<Tensor>) -> Result<Option<Tensor>> {
+        match &self.weight {
+            Weight::Dense(w) if w.dtype() != x.dtype() => {
+                let cast = Linear { weight: Weight::Dense(w.to_dtype(x.dtype())?), lora: self.lora.clone(), transposed: OnceLock::new() };
+                Ok(Some(f(&cast, x)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// [`forward`](Self::forward) for rows x [m, in] such that each output row has the same
     /// value whatever m is: a decode step over a batch of sequences must give each sequence
     /// what it gets alone, bit for bit (with quantized weights, a last-bit difference can move
@@ -74,6 +90,9 @@ impl Linear {
     /// copy of each dense weight (made on first use, kept). Relies on how candle 0.11's CPU
     /// kernels sum (see below); tests/batched_decode.rs checks it for every model kind.
     pub fn forward_batch_invariant(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.forward_in_weight_dtype(x, Self::forward_batch_invariant)? {
+            return Ok(y);
+        }
         let y = match &self.weight {
             Weight::Dense(w) if w.dim(0)? <= NARROW => narrow_product(x, w)?,
             Weight::Dense(w) => {

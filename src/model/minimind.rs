@@ -9,6 +9,7 @@ use mm_converters::config::MiniMindConfig;
 use mm_converters::lora::Lora;
 use mm_converters::Checkpoint;
 
+use super::cpu::{CpuEngine, Logits, SeqCache};
 use super::attention::{attention_bias, Attention, AttentionPath, LayerCache};
 use super::linear::Linear;
 use super::mlp::{FeedForward, Mlp, MoeFeedForward};
@@ -28,16 +29,26 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
+    /// The CPU engine's cache, when the engine runs the model (then `layers` stay empty).
+    cpu: Option<SeqCache>,
 }
 
 impl KvCache {
     pub fn new(cfg: &MiniMindConfig) -> Self {
-        Self { layers: vec![LayerCache::default(); cfg.num_hidden_layers] }
+        Self { layers: vec![LayerCache::default(); cfg.num_hidden_layers], cpu: None }
     }
 
     /// Positions already cached.
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, LayerCache::len)
+        self.layers.first().map_or(0, LayerCache::len).max(self.cpu.as_ref().map_or(0, SeqCache::len))
+    }
+
+    /// The engine's cache, unless the candle path has already filled this one.
+    fn engine_cache(&mut self, engine: &CpuEngine) -> Option<&mut SeqCache> {
+        if self.layers.first().map_or(0, LayerCache::len) > 0 {
+            return None;
+        }
+        Some(self.cpu.get_or_insert_with(|| engine.new_cache()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -46,11 +57,11 @@ impl KvCache {
 }
 
 #[derive(Debug, Clone)]
-struct Block {
-    input_layernorm: RmsNorm,
-    self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+pub(crate) struct Block {
+    pub(crate) input_layernorm: RmsNorm,
+    pub(crate) self_attn: Attention,
+    pub(crate) post_attention_layernorm: RmsNorm,
+    pub(crate) mlp: Mlp,
 }
 
 /// Output of a forward pass: logits [b, t, vocab] and, in training mode for MoE models,
@@ -63,11 +74,17 @@ pub struct ModelOutput {
 #[derive(Debug, Clone)]
 pub struct MiniMind {
     pub config: MiniMindConfig,
-    embed_tokens: Tensor,
-    layers: Vec<Block>,
-    norm: RmsNorm,
-    lm_head: Linear,
+    pub(crate) embed_tokens: Tensor,
+    pub(crate) layers: Vec<Block>,
+    pub(crate) norm: RmsNorm,
+    pub(crate) lm_head: Linear,
     rope: RopeTables,
+    /// Whether inference on the CPU runs through `super::cpu::CpuEngine`: for models read
+    /// from a checkpoint or GGUF, whose weights stay as read. (A training model's variables
+    /// change under it; it keeps candle's path.)
+    engine_allowed: bool,
+    /// The engine over these weights, built on first use; reset whenever a weight changes.
+    cpu: std::sync::OnceLock<Option<std::sync::Arc<CpuEngine>>>,
 }
 
 /// Where the model's tensors come from: a `VarBuilder` (any checkpoint, training) or the
@@ -169,13 +186,49 @@ impl MiniMind {
         let norm = RmsNorm::new(src.tensor(&[h], "model.norm.weight")?, cfg.rms_norm_eps);
         let lm_head = src.head(cfg, &embed_tokens)?;
         let rope = RopeTables::new(cfg, src.device())?;
-        Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, rope })
+        Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, rope, engine_allowed: false, cpu: Default::default() })
     }
 
     /// Loads a checkpoint's tensors in `dtype` on `device`.
     pub fn from_checkpoint(ckpt: &Checkpoint, dtype: DType, device: &Device) -> Result<Self> {
         let tensors: HashMap<String, Tensor> = ckpt.tensors().iter().cloned().collect();
-        Self::new(&ckpt.config, VarBuilder::from_tensors(tensors, dtype, device))
+        let mut model = Self::new(&ckpt.config, VarBuilder::from_tensors(tensors, dtype, device))?;
+        model.engine_allowed = true;
+        Ok(model)
+    }
+
+    /// Turns the CPU engine on or off for this model's inference (on by default for models
+    /// read from files; off, candle's ops run instead, as in training).
+    pub fn set_cpu_engine(&mut self, on: bool) {
+        self.engine_allowed = on;
+        self.cpu = Default::default();
+    }
+
+    /// Builds the CPU engine now if it will run this model (otherwise the first forward
+    /// does); whether it runs it.
+    pub fn prepare_cpu_engine(&self) -> bool {
+        self.engine().is_some()
+    }
+
+    /// The CPU engine, when it runs this model: on the CPU, allowed, and every weight type
+    /// has a kernel (a ggml type without one keeps candle's path). `MM_CPU_ENGINE=0` turns it
+    /// off process-wide.
+    fn engine(&self) -> Option<std::sync::Arc<CpuEngine>> {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if !self.engine_allowed || !self.device().is_cpu() || *OFF.get_or_init(|| std::env::var("MM_CPU_ENGINE").as_deref() == Ok("0")) {
+            return None;
+        }
+        self.cpu
+            .get_or_init(|| match CpuEngine::from_model(self) {
+                Ok(e) => Some(std::sync::Arc::new(e)),
+                Err(e) => {
+                    if std::env::var_os("MM_DEBUG").is_some() {
+                        eprintln!("note: the CPU engine does not run this model ({e:#}); using candle's ops");
+                    }
+                    None
+                }
+            })
+            .clone()
     }
 
     /// Attaches upstream LoRA adapters, applied on the fly (`W x + B(A x)`).
@@ -192,6 +245,7 @@ impl MiniMind {
             }
             target.lora = Some((ad.a.to_dtype(dtype)?.to_device(&device)?, ad.b.to_dtype(dtype)?.to_device(&device)?));
         }
+        self.cpu = Default::default();
         Ok(())
     }
 
@@ -207,6 +261,7 @@ impl MiniMind {
             candle_core::bail!("LoRA for `{module}` does not fit a {out}x{inp} weight");
         }
         target.lora = Some((a, b));
+        self.cpu = Default::default();
         Ok(())
     }
 
@@ -366,6 +421,12 @@ impl MiniMind {
         if ids.is_empty() {
             candle_core::bail!("forward_all_logits needs at least one token");
         }
+        if let Some(engine) = self.engine() {
+            if let Some(c) = cache.engine_cache(&engine) {
+                let logits = engine.forward(ids, &[ids.len()], &mut [c], Logits::All).map_err(candle_core::Error::wrap)?;
+                return Tensor::from_vec(logits, (ids.len(), engine.vocab()), self.device());
+            }
+        }
         let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
         let (rows, _) = self.forward_rows(&input, Some(cache), None, Mode::Inference)?;
         self.logits(&rows)?.to_dtype(DType::F32)
@@ -392,6 +453,13 @@ impl MiniMind {
         let layers = self.layers.len();
         if let Some(c) = caches.iter().find(|c| c.layers.len() != layers) {
             candle_core::bail!("a KV cache has {} layers, the model {layers}", c.layers.len());
+        }
+        if let Some(engine) = self.engine() {
+            if caches.iter().all(|c| c.layers.first().map_or(0, LayerCache::len) == 0) {
+                let mut seqs: Vec<&mut SeqCache> = caches.iter_mut().filter_map(|c| c.engine_cache(&engine)).collect();
+                let logits = engine.forward(tokens, &vec![1; n], &mut seqs, Logits::All).map_err(candle_core::Error::wrap)?;
+                return Tensor::from_vec(logits, (n, engine.vocab()), self.device());
+            }
         }
         // Each sequence's own RoPE row, [n, head_dim/2].
         let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -423,6 +491,13 @@ impl MiniMind {
 
     /// Logits of the last position only, [b, vocab]: what generation needs.
     pub fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        if let (Some(engine), (1, t)) = (self.engine(), input_ids.dims2()?) {
+            if let Some(c) = cache.engine_cache(&engine) {
+                let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+                let logits = engine.forward(&ids, &[t], &mut [c], Logits::LastOfEach).map_err(candle_core::Error::wrap)?;
+                return Tensor::from_vec(logits, (1, engine.vocab()), self.device());
+            }
+        }
         let (hidden, _) = self.forward_hidden(input_ids, Some(cache), None, Mode::Inference)?;
         let t = hidden.dim(1)?;
         self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
