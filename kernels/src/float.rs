@@ -11,15 +11,18 @@
 //! of a few tokens × a few panels of accumulators in registers ([`tile`]), so each weight is
 //! read once per few tokens and the fma units, not the loads, set the pace.
 
-mod panel;
-mod scalar;
-mod tile;
+// The SIMD layout and tiles are used only by the x86 kernels elsewhere.
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod panel;
+mod scalar;
 #[cfg(test)]
 mod tests;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod tile;
 
 use std::ops::Range;
 
@@ -47,18 +50,45 @@ pub struct FMatrix {
 impl FMatrix {
     /// `w` is row-major `[rows, cols]`.
     pub fn from_f32(rows: usize, cols: usize, w: &[f32]) -> FMatrix {
-        assert_eq!(w.len(), rows * cols, "FMatrix::from_f32: {rows}x{cols} needs {} values", rows * cols);
-        FMatrix { rows, cols, panels: Panels::f32(rows, cols, w) }
+        assert_eq!(
+            w.len(),
+            rows * cols,
+            "FMatrix::from_f32: {rows}x{cols} needs {} values",
+            rows * cols
+        );
+        FMatrix {
+            rows,
+            cols,
+            panels: Panels::f32(rows, cols, w),
+        }
     }
 
     pub fn from_f16(rows: usize, cols: usize, w: &[half::f16]) -> FMatrix {
-        assert_eq!(w.len(), rows * cols, "FMatrix::from_f16: {rows}x{cols} needs {} values", rows * cols);
-        FMatrix { rows, cols, panels: Panels::f16(rows, cols, w) }
+        assert_eq!(
+            w.len(),
+            rows * cols,
+            "FMatrix::from_f16: {rows}x{cols} needs {} values",
+            rows * cols
+        );
+        FMatrix {
+            rows,
+            cols,
+            panels: Panels::f16(rows, cols, w),
+        }
     }
 
     pub fn from_bf16(rows: usize, cols: usize, w: &[half::bf16]) -> FMatrix {
-        assert_eq!(w.len(), rows * cols, "FMatrix::from_bf16: {rows}x{cols} needs {} values", rows * cols);
-        FMatrix { rows, cols, panels: Panels::bf16(rows, cols, w) }
+        assert_eq!(
+            w.len(),
+            rows * cols,
+            "FMatrix::from_bf16: {rows}x{cols} needs {} values",
+            rows * cols
+        );
+        FMatrix {
+            rows,
+            cols,
+            panels: Panels::bf16(rows, cols, w),
+        }
     }
 
     pub fn kind(&self) -> FloatKind {
@@ -87,10 +117,28 @@ impl FMatrix {
     /// [`FMatrix::matmul`] with the kernels of `level` (at most [`cpu::level`]'s detection; for
     /// tests and benchmarks, which compare levels).
     pub fn matmul_at(&self, level: Level, x: &[f32], m: usize, rows: Range<usize>, out: SharedOut) {
-        assert_eq!(x.len(), m * self.cols, "matmul: x holds {} values, not {m}x{}", x.len(), self.cols);
-        assert!(rows.start <= rows.end && rows.end <= self.rows, "matmul: rows {rows:?} of {}", self.rows);
-        assert!(rows.start % PANEL == 0, "matmul: row range {rows:?} does not start on a panel");
-        assert!(rows.end <= out.ld(), "matmul: output rows are {} wide, rows end at {}", out.ld(), rows.end);
+        assert_eq!(
+            x.len(),
+            m * self.cols,
+            "matmul: x holds {} values, not {m}x{}",
+            x.len(),
+            self.cols
+        );
+        assert!(
+            rows.start <= rows.end && rows.end <= self.rows,
+            "matmul: rows {rows:?} of {}",
+            self.rows
+        );
+        assert!(
+            rows.start.is_multiple_of(PANEL),
+            "matmul: row range {rows:?} does not start on a panel"
+        );
+        assert!(
+            rows.end <= out.ld(),
+            "matmul: output rows are {} wide, rows end at {}",
+            out.ld(),
+            rows.end
+        );
         if m == 0 || rows.is_empty() {
             return;
         }
@@ -101,13 +149,19 @@ impl FMatrix {
             Level::Scalar => scalar::matmul(&self.panels, self.cols, &job),
             #[cfg(target_arch = "x86_64")]
             Level::Avx2 => {
-                assert!(cpu::level() >= Level::Avx2, "matmul: AVX2 kernels on a CPU without them");
+                assert!(
+                    cpu::level() >= Level::Avx2,
+                    "matmul: AVX2 kernels on a CPU without them"
+                );
                 // SAFETY: AVX2/FMA/F16C detected just above.
                 unsafe { avx2::matmul(&self.panels, self.cols, &job) }
             }
             #[cfg(target_arch = "x86_64")]
             Level::Avx512 => {
-                assert!(cpu::level() >= Level::Avx512, "matmul: AVX-512 kernels on a CPU without them");
+                assert!(
+                    cpu::level() >= Level::Avx512,
+                    "matmul: AVX-512 kernels on a CPU without them"
+                );
                 // SAFETY: AVX-512 detected just above.
                 unsafe { avx512::matmul(&self.panels, self.cols, &job) }
             }
@@ -119,7 +173,13 @@ impl FMatrix {
     /// Row `r` as f32 (embedding lookup).
     pub fn row(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.rows, "row {r} of {}", self.rows);
-        assert_eq!(out.len(), self.cols, "row: output holds {}, not {}", out.len(), self.cols);
+        assert_eq!(
+            out.len(),
+            self.cols,
+            "row: output holds {}, not {}",
+            out.len(),
+            self.cols
+        );
         self.panels.row(r, out);
     }
 }
@@ -143,13 +203,19 @@ pub fn dot_at(level: Level, a: &[f32], b: &[f32]) -> f32 {
         Level::Scalar => scalar::dot(a, b),
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => {
-            assert!(cpu::level() >= Level::Avx2, "dot: AVX2 kernels on a CPU without them");
+            assert!(
+                cpu::level() >= Level::Avx2,
+                "dot: AVX2 kernels on a CPU without them"
+            );
             // SAFETY: AVX2/FMA detected just above.
             unsafe { avx2::dot(a, b) }
         }
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => {
-            assert!(cpu::level() >= Level::Avx512, "dot: AVX-512 kernels on a CPU without them");
+            assert!(
+                cpu::level() >= Level::Avx512,
+                "dot: AVX-512 kernels on a CPU without them"
+            );
             // SAFETY: AVX-512 detected just above.
             unsafe { avx512::dot(a, b) }
         }
@@ -160,18 +226,30 @@ pub fn dot_at(level: Level, a: &[f32], b: &[f32]) -> f32 {
 
 /// [`axpy`] with the kernels of `level` (tests and benchmarks).
 pub fn axpy_at(level: Level, alpha: f32, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), y.len(), "axpy: lengths {} and {}", x.len(), y.len());
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "axpy: lengths {} and {}",
+        x.len(),
+        y.len()
+    );
     match level {
         Level::Scalar => scalar::axpy(alpha, x, y),
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => {
-            assert!(cpu::level() >= Level::Avx2, "axpy: AVX2 kernels on a CPU without them");
+            assert!(
+                cpu::level() >= Level::Avx2,
+                "axpy: AVX2 kernels on a CPU without them"
+            );
             // SAFETY: AVX2/FMA detected just above.
             unsafe { avx2::axpy(alpha, x, y) }
         }
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => {
-            assert!(cpu::level() >= Level::Avx512, "axpy: AVX-512 kernels on a CPU without them");
+            assert!(
+                cpu::level() >= Level::Avx512,
+                "axpy: AVX-512 kernels on a CPU without them"
+            );
             // SAFETY: AVX-512 detected just above.
             unsafe { avx512::axpy(alpha, x, y) }
         }

@@ -2,9 +2,9 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::Avx2;
 use super::panel::{Panels, View};
 use super::scalar::DOT_LANES;
-use super::avx2::Avx2;
 use super::tile::{self, Bf16, Format, Job, Simd, Tile, TileFn, F16, F32};
 
 #[derive(Clone, Copy)]
@@ -37,7 +37,10 @@ impl Simd for Avx512 {
     unsafe fn load_bf16_pair(p: *const u16) -> (__m512, __m512) {
         let v = _mm512_loadu_si512(p.cast());
         let hi = _mm512_and_si512(v, _mm512_set1_epi32(0xffff0000u32 as i32));
-        (_mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)), _mm512_castsi512_ps(hi))
+        (
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)),
+            _mm512_castsi512_ps(hi),
+        )
     }
     #[inline(always)]
     unsafe fn load_bf16_low(p: *const u16) -> __m512 {
@@ -112,7 +115,11 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut i = 0;
     while i < full {
         s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), s1);
+        s1 = _mm512_fmadd_ps(
+            _mm512_loadu_ps(pa.add(i + 16)),
+            _mm512_loadu_ps(pb.add(i + 16)),
+            s1,
+        );
         i += DOT_LANES;
     }
     if full < n {
@@ -120,8 +127,16 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         let rest = n - full;
         let m0 = ((1u32 << rest.min(16)) - 1) as u16;
         let m1 = ((1u32 << rest.saturating_sub(16)) - 1) as u16;
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, pa.add(i)), _mm512_maskz_loadu_ps(m0, pb.add(i)), s0);
-        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, pa.add(i + 16)), _mm512_maskz_loadu_ps(m1, pb.add(i + 16)), s1);
+        s0 = _mm512_fmadd_ps(
+            _mm512_maskz_loadu_ps(m0, pa.add(i)),
+            _mm512_maskz_loadu_ps(m0, pb.add(i)),
+            s0,
+        );
+        s1 = _mm512_fmadd_ps(
+            _mm512_maskz_loadu_ps(m1, pa.add(i + 16)),
+            _mm512_maskz_loadu_ps(m1, pb.add(i + 16)),
+            s1,
+        );
     }
     let s = _mm512_add_ps(s0, s1);
     let s = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
@@ -143,12 +158,19 @@ pub(super) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     let (px, py) = (x.as_ptr(), y.as_mut_ptr());
     let mut i = 0;
     while i + 16 <= n {
-        _mm512_storeu_ps(py.add(i), _mm512_fmadd_ps(a, _mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(py.add(i))));
+        _mm512_storeu_ps(
+            py.add(i),
+            _mm512_fmadd_ps(a, _mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(py.add(i))),
+        );
         i += 16;
     }
     if i < n {
         let k = ((1u32 << (n - i)) - 1) as u16;
-        let v = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(k, px.add(i)), _mm512_maskz_loadu_ps(k, py.add(i)));
+        let v = _mm512_fmadd_ps(
+            a,
+            _mm512_maskz_loadu_ps(k, px.add(i)),
+            _mm512_maskz_loadu_ps(k, py.add(i)),
+        );
         _mm512_mask_storeu_ps(py.add(i), k, v);
     }
 }

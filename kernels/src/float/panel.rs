@@ -30,7 +30,11 @@ impl<T: Copy + Default> Aligned<T> {
     fn zeroed(len: usize) -> Self {
         let bytes = len * size_of::<T>();
         // All-zero bytes are 0.0 for f32 and the zero bits of f16/bf16.
-        Aligned { lines: vec![Line([0; 64]); bytes.div_ceil(64)], len, _t: PhantomData }
+        Aligned {
+            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+            len,
+            _t: PhantomData,
+        }
     }
 
     fn as_slice(&self) -> &[T] {
@@ -71,14 +75,20 @@ impl Panels {
         let stride = cols * PANEL;
         let mut d = Aligned::zeroed(rows.div_ceil(PANEL) * stride);
         interleave(rows, cols, d.as_mut_slice(), |i| w[i]);
-        Panels { data: Data::F32(d), stride }
+        Panels {
+            data: Data::F32(d),
+            stride,
+        }
     }
 
     pub(super) fn f16(rows: usize, cols: usize, w: &[half::f16]) -> Panels {
         let stride = cols * PANEL;
         let mut d = Aligned::zeroed(rows.div_ceil(PANEL) * stride);
         interleave(rows, cols, d.as_mut_slice(), |i| w[i].to_bits());
-        Panels { data: Data::F16(d), stride }
+        Panels {
+            data: Data::F16(d),
+            stride,
+        }
     }
 
     pub(super) fn bf16(rows: usize, cols: usize, w: &[half::bf16]) -> Panels {
@@ -91,7 +101,10 @@ impl Panels {
                 dst[base + k / 2 * 2 * PANEL + k % 2] = v.to_bits();
             }
         }
-        Panels { data: Data::BF16(d), stride }
+        Panels {
+            data: Data::BF16(d),
+            stride,
+        }
     }
 
     pub(super) fn kind(&self) -> FloatKind {
@@ -119,8 +132,12 @@ impl Panels {
         let (p, i) = (r / PANEL, r % PANEL);
         match &self.data {
             Data::F32(d) => d.as_slice()[p * self.stride + k * PANEL + i],
-            Data::F16(d) => half::f16::from_bits(d.as_slice()[p * self.stride + k * PANEL + i]).to_f32(),
-            Data::BF16(d) => bf16_to_f32(d.as_slice()[p * self.stride + k / 2 * 2 * PANEL + 2 * i + k % 2]),
+            Data::F16(d) => {
+                half::f16::from_bits(d.as_slice()[p * self.stride + k * PANEL + i]).to_f32()
+            }
+            Data::BF16(d) => {
+                bf16_to_f32(d.as_slice()[p * self.stride + k / 2 * 2 * PANEL + 2 * i + k % 2])
+            }
         }
     }
 

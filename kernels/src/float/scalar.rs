@@ -10,7 +10,10 @@ pub(super) fn matmul(w: &Panels, cols: usize, job: &Job) {
         w.row(r, &mut wr);
         for t in 0..job.m {
             let x = &job.x[t * cols..(t + 1) * cols];
-            let acc = wr.iter().zip(x).fold(0f32, |acc, (&w, &x)| w.mul_add(x, acc));
+            let acc = wr
+                .iter()
+                .zip(x)
+                .fold(0f32, |acc, (&w, &x)| w.mul_add(x, acc));
             // SAFETY: t < m and r < rows.end ≤ ld (checked by the caller); this thread owns row r.
             unsafe { *job.out.row_ptr(t).add(r) = acc };
         }
@@ -23,7 +26,10 @@ pub(super) const DOT_LANES: usize = 32;
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut s = [0f32; DOT_LANES];
     let full = a.len() / DOT_LANES * DOT_LANES;
-    for (ca, cb) in a[..full].chunks_exact(DOT_LANES).zip(b[..full].chunks_exact(DOT_LANES)) {
+    for (ca, cb) in a[..full]
+        .chunks_exact(DOT_LANES)
+        .zip(b[..full].chunks_exact(DOT_LANES))
+    {
         for j in 0..DOT_LANES {
             s[j] = ca[j].mul_add(cb[j], s[j]);
         }

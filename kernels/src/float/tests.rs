@@ -1,3 +1,6 @@
+// A list of one row range is a product computed in one piece.
+#![allow(clippy::single_range_in_vec_init)]
+
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -5,7 +8,10 @@ use rand::{Rng, SeedableRng};
 use super::*;
 
 fn levels() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Avx512].into_iter().filter(|&l| l <= cpu::level()).collect()
+    [Level::Scalar, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|&l| l <= cpu::level())
+        .collect()
 }
 
 const KINDS: [FloatKind; 3] = [FloatKind::F32, FloatKind::F16, FloatKind::BF16];
@@ -35,7 +41,9 @@ fn weights(kind: FloatKind, rows: usize, cols: usize, rng: &mut StdRng) -> (FMat
 }
 
 fn acts(m: usize, cols: usize, rng: &mut StdRng) -> Vec<f32> {
-    (0..m * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    (0..m * cols)
+        .map(|_| rng.random_range(-2.0f32..2.0))
+        .collect()
 }
 
 /// Output rows [m, ld] with ld = rows + 5, NaN-filled; `splits` are the row ranges computed.
@@ -55,7 +63,8 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 
 /// Bits of the outputs of rows `rows` (in order, token-major).
 fn block(y: &[f32], ld: usize, ts: Range<usize>, rows: Range<usize>) -> Vec<f32> {
-    ts.flat_map(|t| y[t * ld + rows.start..t * ld + rows.end].to_vec()).collect()
+    ts.flat_map(|t| y[t * ld + rows.start..t * ld + rows.end].to_vec())
+        .collect()
 }
 
 const SHAPES: [(usize, usize); 10] = [
@@ -80,14 +89,24 @@ fn every_level_matches_scalar_bit_for_bit() {
             for m in [1, 2, 3, 16, 37, 256] {
                 // The scalar product of big shapes is slow: check a slice of rows there,
                 // including the last panel.
-                let checked = if rows * m > 1 << 16 { vec![0..32, rows - rows % 16..rows] } else { vec![0..rows] };
+                let checked = if rows * m > 1 << 16 {
+                    vec![0..32, rows - rows % 16..rows]
+                } else {
+                    vec![0..rows]
+                };
                 let x = acts(m, cols, &mut rng);
                 let want = product(&w, Level::Scalar, &x, m, &checked);
                 for level in levels() {
                     let got = product(&w, level, &x, m, &[0..rows]);
                     for r in &checked {
-                        let (a, b) = (block(&got, rows + 5, 0..m, r.clone()), block(&want, rows + 5, 0..m, r.clone()));
-                        assert!(same_bits(&a, &b), "{kind:?} {rows}x{cols} m={m} {level:?} rows {r:?}");
+                        let (a, b) = (
+                            block(&got, rows + 5, 0..m, r.clone()),
+                            block(&want, rows + 5, 0..m, r.clone()),
+                        );
+                        assert!(
+                            same_bits(&a, &b),
+                            "{kind:?} {rows}x{cols} m={m} {level:?} rows {r:?}"
+                        );
                     }
                 }
             }
@@ -109,7 +128,10 @@ fn a_token_gets_the_same_bits_alone_or_in_a_batch() {
                     // Tokens 100..100+m as their own batch.
                     let sub = product(&w, level, &x[100 * cols..(100 + m) * cols], m, &[0..rows]);
                     assert!(
-                        same_bits(&block(&sub, ld, 0..m, 0..rows), &block(&all, ld, 100..100 + m, 0..rows)),
+                        same_bits(
+                            &block(&sub, ld, 0..m, 0..rows),
+                            &block(&all, ld, 100..100 + m, 0..rows)
+                        ),
                         "{kind:?} {rows}x{cols} {level:?}: batch of {m} differs from inside 256"
                     );
                 }
@@ -128,9 +150,16 @@ fn row_splits_do_not_change_the_bits() {
             let x = acts(m, cols, &mut rng);
             for level in levels() {
                 let whole = product(&w, level, &x, m, &[0..rows]);
-                for splits in [vec![0..704, 704..1408], vec![0..16, 16..48, 48..1392, 1392..1408], vec![0..1392, 1392..1408, 1408..1408]] {
+                for splits in [
+                    vec![0..704, 704..1408],
+                    vec![0..16, 16..48, 48..1392, 1392..1408],
+                    vec![0..1392, 1392..1408, 1408..1408],
+                ] {
                     let split = product(&w, level, &x, m, &splits);
-                    assert!(same_bits(&whole, &split), "{kind:?} m={m} {level:?} split {splits:?}");
+                    assert!(
+                        same_bits(&whole, &split),
+                        "{kind:?} m={m} {level:?} split {splits:?}"
+                    );
                 }
             }
         }
@@ -147,7 +176,11 @@ fn writes_only_the_rows_it_is_given() {
             let y = product(&w, level, &x, 7, &[32..70]);
             for t in 0..7 {
                 for c in 0..105 {
-                    assert_eq!((32..70).contains(&c), !y[t * 105 + c].is_nan(), "{kind:?} {level:?} ({t}, {c})");
+                    assert_eq!(
+                        (32..70).contains(&c),
+                        !y[t * 105 + c].is_nan(),
+                        "{kind:?} {level:?} ({t}, {c})"
+                    );
                 }
             }
         }
@@ -175,7 +208,10 @@ fn close_to_an_f64_product() {
                     }
                     let err = (y[t * (rows + 5) + r] as f64 - exact).abs();
                     let bound = cols as f64 * 2f64.powi(-24) * mag;
-                    assert!(err <= bound, "{kind:?} {rows}x{cols} ({t}, {r}): error {err:e} > {bound:e}");
+                    assert!(
+                        err <= bound,
+                        "{kind:?} {rows}x{cols} ({t}, {r}): error {err:e} > {bound:e}"
+                    );
                 }
             }
         }
@@ -191,7 +227,10 @@ fn row_gives_the_stored_values() {
         let mut out = vec![0f32; 37];
         for r in [0, 15, 16, 44] {
             w.row(r, &mut out);
-            assert!(same_bits(&out, &wf[r * 37..(r + 1) * 37]), "{kind:?} row {r}");
+            assert!(
+                same_bits(&out, &wf[r * 37..(r + 1) * 37]),
+                "{kind:?} row {r}"
+            );
         }
     }
 }
@@ -209,16 +248,27 @@ fn dot_and_axpy_give_the_same_bits_at_every_level() {
         });
         // Each lane chain rounds ⌈n/32⌉ times and the pairwise sum 5 more.
         let bound = (n.div_ceil(32) + 5) as f64 * 2f64.powi(-24) * mag;
-        assert!((want as f64 - exact).abs() <= bound, "dot n={n}: {want} vs {exact}");
+        assert!(
+            (want as f64 - exact).abs() <= bound,
+            "dot n={n}: {want} vs {exact}"
+        );
         for level in levels() {
-            assert_eq!(dot_at(level, &a, &b).to_bits(), want.to_bits(), "dot n={n} {level:?}");
+            assert_eq!(
+                dot_at(level, &a, &b).to_bits(),
+                want.to_bits(),
+                "dot n={n} {level:?}"
+            );
             let alpha = rng.random_range(-2.0f32..2.0);
             let mut y0 = b.clone();
             axpy_at(Level::Scalar, alpha, &a, &mut y0);
             let mut y = b.clone();
             axpy_at(level, alpha, &a, &mut y);
             assert!(same_bits(&y, &y0), "axpy n={n} {level:?}");
-            assert!(y0.iter().zip(&a).zip(&b).all(|((&y, &x), &b)| y == alpha.mul_add(x, b)));
+            assert!(y0
+                .iter()
+                .zip(&a)
+                .zip(&b)
+                .all(|((&y, &x), &b)| y == alpha.mul_add(x, b)));
         }
     }
 }

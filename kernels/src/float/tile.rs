@@ -199,7 +199,14 @@ const CHUNK: usize = 8;
 /// # Safety
 /// The kernels `pick` gives are runnable on this CPU; `w` holds the panels of the job's rows,
 /// and the job's bounds were checked (`FMatrix::matmul_at`).
-pub(super) unsafe fn run<E>(w: &[E], stride: usize, cols: usize, job: &Job, tmax: usize, pick: Pick<E>) {
+pub(super) unsafe fn run<E>(
+    w: &[E],
+    stride: usize,
+    cols: usize,
+    job: &Job,
+    tmax: usize,
+    pick: Pick<E>,
+) {
     let (m, rows) = (job.m, &job.rows);
     let (p0, p1) = (rows.start / PANEL, rows.end.div_ceil(PANEL));
     assert!(p1 * stride <= w.len(), "panels out of range");
