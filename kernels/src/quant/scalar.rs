@@ -1,25 +1,23 @@
-//! The reference computation, and the float steps every level shares.
+//! The reference computation: the one float pattern every level reproduces.
 //!
-//! K-quants: per super-block, exact integers `sumi` (Σ over sub-blocks of scale × Σ q·a, Q6_K
-//! with its −32 folded in through the activation block sums) and `summ` (Q4_K/Q5_K: Σ min ×
-//! sum of the sub-block's activations), then [`combine_k`]. 32-element blocks: per group of 4
-//! elements an exact integer, accumulated into 8 float lanes with fma, reduced by [`reduce8`].
+//! Every output keeps 8 float lanes, starting at +0, and ends as [`reduce8`] of them.
+//! - 32-element blocks, block after block: lane g takes `fma(S_g, dw·da, lane)` where S_g is the
+//!   exact integer Σ (q − offset)·a over elements 4g..4g+3; Q4_1/Q5_1 then add their min term
+//!   to lane 0: `fma(m, s, lane0)` (s: the activation block's stored d·Σq).
+//! - K-quants, super-block after super-block: lane l takes `fma(I_l, d·da, lane)` and then,
+//!   for Q4_K/Q5_K, `fma(−M_l, dmin·da, lane)`. I_l is the exact integer Σ over the 8 steps of
+//!   32 elements s of scale(s, l)·Σ q·a over elements 32s+4l..32s+4l+3 (Q6_K: minus
+//!   32·(sc_2l·bsum_2l + sc_2l+1·bsum_2l+1), its offset); M_l = min_l·(bsum_2l + bsum_2l+1).
+//!   This is what `vpmaddubsw` + `vpdpwssd` (or `vpmaddwd`) leave in i32 lane l.
+//!
+//! A lane never holds −0 (it starts at +0 and a sum only gives −0 from two −0), so a SIMD
+//! lane adding a product that is ±0 leaves it unchanged, as the scalar code's skipping does.
 
 use std::ops::Range;
 
 use super::act::ActRow;
 use super::blocks::{k_unsigned, q32_unsigned, QMatrix, QType};
 use crate::SharedOut;
-
-/// One super-block's float step, shared by every level: `acc + (d·da·sumi − dmin·da·summ)`.
-#[inline(always)]
-pub(crate) fn combine_k(ty: QType, acc: f32, d: f32, dmin: f32, da: f32, sumi: i32, summ: i32) -> f32 {
-    if ty == QType::Q6K {
-        acc + (d * da) * sumi as f32
-    } else {
-        acc + ((d * da) * sumi as f32 - (dmin * da) * summ as f32)
-    }
-}
 
 /// The fixed tree that adds the 8 lanes (as the SIMD code does: halves, then quarters, then
 /// the last pair).
@@ -28,15 +26,6 @@ pub(crate) fn reduce8(l: [f32; 8]) -> f32 {
     let v = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
     let w = [v[0] + v[2], v[1] + v[3]];
     w[0] + w[1]
-}
-
-/// Q4_1/Q5_1's min term of one output, `Σ_b m_b·s_b` in block order (every level calls this).
-pub(crate) fn min_sum(w: &QMatrix, r: usize, a: &ActRow) -> f32 {
-    let mut acc = 0f32;
-    for b in 0..w.nb {
-        acc += w.m[r * w.nb + b] * a.s(b);
-    }
-    acc
 }
 
 /// Offset subtracted from a 32-element type's unsigned values.
@@ -49,62 +38,62 @@ pub(crate) fn offset32(ty: QType) -> i32 {
     }
 }
 
-/// The exact integers of super-block `b` of row `r` against activation block `b`.
-pub(crate) fn k_ints(w: &QMatrix, r: usize, b: usize, a: &ActRow) -> (i32, i32) {
+/// The exact lane integers (I_l, M_l) of super-block `b` of row `r` against activation block `b`.
+pub(crate) fn k_lanes(w: &QMatrix, r: usize, b: usize, a: &ActRow) -> ([i32; 8], [i32; 8]) {
     let ty = w.qtype();
     let (q, sc, qa) = (w.qblock(r, b), w.scales(r, b), a.qs(b));
-    let mut sumi = 0i32;
-    let mut sub = 0i32;
-    let sub_len = if ty == QType::Q6K { 16 } else { 32 };
-    for e in 0..256 {
-        let (v, _) = k_unsigned(ty, q, sc, e);
-        sub += v * (qa[e] as i8 as i32);
-        if e % sub_len == sub_len - 1 {
-            sumi += sc[e / sub_len] as i32 * sub;
-            sub = 0;
+    let (mut i, mut m) = ([0i32; 8], [0i32; 8]);
+    for s in 0..8 {
+        for (l, lane) in i.iter_mut().enumerate() {
+            let mut sum = 0;
+            let mut scale = 0;
+            for e in 32 * s + 4 * l..32 * s + 4 * l + 4 {
+                let (v, sce) = k_unsigned(ty, q, sc, e);
+                sum += v * (qa[e] as i8 as i32);
+                scale = sce;
+            }
+            *lane += scale * sum;
         }
     }
-    let mut summ = 0i32;
-    for j in 0..16 {
-        let bs = a.bsum(b, j);
+    for l in 0..8 {
+        let (b0, b1) = (a.bsum(b, 2 * l), a.bsum(b, 2 * l + 1));
         if ty == QType::Q6K {
-            sumi -= 32 * sc[j] as i32 * bs;
+            i[l] -= 32 * (sc[2 * l] as i32 * b0 + sc[2 * l + 1] as i32 * b1);
         } else {
-            summ += sc[8 + j / 2] as i32 * bs;
+            m[l] = sc[8 + l] as i32 * (b0 + b1);
         }
     }
-    (sumi, summ)
+    (i, m)
 }
 
 /// Output (t, r) for activation row `a`.
 pub(crate) fn dot(w: &QMatrix, r: usize, a: &ActRow) -> f32 {
     let ty = w.qtype();
-    if ty.is_k() {
-        let mut acc = 0f32;
-        for b in 0..w.nb {
-            let (sumi, summ) = k_ints(w, r, b, a);
-            let i = r * w.nb + b;
-            let dmin = if ty == QType::Q6K { 0.0 } else { w.m[i] };
-            acc = combine_k(ty, acc, w.d[i], dmin, a.d(b), sumi, summ);
-        }
-        return acc;
-    }
-    let o = offset32(ty);
     let mut lanes = [0f32; 8];
     for b in 0..w.nb {
-        let (q, qa) = (w.qblock(r, b), a.qs(b));
-        let scale = w.d[r * w.nb + b] * a.d(b);
-        for (g, lane) in lanes.iter_mut().enumerate() {
-            let s: i32 = (4 * g..4 * g + 4).map(|e| (q32_unsigned(ty, q, e) - o) * (qa[e] as i8 as i32)).sum();
-            *lane = (s as f32).mul_add(scale, *lane);
+        let i = r * w.nb + b;
+        if ty.is_k() {
+            let (il, ml) = k_lanes(w, r, b, a);
+            let dd = w.d[i] * a.d(b);
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                *lane = (il[l] as f32).mul_add(dd, *lane);
+                if ty != QType::Q6K {
+                    *lane = (-(ml[l] as f32)).mul_add(w.m[i] * a.d(b), *lane);
+                }
+            }
+        } else {
+            let (q, qa, o) = (w.qblock(r, b), a.qs(b), offset32(ty));
+            let dd = w.d[i] * a.d(b);
+            for (g, lane) in lanes.iter_mut().enumerate() {
+                let s: i32 = (4 * g..4 * g + 4).map(|e| (q32_unsigned(ty, q, e) - o) * (qa[e] as i8 as i32)).sum();
+                *lane = (s as f32).mul_add(dd, *lane);
+            }
+            if ty.has_min() {
+                lanes[0] = w.m[i].mul_add(a.s(b), lanes[0]);
+            }
         }
     }
-    let total = reduce8(lanes);
-    if ty.has_min() {
-        total + min_sum(w, r, a)
-    } else {
-        total
-    }
+    reduce8(lanes)
 }
 
 pub(crate) fn matmul(w: &QMatrix, act: &[u8], m: usize, rows: Range<usize>, out: SharedOut) {

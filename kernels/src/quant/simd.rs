@@ -10,9 +10,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::act::ActRow;
 use super::blocks::{QMatrix, QType, QK_K};
-use super::scalar::{combine_k, min_sum};
 use crate::SharedOut;
 
 /// The operations AVX2 and AVX-512 do differently. All act on 32 bytes / 8 i32 lanes.
@@ -78,44 +76,6 @@ unsafe fn reduce8_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)))
 }
 
-/// Horizontal sums of 8 vectors of 8 i32 (exact, so the order is free).
-#[inline(always)]
-unsafe fn hsum8(v: [__m256i; 8]) -> [i32; 8] {
-    let p = |a: __m256i, b: __m256i| _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
-    let q = |a: __m256i, b: __m256i| _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
-    let (a, b, c, d) = (p(v[0], v[1]), p(v[2], v[3]), p(v[4], v[5]), p(v[6], v[7]));
-    let (x, y) = (q(a, b), q(c, d));
-    let s = _mm256_add_epi32(_mm256_permute2x128_si256(x, y, 0x20), _mm256_permute2x128_si256(x, y, 0x31));
-    let mut out = [0i32; 8];
-    _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, s);
-    out
-}
-
-/// Horizontal sums of R×T vectors.
-#[inline(always)]
-unsafe fn hsum_tile<const R: usize, const T: usize>(v: &[[__m256i; T]; R]) -> [[i32; T]; R] {
-    let mut out = [[0i32; T]; R];
-    let mut chunk = [_mm256_setzero_si256(); 8];
-    let mut idx = [(0usize, 0usize); 8];
-    let mut n = 0;
-    for r in 0..R {
-        for t in 0..T {
-            chunk[n] = v[r][t];
-            idx[n] = (r, t);
-            n += 1;
-            if n == 8 || (r == R - 1 && t == T - 1) {
-                let s = hsum8(chunk);
-                for i in 0..n {
-                    out[idx[i].0][idx[i].1] = s[i];
-                }
-                chunk = [_mm256_setzero_si256(); 8];
-                n = 0;
-            }
-        }
-    }
-    out
-}
-
 /// The 32 unsigned values of a 32-element block (before the type's offset).
 #[inline(always)]
 unsafe fn unpack32<I: Isa, const TY: u8>(q: *const u8) -> __m256i {
@@ -144,37 +104,39 @@ unsafe fn tile32<I: Isa, const TY: u8, const O: i32, const R: usize, const T: us
     let a: [Act; T] = std::array::from_fn(|t| Act::new(act.as_ptr().add((t0 + t) * rb), nb, 32));
     let wq = w.q.as_ptr().add(r0 * nb * qb);
     let wd = w.d.as_ptr().add(r0 * nb);
+    let min = TY == T_Q4_1 || TY == T_Q5_1;
+    let wm = if min { w.m.as_ptr().add(r0 * nb) } else { wd };
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
         let mut av = [_mm256_setzero_si256(); T];
         let mut start = [_mm256_setzero_si256(); T];
         let mut dav = [_mm256_setzero_ps(); T];
+        let mut sv = [_mm256_setzero_ps(); T];
         for t in 0..T {
             av[t] = _mm256_loadu_si256(a[t].qs.add(32 * b) as *const __m256i);
             start[t] = I::offset_start::<O>(av[t]);
             dav[t] = _mm256_set1_ps(a[t].d(b));
+            if min {
+                sv[t] = _mm256_set1_ps((a[t].extra.add(4 * b) as *const f32).read_unaligned());
+            }
         }
         for r in 0..R {
             let wv = unpack32::<I, TY>(wq.add((r * nb + b) * qb));
             let dw = _mm256_set1_ps(*wd.add(r * nb + b));
+            // The min goes to lane 0 only; the other lanes add 0·s = ±0, which changes nothing.
+            let mv = if min { _mm256_blend_ps(_mm256_setzero_ps(), _mm256_set1_ps(*wm.add(r * nb + b)), 1) } else { _mm256_setzero_ps() };
             for t in 0..T {
                 let s = I::dot_off::<O>(start[t], wv, av[t]);
                 acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dav[t]), acc[r][t]);
+                if min {
+                    acc[r][t] = _mm256_fmadd_ps(mv, sv[t], acc[r][t]);
+                }
             }
         }
     }
     for t in 0..T {
-        let row = if TY == T_Q4_1 || TY == T_Q5_1 {
-            Some(ActRow::new(w.act_kind(), w.cols(), &act[(t0 + t) * rb..(t0 + t + 1) * rb]))
-        } else {
-            None
-        };
         for r in 0..R {
-            let mut v = reduce8_ps(acc[r][t]);
-            if let Some(row) = &row {
-                v += min_sum(w, r0 + r, row);
-            }
-            out.write(t0 + t, r0 + r, v);
+            out.write(t0 + t, r0 + r, reduce8_ps(acc[r][t]));
         }
     }
 }
@@ -188,11 +150,10 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
     t0: usize,
     out: SharedOut,
 ) {
-    let ty = w.qtype();
-    let (nb, qb, rb) = (w.nb, ty.q_bytes(), w.act_row_bytes());
+    let (nb, qb, rb) = (w.nb, w.qtype().q_bytes(), w.act_row_bytes());
     let a: [Act; T] = std::array::from_fn(|t| Act::new(act.as_ptr().add((t0 + t) * rb), nb, QK_K));
     let nib = _mm256_set1_epi8(0x0F);
-    let mut accf = [[0f32; T]; R];
+    let mut accf = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
         let q: [*const u8; R] = std::array::from_fn(|r| w.q.as_ptr().add(((r0 + r) * nb + b) * qb));
         let sc: [*const i16; R] = std::array::from_fn(|r| w.sc.as_ptr().add(((r0 + r) * nb + b) * 16));
@@ -239,36 +200,33 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
             }
         }
         let bs: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(a[t].extra.add(32 * b) as *const __m256i));
-        let mut mm = [[_mm256_setzero_si256(); T]; R];
-        for r in 0..R {
-            if TY == T_Q6K {
-                // The −32 of every value: −32 · Σ_j sc_j · bsum_j, exact in i32.
-                let nsc = _mm256_mullo_epi16(_mm256_loadu_si256(sc[r] as *const __m256i), _mm256_set1_epi16(-32));
-                for t in 0..T {
-                    acc[r][t] = I::dot_i16(acc[r][t], nsc, bs[t]);
-                }
-            } else {
-                // Each min against the two bsums of its 32 elements.
-                let m = _mm256_cvtepu16_epi32(_mm_loadu_si128(sc[r].add(8) as *const __m128i));
-                let mdup = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
-                for t in 0..T {
-                    mm[r][t] = _mm256_madd_epi16(mdup, bs[t]);
-                }
-            }
-        }
-        let sumi = hsum_tile(&acc);
-        let summ = if TY == T_Q6K { [[0i32; T]; R] } else { hsum_tile(&mm) };
+        let dav: [__m256; T] = std::array::from_fn(|t| _mm256_set1_ps(a[t].d(b)));
         for r in 0..R {
             let i = (r0 + r) * nb + b;
-            let (d, dmin) = (w.d[i], if TY == T_Q6K { 0.0 } else { w.m[i] });
-            for t in 0..T {
-                accf[r][t] = combine_k(ty, accf[r][t], d, dmin, a[t].d(b), sumi[r][t], summ[r][t]);
+            let dv = _mm256_set1_ps(*w.d.get_unchecked(i));
+            if TY == T_Q6K {
+                // The −32 of every value: −32 · (sc_2l·bsum_2l + sc_2l+1·bsum_2l+1) into lane l.
+                let nsc = _mm256_mullo_epi16(_mm256_loadu_si256(sc[r] as *const __m256i), _mm256_set1_epi16(-32));
+                for t in 0..T {
+                    let ints = I::dot_i16(acc[r][t], nsc, bs[t]);
+                    accf[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dv, dav[t]), accf[r][t]);
+                }
+            } else {
+                // Lane l: min_l against the two bsums of sub-block l.
+                let m = _mm256_cvtepu16_epi32(_mm_loadu_si128(sc[r].add(8) as *const __m128i));
+                let mdup = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+                let dmv = _mm256_set1_ps(*w.m.get_unchecked(i));
+                for t in 0..T {
+                    accf[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][t]), _mm256_mul_ps(dv, dav[t]), accf[r][t]);
+                    let mm = _mm256_cvtepi32_ps(_mm256_madd_epi16(mdup, bs[t]));
+                    accf[r][t] = _mm256_fnmadd_ps(mm, _mm256_mul_ps(dmv, dav[t]), accf[r][t]);
+                }
             }
         }
     }
     for t in 0..T {
         for r in 0..R {
-            out.write(t0 + t, r0 + r, accf[r][t]);
+            out.write(t0 + t, r0 + r, reduce8_ps(accf[r][t]));
         }
     }
 }
