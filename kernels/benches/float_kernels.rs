@@ -22,7 +22,7 @@ const SHAPES: [(usize, usize); 5] = [
     (512, 1408),
     (6400, 512),
 ];
-const MS: [usize; 4] = [1, 4, 16, 256];
+const MS: [usize; 6] = [1, 2, 3, 4, 16, 256];
 
 fn matrix(kind: FloatKind, rows: usize, cols: usize, seed: u32) -> FMatrix {
     // A cheap deterministic fill; the values do not affect the speed.
@@ -101,8 +101,8 @@ fn main() {
 
     println!("single thread, GMAC/s (m=1 also GB/s of weights; a matrix under 32 MB stays in L3)");
     println!(
-        "{:<7} {:<5} {:>11} {:>8} {:>8} {:>8} {:>8}   m=1 GB/s",
-        "level", "kind", "rows x k", "m=1", "m=4", "m=16", "m=256"
+        "{:<7} {:<5} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}   m=1 GB/s",
+        "level", "kind", "rows x k", "m=1", "m=2", "m=3", "m=4", "m=16", "m=256"
     );
     for &level in &levels {
         for &kind in &kinds {
@@ -166,7 +166,7 @@ fn main() {
                 format!("{kind:?}"),
                 (macs * bytes_per(kind)) as f64 / 1e6
             );
-            for m in [1, 4, 16] {
+            for m in [1, 2, 4, 16] {
                 let x = vec![0.5f32; m * 1408];
                 let mut y = vec![0f32; m * 6400];
                 let s = best(|| {

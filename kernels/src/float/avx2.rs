@@ -69,14 +69,29 @@ const TMAX: usize = 6;
 const TMAX_BF16: usize = 5;
 
 /// Panels per tile (Q = 2 per panel) for each block size; decode takes 4 panels, 8 chains.
-fn pick<F: Format<Avx2>>(t: usize) -> (usize, TileFn<F::E>, TileFn<F::E>) {
+fn pick<F: Format<Avx2>>(t: usize) -> [(usize, TileFn<F::E>); 4] {
     match t {
-        1 => (4, kernel::<F, 1, 8>, kernel::<F, 1, 2>),
-        2 => (2, kernel::<F, 2, 4>, kernel::<F, 2, 2>),
-        3 => (2, kernel::<F, 3, 4>, kernel::<F, 3, 2>),
-        4 => (1, kernel::<F, 4, 2>, kernel::<F, 4, 2>),
-        5 => (1, kernel::<F, 5, 2>, kernel::<F, 5, 2>),
-        6 => (1, kernel::<F, 6, 2>, kernel::<F, 6, 2>),
+        1 => [
+            (4, kernel::<F, 1, 8>),
+            (2, kernel::<F, 1, 4>),
+            (1, kernel::<F, 1, 2>),
+            (1, kernel::<F, 1, 2>),
+        ],
+        2 => [
+            (2, kernel::<F, 2, 4>),
+            (1, kernel::<F, 2, 2>),
+            (1, kernel::<F, 2, 2>),
+            (1, kernel::<F, 2, 2>),
+        ],
+        3 => [
+            (2, kernel::<F, 3, 4>),
+            (1, kernel::<F, 3, 2>),
+            (1, kernel::<F, 3, 2>),
+            (1, kernel::<F, 3, 2>),
+        ],
+        4 => [(1, kernel::<F, 4, 2>); 4],
+        5 => [(1, kernel::<F, 5, 2>); 4],
+        6 => [(1, kernel::<F, 6, 2>); 4],
         _ => unreachable!("token blocks are at most {TMAX}"),
     }
 }

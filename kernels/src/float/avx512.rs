@@ -65,14 +65,45 @@ unsafe fn kernel<F: Format<Avx512>, const T: usize, const Q: usize>(a: &Tile<F::
 const TMAX: usize = 6;
 
 /// Fewer tokens take more panels (decode: 1 token × 8 panels, 8 independent fma chains).
-fn pick<F: Format<Avx512>>(t: usize) -> (usize, TileFn<F::E>, TileFn<F::E>) {
+/// 3 tokens × 8 panels ran out of registers (36 GMAC/s against 48–57 over 4 panels).
+fn pick<F: Format<Avx512>>(t: usize) -> [(usize, TileFn<F::E>); 4] {
     match t {
-        1 => (8, kernel::<F, 1, 8>, kernel::<F, 1, 1>),
-        2 => (8, kernel::<F, 2, 8>, kernel::<F, 2, 1>),
-        3 => (8, kernel::<F, 3, 8>, kernel::<F, 3, 1>),
-        4 => (4, kernel::<F, 4, 4>, kernel::<F, 4, 1>),
-        5 => (4, kernel::<F, 5, 4>, kernel::<F, 5, 1>),
-        6 => (4, kernel::<F, 6, 4>, kernel::<F, 6, 1>),
+        1 => [
+            (8, kernel::<F, 1, 8>),
+            (4, kernel::<F, 1, 4>),
+            (2, kernel::<F, 1, 2>),
+            (1, kernel::<F, 1, 1>),
+        ],
+        2 => [
+            (8, kernel::<F, 2, 8>),
+            (4, kernel::<F, 2, 4>),
+            (2, kernel::<F, 2, 2>),
+            (1, kernel::<F, 2, 1>),
+        ],
+        3 => [
+            (4, kernel::<F, 3, 4>),
+            (2, kernel::<F, 3, 2>),
+            (1, kernel::<F, 3, 1>),
+            (1, kernel::<F, 3, 1>),
+        ],
+        4 => [
+            (4, kernel::<F, 4, 4>),
+            (2, kernel::<F, 4, 2>),
+            (1, kernel::<F, 4, 1>),
+            (1, kernel::<F, 4, 1>),
+        ],
+        5 => [
+            (4, kernel::<F, 5, 4>),
+            (2, kernel::<F, 5, 2>),
+            (1, kernel::<F, 5, 1>),
+            (1, kernel::<F, 5, 1>),
+        ],
+        6 => [
+            (4, kernel::<F, 6, 4>),
+            (2, kernel::<F, 6, 2>),
+            (1, kernel::<F, 6, 1>),
+            (1, kernel::<F, 6, 1>),
+        ],
         _ => unreachable!("token blocks are at most {TMAX}"),
     }
 }
@@ -83,13 +114,18 @@ unsafe fn kernel_ymm<F: Format<Avx2>, const T: usize, const Q: usize>(a: &Tile<F
     tile::tile::<Avx2, F, T, Q>(a)
 }
 
-/// f16 for one or two tokens: a zmm `vcvtph2ps` issues every other cycle on Zen 4 and with
-/// so few tokens per weight it set the pace (29 GMAC/s in cache at m=1); two ymm conversions
-/// per panel do not (45). Same fma chains, so the same bits.
-fn pick_f16(t: usize) -> (usize, TileFn<u16>, TileFn<u16>) {
+/// f16 for one token: a zmm `vcvtph2ps` issues every other cycle on Zen 4 and with one token
+/// per weight it set the pace (29 GMAC/s in cache); two ymm conversions per panel do not (45).
+/// Same fma chains, so the same bits. (At two tokens the ymm tile, 4 panels for lack of
+/// registers, streamed weights from memory slower than the zmm one over 8.)
+fn pick_f16(t: usize) -> [(usize, TileFn<u16>); 4] {
     match t {
-        1 => (8, kernel_ymm::<F16, 1, 16>, kernel_ymm::<F16, 1, 2>),
-        2 => (4, kernel_ymm::<F16, 2, 8>, kernel_ymm::<F16, 2, 2>),
+        1 => [
+            (8, kernel_ymm::<F16, 1, 16>),
+            (4, kernel_ymm::<F16, 1, 8>),
+            (2, kernel_ymm::<F16, 1, 4>),
+            (1, kernel_ymm::<F16, 1, 2>),
+        ],
         t => pick::<F16>(t),
     }
 }

@@ -124,9 +124,10 @@ pub(super) struct Tile<E> {
 
 pub(super) type TileFn<E> = unsafe fn(&Tile<E>);
 
-/// For a block of `t` tokens: how many panels the main kernel takes, the main kernel, and the
-/// one-panel kernel for the panels left over.
-pub(super) type Pick<E> = fn(t: usize) -> (usize, TileFn<E>, TileFn<E>);
+/// For a block of `t` tokens: kernels by the panels they take, most first, the last taking
+/// one. Panels left over by the widest go to the next that fits (a thread's share of 44
+/// panels: 5×8 + 4, not 5×8 + 4×1, whose single fma chains would wait on its latency).
+pub(super) type Pick<E> = fn(t: usize) -> [(usize, TileFn<E>); 4];
 
 /// The tile kernel of T tokens × Q vectors; ISA modules wrap it in a `#[target_feature]` fn.
 ///
@@ -215,11 +216,14 @@ pub(super) unsafe fn run<E>(
         let mut t0 = 0;
         while t0 < m {
             let tb = tmax.min(m - t0);
-            let (pn, main, one) = pick(tb);
+            let kernels = pick(tb);
             let out = job.out.row_ptr(t0);
             let mut p = c0;
             while p < c1 {
-                let (n, kernel) = if p + pn <= c1 { (pn, main) } else { (1, one) };
+                let (n, kernel) = *kernels
+                    .iter()
+                    .find(|(n, _)| p + n <= c1)
+                    .expect("a one-panel kernel");
                 let tile = Tile {
                     w: w.as_ptr().add(p * stride),
                     stride,
