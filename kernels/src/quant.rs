@@ -18,14 +18,14 @@
 //! keep ggml's order ([`blocks`]). Activations use this module's own row layout ([`act`]).
 
 mod act;
-mod blocks;
-mod scalar;
-#[cfg(target_arch = "x86_64")]
-mod simd;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod blocks;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 #[cfg(test)]
 mod tests;
 
@@ -67,16 +67,38 @@ impl QMatrix {
     }
 
     /// [`QMatrix::matmul`] at a given level (tests and benchmarks compare levels).
-    pub fn matmul_at(&self, level: Level, act: &[u8], m: usize, rows: Range<usize>, out: SharedOut) {
-        assert!(rows.start <= rows.end && rows.end <= self.rows(), "rows {rows:?} out of 0..{}", self.rows());
-        assert!(act.len() >= m * self.act_row_bytes(), "activation buffer too short for {m} rows");
-        assert!(rows.end <= out.ld(), "output leading dimension {} < {}", out.ld(), rows.end);
+    pub fn matmul_at(
+        &self,
+        level: Level,
+        act: &[u8],
+        m: usize,
+        rows: Range<usize>,
+        out: SharedOut,
+    ) {
+        assert!(
+            rows.start <= rows.end && rows.end <= self.rows(),
+            "rows {rows:?} out of 0..{}",
+            self.rows()
+        );
+        assert!(
+            act.len() >= m * self.act_row_bytes(),
+            "activation buffer too short for {m} rows"
+        );
+        assert!(
+            rows.end <= out.ld(),
+            "output leading dimension {} < {}",
+            out.ld(),
+            rows.end
+        );
         if m == 0 || rows.is_empty() {
             return;
         }
         // Fails here, once, rather than in a kernel if the output is too short.
         let _ = out.row_ptr(m - 1);
-        assert!(level <= detected_level(), "level {level:?} not available on this CPU");
+        assert!(
+            level <= detected_level(),
+            "level {level:?} not available on this CPU"
+        );
         match level {
             Level::Scalar => scalar::matmul(self, act, m, rows, out),
             #[cfg(target_arch = "x86_64")]
@@ -95,7 +117,9 @@ impl QMatrix {
 pub(crate) fn detected_level() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
         if avx2
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")

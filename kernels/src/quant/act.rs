@@ -40,8 +40,16 @@ impl ActKind {
     /// Quantizes `x` (a multiple of the block size long) into `out` (`row_bytes` long).
     pub fn quantize_row(self, x: &[f32], out: &mut [u8]) {
         let be = self.block_elems();
-        assert!(x.len() % be == 0, "activation row of {} is not a multiple of {be}", x.len());
-        assert_eq!(out.len(), self.row_bytes(x.len()), "activation buffer length");
+        assert!(
+            x.len().is_multiple_of(be),
+            "activation row of {} is not a multiple of {be}",
+            x.len()
+        );
+        assert_eq!(
+            out.len(),
+            self.row_bytes(x.len()),
+            "activation buffer length"
+        );
         let nb = x.len() / be;
         let (qs, rest) = out.split_at_mut(nb * be);
         let (ds, rest) = rest.split_at_mut(nb * 4);
@@ -83,7 +91,8 @@ impl ActKind {
                             *q = (iscale * v).round().clamp(-128.0, 127.0) as i8 as u8;
                         }
                         for (j, s) in bsums.chunks_exact_mut(2).enumerate() {
-                            let sum: i32 = q[16 * j..16 * j + 16].iter().map(|&v| v as i8 as i32).sum();
+                            let sum: i32 =
+                                q[16 * j..16 * j + 16].iter().map(|&v| v as i8 as i32).sum();
                             s.copy_from_slice(&(sum as i16).to_le_bytes());
                         }
                         1.0 / iscale
@@ -107,7 +116,11 @@ impl<'a> ActRow<'a> {
     pub fn new(kind: ActKind, cols: usize, bytes: &'a [u8]) -> Self {
         let be = kind.block_elems();
         assert!(bytes.len() >= kind.row_bytes(cols));
-        ActRow { bytes, nb: cols / be, be }
+        ActRow {
+            bytes,
+            nb: cols / be,
+            be,
+        }
     }
 
     pub fn qs(&self, b: usize) -> &'a [u8] {

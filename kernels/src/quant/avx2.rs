@@ -27,25 +27,16 @@ impl Isa for Avx2 {
         if O == 0 || O == 128 {
             return _mm256_setzero_si256();
         }
-        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(O as i8), s), _mm256_set1_epi16(1));
+        let sums = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_set1_epi8(O as i8), s),
+            _mm256_set1_epi16(1),
+        );
         _mm256_sub_epi32(_mm256_setzero_si256(), sums)
     }
 
     #[inline(always)]
     unsafe fn dot_i16(acc: __m256i, p: __m256i, c: __m256i) -> __m256i {
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, c))
-    }
-
-    #[inline(always)]
-    unsafe fn add16_bits(w: __m256i, bits: u32) -> __m256i {
-        // Byte i gets byte i/8 of `bits`, then tests its bit i%8.
-        let v = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(bits as i32),
-            _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
-        );
-        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
-        _mm256_add_epi8(w, _mm256_and_si256(set, _mm256_set1_epi8(16)))
     }
 
     #[inline(always)]

@@ -1,6 +1,6 @@
 //! AVX-512 (VL, BW, VNNI) on 256-bit vectors: `vpdpbusd` for the 32-element blocks (the
 //! weights' offset is taken off through a per-token start value), `vpmaddubsw` + `vpdpwssd`
-//! for the K-quants' scaled sub-blocks, byte masks for the fifth bits.
+//! for the K-quants' scaled sub-blocks, byte masks for Q5_K's fifth bits.
 
 use std::arch::x86_64::*;
 
@@ -31,14 +31,14 @@ impl Isa for Avx512 {
     }
 
     #[inline(always)]
-    unsafe fn add16_bits(w: __m256i, bits: u32) -> __m256i {
-        _mm256_mask_add_epi8(w, bits, w, _mm256_set1_epi8(16))
-    }
-
-    #[inline(always)]
     unsafe fn add16_where(w: __m256i, qh: __m256i, bit: __m256i) -> __m256i {
         _mm256_mask_add_epi8(w, _mm256_test_epi8_mask(qh, bit), w, _mm256_set1_epi8(16))
     }
 }
 
-entries!(Avx512, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", 4, 4);
+entries!(
+    Avx512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    4,
+    4
+);

@@ -1,11 +1,12 @@
 //! The ggml block types, and the repacked form a [`QMatrix`] keeps them in.
 //!
-//! Each row keeps its blocks in order. Per block, the quant bytes stay in ggml's order (Q8_0's
-//! are stored offset by 128, as unsigned bytes) and go to `q`; f16 scales are widened to f32
+//! Each row keeps its blocks in order. Per block, the quant bytes go to `q`, in ggml's order
+//! except as listed below; f16 scales are widened to f32
 //! (`d`, and `m` for the second scale: Q4_1/Q5_1's min, Q4_K/Q5_K's dmin); K-quant sub-block
 //! scales are decoded to i16 (`sc`). Per-block `q` layouts:
 //! - Q4_0, Q4_1: qs[16] (byte j: element j in the low nibble, j+16 in the high one)
-//! - Q5_0, Q5_1: qs[16], qh[4] (bit e of the little-endian u32 is element e's fifth bit)
+//! - Q5_0, Q5_1: 32 bytes, the 5-bit values (predecoded: unpacking the fifth bits cost a
+//!   fifth of the product's time, and these types are rare)
 //! - Q8_0: 32 bytes, element + 128
 //! - Q4_K: qs[128] (32-byte chunk c: elements 64c.. low nibbles, 64c+32.. high nibbles)
 //! - Q5_K: qh[32] (bit s of byte l: element 32s+l's fifth bit), qs[128] as Q4_K
@@ -34,7 +35,16 @@ pub enum QType {
 }
 
 impl QType {
-    pub const ALL: [QType; 8] = [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1, QType::Q8_0, QType::Q4K, QType::Q5K, QType::Q6K];
+    pub const ALL: [QType; 8] = [
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q5_0,
+        QType::Q5_1,
+        QType::Q8_0,
+        QType::Q4K,
+        QType::Q5K,
+        QType::Q6K,
+    ];
 
     /// ggml's type id (`enum ggml_type`).
     pub fn from_ggml_id(id: u32) -> Option<QType> {
@@ -102,8 +112,7 @@ impl QType {
     pub(crate) fn q_bytes(self) -> usize {
         match self {
             QType::Q4_0 | QType::Q4_1 => 16,
-            QType::Q5_0 | QType::Q5_1 => 20,
-            QType::Q8_0 => 32,
+            QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => 32,
             QType::Q4K => 128,
             QType::Q5K => 160,
             QType::Q6K => 192,
@@ -167,11 +176,15 @@ impl QMatrix {
     /// Repacks `bytes` (rows × cols/block_elems blocks, row-major, as in a GGUF tensor).
     pub fn new(ty: QType, rows: usize, cols: usize, bytes: &[u8]) -> Result<QMatrix, String> {
         let be = ty.block_elems();
-        if cols % be != 0 {
-            return Err(format!("{ty:?} matrix: {cols} columns is not a multiple of the block size {be}"));
+        if !cols.is_multiple_of(be) {
+            return Err(format!(
+                "{ty:?} matrix: {cols} columns is not a multiple of the block size {be}"
+            ));
         }
         let nb = cols / be;
-        let want = rows.checked_mul(nb).and_then(|n| n.checked_mul(ty.block_bytes()));
+        let want = rows
+            .checked_mul(nb)
+            .and_then(|n| n.checked_mul(ty.block_bytes()));
         if want != Some(bytes.len()) {
             return Err(format!(
                 "{ty:?} matrix [{rows}, {cols}]: {} bytes given, {} expected",
@@ -195,16 +208,20 @@ impl QMatrix {
                     m.push(f16_at(b, 2));
                     q.extend_from_slice(&b[4..20]);
                 }
-                QType::Q5_0 => {
+                QType::Q5_0 | QType::Q5_1 => {
                     d.push(f16_at(b, 0));
-                    q.extend_from_slice(&b[6..22]);
-                    q.extend_from_slice(&b[2..6]);
-                }
-                QType::Q5_1 => {
-                    d.push(f16_at(b, 0));
-                    m.push(f16_at(b, 2));
-                    q.extend_from_slice(&b[8..24]);
-                    q.extend_from_slice(&b[4..8]);
+                    let at = if ty == QType::Q5_1 {
+                        m.push(f16_at(b, 2));
+                        4
+                    } else {
+                        2
+                    };
+                    let qh = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+                    let qs = &b[at + 4..at + 20];
+                    q.extend((0..32).map(|e| {
+                        let nib = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 };
+                        nib | (((qh >> e) & 1) as u8) << 4
+                    }));
                 }
                 QType::Q8_0 => {
                     d.push(f16_at(b, 0));
@@ -224,7 +241,16 @@ impl QMatrix {
                 }
             }
         }
-        Ok(QMatrix { ty, rows, cols, nb, q, d, m, sc })
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            nb,
+            q,
+            d,
+            m,
+            sc,
+        })
     }
 
     pub fn qtype(&self) -> QType {
@@ -295,14 +321,9 @@ impl QMatrix {
 
 /// Element `e` of a 32-element block's repacked bytes, unsigned (before the type's offset).
 pub(crate) fn q32_unsigned(ty: QType, q: &[u8], e: usize) -> i32 {
-    let nib = if e < 16 { q[e] & 0xF } else { q[e - 16] >> 4 } as i32;
     match ty {
-        QType::Q4_0 | QType::Q4_1 => nib,
-        QType::Q5_0 | QType::Q5_1 => {
-            let qh = u32::from_le_bytes([q[16], q[17], q[18], q[19]]);
-            nib | (((qh >> e) & 1) << 4) as i32
-        }
-        QType::Q8_0 => q[e] as i32,
+        QType::Q4_0 | QType::Q4_1 => (if e < 16 { q[e] & 0xF } else { q[e - 16] >> 4 }) as i32,
+        QType::Q5_0 | QType::Q5_1 | QType::Q8_0 => q[e] as i32,
         _ => unreachable!("not a 32-element block type"),
     }
 }

@@ -47,9 +47,10 @@ pub(crate) fn k_lanes(w: &QMatrix, r: usize, b: usize, a: &ActRow) -> ([i32; 8],
         for (l, lane) in i.iter_mut().enumerate() {
             let mut sum = 0;
             let mut scale = 0;
-            for e in 32 * s + 4 * l..32 * s + 4 * l + 4 {
+            let first = 32 * s + 4 * l;
+            for (e, &x) in (first..first + 4).zip(&qa[first..first + 4]) {
                 let (v, sce) = k_unsigned(ty, q, sc, e);
-                sum += v * (qa[e] as i8 as i32);
+                sum += v * (x as i8 as i32);
                 scale = sce;
             }
             *lane += scale * sum;
@@ -85,7 +86,9 @@ pub(crate) fn dot(w: &QMatrix, r: usize, a: &ActRow) -> f32 {
             let (q, qa, o) = (w.qblock(r, b), a.qs(b), offset32(ty));
             let dd = w.d[i] * a.d(b);
             for (g, lane) in lanes.iter_mut().enumerate() {
-                let s: i32 = (4 * g..4 * g + 4).map(|e| (q32_unsigned(ty, q, e) - o) * (qa[e] as i8 as i32)).sum();
+                let s: i32 = (4 * g..4 * g + 4)
+                    .map(|e| (q32_unsigned(ty, q, e) - o) * (qa[e] as i8 as i32))
+                    .sum();
                 *lane = (s as f32).mul_add(dd, *lane);
             }
             if ty.has_min() {

@@ -7,6 +7,9 @@
 //! each output exactly as the scalar reference does (see the parent module), so the tile
 //! choice never changes a bit.
 
+// Tiles index their accumulators [r][t] as the registers they are.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -22,8 +25,6 @@ pub(super) trait Isa {
     unsafe fn offset_start<const O: i32>(s: __m256i) -> __m256i;
     /// `acc + p[2i]·c[2i] + p[2i+1]·c[2i+1]` per i32 lane (i16 inputs).
     unsafe fn dot_i16(acc: __m256i, p: __m256i, c: __m256i) -> __m256i;
-    /// `w + 16` at the bytes whose bit is set in `bits`.
-    unsafe fn add16_bits(w: __m256i, bits: u32) -> __m256i;
     /// `w + 16` at the bytes where `qh & bit` is nonzero (`bit` is one bit in every byte).
     unsafe fn add16_where(w: __m256i, qh: __m256i, bit: __m256i) -> __m256i;
 }
@@ -61,7 +62,11 @@ struct Act {
 
 impl Act {
     unsafe fn new(row: *const u8, nb: usize, be: usize) -> Act {
-        Act { qs: row, d: row.add(nb * be), extra: row.add(nb * (be + 4)) }
+        Act {
+            qs: row,
+            d: row.add(nb * be),
+            extra: row.add(nb * (be + 4)),
+        }
     }
     #[inline(always)]
     unsafe fn d(&self, b: usize) -> f32 {
@@ -78,16 +83,15 @@ unsafe fn reduce8_ps(v: __m256) -> f32 {
 
 /// The 32 unsigned values of a 32-element block (before the type's offset).
 #[inline(always)]
-unsafe fn unpack32<I: Isa, const TY: u8>(q: *const u8) -> __m256i {
-    if TY == T_Q8_0 {
-        return _mm256_loadu_si256(q as *const __m256i);
-    }
-    let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(q as *const __m128i));
-    let x = _mm256_and_si256(_mm256_srlv_epi64(x, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0F));
-    if TY == T_Q5_0 || TY == T_Q5_1 {
-        I::add16_bits(x, (q.add(16) as *const u32).read_unaligned())
+unsafe fn unpack32<const TY: u8>(q: *const u8) -> __m256i {
+    if TY == T_Q4_0 || TY == T_Q4_1 {
+        let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(q as *const __m128i));
+        _mm256_and_si256(
+            _mm256_srlv_epi64(x, _mm256_set_epi64x(4, 4, 0, 0)),
+            _mm256_set1_epi8(0x0F),
+        )
     } else {
-        x
+        _mm256_loadu_si256(q as *const __m256i)
     }
 }
 
@@ -121,13 +125,18 @@ unsafe fn tile32<I: Isa, const TY: u8, const O: i32, const R: usize, const T: us
             }
         }
         for r in 0..R {
-            let wv = unpack32::<I, TY>(wq.add((r * nb + b) * qb));
+            let wv = unpack32::<TY>(wq.add((r * nb + b) * qb));
             let dw = _mm256_set1_ps(*wd.add(r * nb + b));
             // The min goes to lane 0 only; the other lanes add 0·s = ±0, which changes nothing.
-            let mv = if min { _mm256_blend_ps(_mm256_setzero_ps(), _mm256_set1_ps(*wm.add(r * nb + b)), 1) } else { _mm256_setzero_ps() };
+            let mv = if min {
+                _mm256_blend_ps(_mm256_setzero_ps(), _mm256_set1_ps(*wm.add(r * nb + b)), 1)
+            } else {
+                _mm256_setzero_ps()
+            };
             for t in 0..T {
                 let s = I::dot_off::<O>(start[t], wv, av[t]);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dav[t]), acc[r][t]);
+                acc[r][t] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dav[t]), acc[r][t]);
                 if min {
                     acc[r][t] = _mm256_fmadd_ps(mv, sv[t], acc[r][t]);
                 }
@@ -156,8 +165,15 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
     let mut accf = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
         let q: [*const u8; R] = std::array::from_fn(|r| w.q.as_ptr().add(((r0 + r) * nb + b) * qb));
-        let sc: [*const i16; R] = std::array::from_fn(|r| w.sc.as_ptr().add(((r0 + r) * nb + b) * 16));
-        let qh: [__m256i; R] = std::array::from_fn(|r| if TY == T_Q5K { _mm256_loadu_si256(q[r] as *const __m256i) } else { _mm256_setzero_si256() });
+        let sc: [*const i16; R] =
+            std::array::from_fn(|r| w.sc.as_ptr().add(((r0 + r) * nb + b) * 16));
+        let qh: [__m256i; R] = std::array::from_fn(|r| {
+            if TY == T_Q5K {
+                _mm256_loadu_si256(q[r] as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            }
+        });
         let mut acc = [[_mm256_setzero_si256(); T]; R];
         for s in 0..8 {
             for r in 0..R {
@@ -172,11 +188,21 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
                         2 => hq,
                         _ => _mm256_srli_epi16(hq, 2),
                     };
-                    _mm256_or_si256(_mm256_and_si256(lo, nib), _mm256_and_si256(hi, _mm256_set1_epi8(0x30)))
+                    _mm256_or_si256(
+                        _mm256_and_si256(lo, nib),
+                        _mm256_and_si256(hi, _mm256_set1_epi8(0x30)),
+                    )
                 } else {
                     let base = if TY == T_Q5K { 32 } else { 0 };
                     let x = _mm256_loadu_si256(q[r].add(base + 32 * (s / 2)) as *const __m256i);
-                    let x = _mm256_and_si256(if s % 2 == 1 { _mm256_srli_epi16(x, 4) } else { x }, nib);
+                    let x = _mm256_and_si256(
+                        if s % 2 == 1 {
+                            _mm256_srli_epi16(x, 4)
+                        } else {
+                            x
+                        },
+                        nib,
+                    );
                     if TY == T_Q5K {
                         I::add16_where(x, qh[r], _mm256_set1_epi8(1 << s))
                     } else {
@@ -188,7 +214,10 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
                     let pair = _mm256_set1_epi32((sc[r].add(2 * s) as *const i32).read_unaligned());
                     _mm256_shuffle_epi8(
                         pair,
-                        _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3),
+                        _mm256_setr_epi8(
+                            0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                            2, 3, 2, 3, 2, 3, 2, 3,
+                        ),
                     )
                 } else {
                     _mm256_set1_epi16(*sc[r].add(s))
@@ -199,17 +228,25 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
                 }
             }
         }
-        let bs: [__m256i; T] = std::array::from_fn(|t| _mm256_loadu_si256(a[t].extra.add(32 * b) as *const __m256i));
+        let bs: [__m256i; T] =
+            std::array::from_fn(|t| _mm256_loadu_si256(a[t].extra.add(32 * b) as *const __m256i));
         let dav: [__m256; T] = std::array::from_fn(|t| _mm256_set1_ps(a[t].d(b)));
         for r in 0..R {
             let i = (r0 + r) * nb + b;
             let dv = _mm256_set1_ps(*w.d.get_unchecked(i));
             if TY == T_Q6K {
                 // The −32 of every value: −32 · (sc_2l·bsum_2l + sc_2l+1·bsum_2l+1) into lane l.
-                let nsc = _mm256_mullo_epi16(_mm256_loadu_si256(sc[r] as *const __m256i), _mm256_set1_epi16(-32));
+                let nsc = _mm256_mullo_epi16(
+                    _mm256_loadu_si256(sc[r] as *const __m256i),
+                    _mm256_set1_epi16(-32),
+                );
                 for t in 0..T {
                     let ints = I::dot_i16(acc[r][t], nsc, bs[t]);
-                    accf[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dv, dav[t]), accf[r][t]);
+                    accf[r][t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(ints),
+                        _mm256_mul_ps(dv, dav[t]),
+                        accf[r][t],
+                    );
                 }
             } else {
                 // Lane l: min_l against the two bsums of sub-block l.
@@ -217,7 +254,11 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
                 let mdup = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
                 let dmv = _mm256_set1_ps(*w.m.get_unchecked(i));
                 for t in 0..T {
-                    accf[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][t]), _mm256_mul_ps(dv, dav[t]), accf[r][t]);
+                    accf[r][t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(acc[r][t]),
+                        _mm256_mul_ps(dv, dav[t]),
+                        accf[r][t],
+                    );
                     let mm = _mm256_cvtepi32_ps(_mm256_madd_epi16(mdup, bs[t]));
                     accf[r][t] = _mm256_fnmadd_ps(mm, _mm256_mul_ps(dmv, dav[t]), accf[r][t]);
                 }
@@ -232,7 +273,13 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
 }
 
 #[inline(always)]
-unsafe fn tile<I: Isa, const TY: u8, const R: usize, const T: usize>(w: &QMatrix, act: &[u8], r0: usize, t0: usize, out: SharedOut) {
+unsafe fn tile<I: Isa, const TY: u8, const R: usize, const T: usize>(
+    w: &QMatrix,
+    act: &[u8],
+    r0: usize,
+    t0: usize,
+    out: SharedOut,
+) {
     match TY {
         T_Q4_0 => tile32::<I, TY, 8, R, T>(w, act, r0, t0, out),
         T_Q5_0 => tile32::<I, TY, 16, R, T>(w, act, r0, t0, out),
@@ -257,7 +304,13 @@ pub(super) unsafe fn run<I: Isa, const TY: u8, const RM: usize, const TM: usize>
         let mut t = 0;
         while t < m {
             let left = m - t;
-            let step = if left >= TM { TM } else if left >= 2 { 2 } else { 1 };
+            let step = if left >= TM {
+                TM
+            } else if left >= 2 {
+                2
+            } else {
+                1
+            };
             match (full, step) {
                 (true, s) if s == TM => tile::<I, TY, RM, TM>(w, act, r, t, out),
                 (true, 2) => tile::<I, TY, RM, 2>(w, act, r, t, out),
@@ -275,10 +328,22 @@ pub(super) unsafe fn run<I: Isa, const TY: u8, const RM: usize, const TM: usize>
 /// Generates the per-type entry points of one level (each one function with its features).
 macro_rules! entries {
     ($isa:ty, $features:literal, $rm:literal, $tm:literal) => {
-        pub(crate) unsafe fn matmul(w: &QMatrix, act: &[u8], m: usize, rows: std::ops::Range<usize>, out: SharedOut) {
+        pub(crate) unsafe fn matmul(
+            w: &QMatrix,
+            act: &[u8],
+            m: usize,
+            rows: std::ops::Range<usize>,
+            out: SharedOut,
+        ) {
             use super::simd::*;
             #[target_feature(enable = $features)]
-            unsafe fn go<const TY: u8>(w: &QMatrix, act: &[u8], m: usize, rows: std::ops::Range<usize>, out: SharedOut) {
+            unsafe fn go<const TY: u8>(
+                w: &QMatrix,
+                act: &[u8],
+                m: usize,
+                rows: std::ops::Range<usize>,
+                out: SharedOut,
+            ) {
                 run::<$isa, TY, $rm, $tm>(w, act, m, rows, out)
             }
             match code(w.qtype()) {

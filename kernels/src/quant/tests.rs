@@ -73,7 +73,10 @@ fn quantize_acts(w: &QMatrix, x: &[f32]) -> Vec<u8> {
 }
 
 fn levels() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Avx512].into_iter().filter(|&l| l <= detected_level()).collect()
+    [Level::Scalar, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|&l| l <= detected_level())
+        .collect()
 }
 
 fn run(w: &QMatrix, level: Level, act: &[u8], m: usize, splits: &[usize]) -> Vec<f32> {
@@ -102,7 +105,10 @@ fn weight(w: &QMatrix, r: usize, e: usize) -> (f64, f64) {
             let x = d * s as f64 * (v - 32) as f64;
             (x, x.abs())
         } else {
-            let (a, c) = (d * s as f64 * v as f64, w.m[i] as f64 * w.scales(r, b)[8 + (e % be) / 32] as f64);
+            let (a, c) = (
+                d * s as f64 * v as f64,
+                w.m[i] as f64 * w.scales(r, b)[8 + (e % be) / 32] as f64,
+            );
             (a - c, a.abs() + c.abs())
         }
     } else {
@@ -116,7 +122,9 @@ fn weight(w: &QMatrix, r: usize, e: usize) -> (f64, f64) {
 /// product does, so that element is corrected by the rounding of s).
 fn act_values(w: &QMatrix, a: &[u8]) -> Vec<f64> {
     let row = ActRow::new(w.act_kind(), w.cols(), a);
-    (0..w.cols()).map(|e| row.qs(e / row.be)[e % row.be] as i8 as f64 * row.d(e / row.be) as f64).collect()
+    (0..w.cols())
+        .map(|e| row.qs(e / row.be)[e % row.be] as i8 as f64 * row.d(e / row.be) as f64)
+        .collect()
 }
 
 fn check(ty: QType, rows: usize, cols: usize, m: usize, seed: u64) {
@@ -128,7 +136,9 @@ fn check(ty: QType, rows: usize, cols: usize, m: usize, seed: u64) {
     let reference = run(&w, Level::Scalar, &act, m, &[]);
 
     // (b) the scalar result against f64 sums of the dequantized operands.
-    let wv: Vec<Vec<(f64, f64)>> = (0..rows).map(|r| (0..cols).map(|e| weight(&w, r, e)).collect()).collect();
+    let wv: Vec<Vec<(f64, f64)>> = (0..rows)
+        .map(|r| (0..cols).map(|e| weight(&w, r, e)).collect())
+        .collect();
     for t in 0..m {
         let a = &act[t * rb..(t + 1) * rb];
         let av = act_values(&w, a);
@@ -158,7 +168,10 @@ fn check(ty: QType, rows: usize, cols: usize, m: usize, seed: u64) {
             // Rounding: the f32 scale product, one rounding per block term and per addition
             // over ≤ 64 blocks (and 8 lanes): well under 1e-5 of the magnitude sum.
             let tol = 1e-5 * mag + 1e-30;
-            assert!((got - exact).abs() <= tol, "{ty:?} {rows}x{cols} m={m} (t={t}, r={r}): {got} vs exact {exact} (tol {tol})");
+            assert!(
+                (got - exact).abs() <= tol,
+                "{ty:?} {rows}x{cols} m={m} (t={t}, r={r}): {got} vs exact {exact} (tol {tol})"
+            );
         }
     }
 
@@ -166,12 +179,20 @@ fn check(ty: QType, rows: usize, cols: usize, m: usize, seed: u64) {
         // (a) every level gives the scalar bits.
         let y = run(&w, level, &act, m, &[]);
         for (i, (a, b)) in y.iter().zip(&reference).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "{ty:?} {level:?} {rows}x{cols} m={m}: element {i}: {a} vs scalar {b}");
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{ty:?} {level:?} {rows}x{cols} m={m}: element {i}: {a} vs scalar {b}"
+            );
         }
         // (c) alone (m = 1) and in a batch, and however rows are split.
         for t in [0, m / 2, m - 1] {
             let y1 = run(&w, level, &act[t * rb..(t + 1) * rb], 1, &[]);
-            assert_eq!(bits(&y1), bits(&y[t * rows..(t + 1) * rows]), "{ty:?} {level:?} token {t} alone vs in m={m}");
+            assert_eq!(
+                bits(&y1),
+                bits(&y[t * rows..(t + 1) * rows]),
+                "{ty:?} {level:?} token {t} alone vs in m={m}"
+            );
         }
         let split = run(&w, level, &act, m, &[1, 2, rows / 2 + 1]);
         assert_eq!(bits(&split), bits(&y), "{ty:?} {level:?} row splits");
@@ -183,7 +204,10 @@ fn bits(y: &[f32]) -> Vec<u32> {
 }
 
 fn shapes(ty: QType) -> Vec<usize> {
-    [512, 768, 1408, 2048].into_iter().filter(|c| c % ty.block_elems() == 0).collect()
+    [512, 768, 1408, 2048]
+        .into_iter()
+        .filter(|c| c % ty.block_elems() == 0)
+        .collect()
 }
 
 #[test]
@@ -201,7 +225,13 @@ fn levels_agree_with_scalar_and_exact_sums() {
 fn large_batches() {
     for (i, ty) in QType::ALL.into_iter().enumerate() {
         check(ty, 6, 512, 37, 300 + i as u64);
-        check(ty, 5, 256 * (ty.block_elems() / 32).max(2), 256, 400 + i as u64);
+        check(
+            ty,
+            5,
+            256 * (ty.block_elems() / 32).max(2),
+            256,
+            400 + i as u64,
+        );
     }
 }
 
@@ -221,9 +251,13 @@ fn rejects_bad_sizes() {
         let be = ty.block_elems();
         let bytes = vec![0u8; 3 * 2 * ty.block_bytes()];
         assert!(QMatrix::new(ty, 3, 2 * be, &bytes).is_ok());
-        assert!(QMatrix::new(ty, 3, 2 * be, &bytes[1..]).unwrap_err().contains("bytes"));
+        assert!(QMatrix::new(ty, 3, 2 * be, &bytes[1..])
+            .unwrap_err()
+            .contains("bytes"));
         assert!(QMatrix::new(ty, 4, 2 * be, &bytes).is_err());
-        assert!(QMatrix::new(ty, 3, 2 * be + 16, &bytes).unwrap_err().contains("multiple"));
+        assert!(QMatrix::new(ty, 3, 2 * be + 16, &bytes)
+            .unwrap_err()
+            .contains("multiple"));
         assert!(QMatrix::new(ty, usize::MAX, 2 * be, &bytes).is_err());
         assert!(QMatrix::new(ty, 0, 2 * be, &[]).is_ok());
         assert_eq!(QType::from_ggml_id(ty.ggml_id()), Some(ty));
@@ -255,7 +289,10 @@ mod candle_parity {
     }
 
     fn from_float<B: GgmlType>(x: &[f32]) -> Vec<B> {
-        let mut v = blocks::<B>(&vec![0u8; x.len() / B::BLCK_SIZE * std::mem::size_of::<B>()]);
+        let mut v = blocks::<B>(&vec![
+            0u8;
+            x.len() / B::BLCK_SIZE * std::mem::size_of::<B>()
+        ]);
         B::from_float(x, &mut v);
         v
     }
@@ -279,19 +316,38 @@ mod candle_parity {
                     for (b, c) in theirs.chunks(bsz).enumerate() {
                         match kind {
                             ActKind::Q8_0 | ActKind::Q8_1 => {
-                                assert_eq!(f16::from_f32(row.d(b)).to_bits(), u16::from_le_bytes([c[0], c[1]]), "{kind:?} d");
+                                assert_eq!(
+                                    f16::from_f32(row.d(b)).to_bits(),
+                                    u16::from_le_bytes([c[0], c[1]]),
+                                    "{kind:?} d"
+                                );
                                 let off = if kind == ActKind::Q8_1 { 4 } else { 2 };
-                                assert_eq!(row.qs(b), &c[off..off + 32], "{kind:?} qs of block {b}");
+                                assert_eq!(
+                                    row.qs(b),
+                                    &c[off..off + 32],
+                                    "{kind:?} qs of block {b}"
+                                );
                                 assert_eq!(row.d(b), f16::from_f32(row.d(b)).to_f32());
                                 if kind == ActKind::Q8_1 {
-                                    assert_eq!(f16::from_f32(row.s(b)).to_bits(), u16::from_le_bytes([c[2], c[3]]), "Q8_1 s");
+                                    assert_eq!(
+                                        f16::from_f32(row.s(b)).to_bits(),
+                                        u16::from_le_bytes([c[2], c[3]]),
+                                        "Q8_1 s"
+                                    );
                                 }
                             }
                             ActKind::Q8K => {
-                                assert_eq!(row.d(b).to_bits(), f32::from_le_bytes(c[0..4].try_into().unwrap()).to_bits(), "Q8_K d");
+                                assert_eq!(
+                                    row.d(b).to_bits(),
+                                    f32::from_le_bytes(c[0..4].try_into().unwrap()).to_bits(),
+                                    "Q8_K d"
+                                );
                                 assert_eq!(row.qs(b), &c[4..260], "Q8_K qs of block {b}");
                                 for j in 0..16 {
-                                    assert_eq!(row.bsum(b, j), i16::from_le_bytes([c[260 + 2 * j], c[261 + 2 * j]]) as i32);
+                                    assert_eq!(
+                                        row.bsum(b, j),
+                                        i16::from_le_bytes([c[260 + 2 * j], c[261 + 2 * j]]) as i32
+                                    );
                                 }
                             }
                         }
@@ -318,9 +374,16 @@ mod candle_parity {
             for t in 0..2 {
                 let xa = from_float::<B::VecDotType>(&x[t * cols..(t + 1) * cols]);
                 let theirs = B::vec_dot_unopt(cols, &cb[r * nb..(r + 1) * nb], &xa);
-                let mag: f32 = deq.iter().zip(&x[t * cols..]).map(|(a, b)| (a * b).abs()).sum();
+                let mag: f32 = deq
+                    .iter()
+                    .zip(&x[t * cols..])
+                    .map(|(a, b)| (a * b).abs())
+                    .sum();
                 let got = ours[t * rows + r];
-                assert!((got - theirs).abs() <= 1e-5 * mag + 1e-30, "{ty:?} ({t}, {r}): {got} vs candle {theirs}");
+                assert!(
+                    (got - theirs).abs() <= 1e-5 * mag + 1e-30,
+                    "{ty:?} ({t}, {r}): {got} vs candle {theirs}"
+                );
             }
         }
     }
