@@ -129,6 +129,10 @@ impl FMatrix {
             "matmul: rows {rows:?} of {}",
             self.rows
         );
+        if m == 0 || rows.is_empty() {
+            // A thread's share may be empty, wherever it starts.
+            return;
+        }
         assert!(
             rows.start.is_multiple_of(PANEL),
             "matmul: row range {rows:?} does not start on a panel"
@@ -139,9 +143,6 @@ impl FMatrix {
             out.ld(),
             rows.end
         );
-        if m == 0 || rows.is_empty() {
-            return;
-        }
         // Bounds of every output row written, checked once here.
         out.row_ptr(m - 1);
         let job = tile::Job { x, m, rows, out };

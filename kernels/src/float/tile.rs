@@ -132,7 +132,7 @@ pub(super) type Pick<E> = fn(t: usize) -> [(usize, TileFn<E>); 4];
 /// The tile kernel of T tokens × Q vectors; ISA modules wrap it in a `#[target_feature]` fn.
 ///
 /// # Safety
-/// The ISA's features are enabled; `a` describes in-bounds panels, packed tokens and output.
+/// The ISA's features are enabled; `a` describes in-bounds panels, x rows and output.
 #[inline(always)]
 pub(super) unsafe fn tile<S: Simd, F: Format<S>, const T: usize, const Q: usize>(a: &Tile<F::E>) {
     let vpp = PANEL / S::LANES;
