@@ -5,6 +5,7 @@
 //! whatever m is and however the rows are split between threads, so a sequence decoded in a
 //! batch gets exactly the logits it gets alone.
 
+pub mod attention;
 pub mod cpu;
 pub mod float;
 pub mod ops;

@@ -21,7 +21,8 @@ mod products;
 use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Result};
-use mm_kernels::float::{self, FMatrix};
+use mm_kernels::attention::{attend, HeadGroup};
+use mm_kernels::float::FMatrix;
 use mm_kernels::ops;
 use mm_kernels::pool::{self, Pool};
 use mm_kernels::SharedOut;
@@ -323,42 +324,47 @@ impl CpuEngine {
         run_group(pool, &mut [Product { proj: &self.lm_head, out: logits }], hn, &s.quant, rows, &mut s.lora);
     }
 
-    /// att[r] = softmax(q[r]·Kᵀ/√d) V over positions 0..=pos of row r's sequence, per head.
+    /// att[r] = softmax(q[r]·Kᵀ/√d) V over positions 0..=pos of row r's sequence, per head;
+    /// the query heads sharing a key/value head go together (one pass over its cache).
     fn attention(&self, pool: &Pool, s: &mut Scratch, caches: &[&mut SeqCache], l: usize, a: usize) {
         let hd = self.head_dim;
         let (qd, kvd) = (self.n_heads * hd, self.kv_dim());
         let group = self.n_heads / self.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let longest = s.row_pos[..a].iter().max().map_or(0, |p| p + 1);
-        let score_bufs = RawRows::new(grow(&mut s.scores, pool.threads() * longest));
+        let per_thread = group * longest;
+        let score_bufs = RawRows::new(grow(&mut s.scores, pool.threads() * per_thread));
         let att = RawRows::new(grow(&mut s.att, a * qd));
         let (q, row_seq, row_pos) = (&s.q[..a * qd], &s.row_seq[..a], &s.row_pos[..a]);
-        let items = a * self.n_heads;
-        pool.run(&|i, n| {
+        let items = a * self.n_kv_heads;
+        let job = |i: usize, n: usize| {
             // SAFETY: each thread owns its part of the score buffer.
-            let scores_all = unsafe { score_bufs.slice(i * longest, longest) };
+            let scores = unsafe { score_bufs.slice(i * per_thread, per_thread) };
             // Interleaved items: a prefill's later rows attend to more positions.
             let mut item = i;
             while item < items {
-                let (r, head) = (item / self.n_heads, item % self.n_heads);
-                let kh = head / group;
+                let (r, kh) = (item / self.n_kv_heads, item % self.n_kv_heads);
                 let (kc, vc) = caches[row_seq[r]].layer(l);
-                let len = row_pos[r] + 1;
-                let qv = &q[r * qd + head * hd..r * qd + (head + 1) * hd];
-                let scores = &mut scores_all[..len];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    *sc = float::dot(qv, &kc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd]) * scale;
-                }
-                ops::softmax(scores);
-                // SAFETY: item (r, head) owns this slice of att.
-                let out = unsafe { att.slice(r * qd + head * hd, hd) };
-                out.fill(0.0);
-                for (j, &p) in scores.iter().enumerate() {
-                    float::axpy(p, &vc[j * kvd + kh * hd..j * kvd + (kh + 1) * hd], out);
-                }
+                let heads = r * qd + kh * group * hd..r * qd + (kh + 1) * group * hd;
+                let g = HeadGroup {
+                    queries: &q[heads.clone()],
+                    keys: &kc[kh * hd..],
+                    values: &vc[kh * hd..],
+                    stride: kvd,
+                    len: row_pos[r] + 1,
+                    dim: hd,
+                    scale,
+                };
+                // SAFETY: item (r, kh) owns these heads of att's row r.
+                attend(&g, scores, unsafe { att.slice(heads.start, heads.len()) });
                 item += n;
             }
-        });
+        };
+        if items == 1 {
+            job(0, 1);
+        } else {
+            pool.run(&job);
+        }
     }
 
     /// Routed experts (top-k of a softmax router) plus shared experts, into `s.y`.
