@@ -298,9 +298,12 @@ pub(super) unsafe fn run<I: Isa, const TY: u8, const RM: usize, const TM: usize>
     rows: Range<usize>,
     out: SharedOut,
 ) {
-    let mut r = rows.start;
-    while r < rows.end {
-        let full = rows.end - r >= RM;
+    // Rows go in chunks: the chunk's weights stay in cache while every token passes, and each
+    // token tile writes a contiguous run of the chunk's outputs.
+    const CHUNK: usize = 64;
+    let mut c = rows.start;
+    while c < rows.end {
+        let c_end = (c + CHUNK).min(rows.end);
         let mut t = 0;
         while t < m {
             let left = m - t;
@@ -311,17 +314,22 @@ pub(super) unsafe fn run<I: Isa, const TY: u8, const RM: usize, const TM: usize>
             } else {
                 1
             };
-            match (full, step) {
-                (true, s) if s == TM => tile::<I, TY, RM, TM>(w, act, r, t, out),
-                (true, 2) => tile::<I, TY, RM, 2>(w, act, r, t, out),
-                (true, _) => tile::<I, TY, RM, 1>(w, act, r, t, out),
-                (false, s) if s == TM => tile::<I, TY, 1, TM>(w, act, r, t, out),
-                (false, 2) => tile::<I, TY, 1, 2>(w, act, r, t, out),
-                (false, _) => tile::<I, TY, 1, 1>(w, act, r, t, out),
+            let mut r = c;
+            while r < c_end {
+                let full = c_end - r >= RM;
+                match (full, step) {
+                    (true, s) if s == TM => tile::<I, TY, RM, TM>(w, act, r, t, out),
+                    (true, 2) => tile::<I, TY, RM, 2>(w, act, r, t, out),
+                    (true, _) => tile::<I, TY, RM, 1>(w, act, r, t, out),
+                    (false, s) if s == TM => tile::<I, TY, 1, TM>(w, act, r, t, out),
+                    (false, 2) => tile::<I, TY, 1, 2>(w, act, r, t, out),
+                    (false, _) => tile::<I, TY, 1, 1>(w, act, r, t, out),
+                }
+                r += if full { RM } else { 1 };
             }
             t += step;
         }
-        r += if full { RM } else { 1 };
+        c = c_end;
     }
 }
 
