@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
 use mm_kernels::cpu::{self, Level};
-use mm_kernels::float::{FMatrix, FloatKind};
+use mm_kernels::float::{axpy_at, dot_at, FMatrix, FloatKind};
 use mm_kernels::SharedOut;
 
 /// MiniMind2-small's products: (rows, cols).
@@ -192,5 +192,30 @@ fn main() {
             }
             println!("{line}");
         }
+    }
+
+    // Attention's vector steps: head_dim 64 (MiniMind), and a long vector.
+    println!("\ndot and axpy, ns per call (GFLOP/s)");
+    for &level in [Level::Scalar].iter().chain(&levels) {
+        let mut line = format!("{:<7}", format!("{level:?}"));
+        for n in [64, 4096] {
+            let a: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
+            let mut b = a.clone();
+            let s = best(|| {
+                black_box(dot_at(level, black_box(&a), black_box(&b)));
+            });
+            line += &format!(
+                "  dot n={n}: {:>7.1} ({:>5.1})",
+                s * 1e9,
+                2.0 * n as f64 / s / 1e9
+            );
+            let s = best(|| axpy_at(level, black_box(1e-3), black_box(&a), &mut b));
+            line += &format!(
+                "  axpy n={n}: {:>7.1} ({:>5.1})",
+                s * 1e9,
+                2.0 * n as f64 / s / 1e9
+            );
+        }
+        println!("{line}");
     }
 }
