@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
 use mm_kernels::cpu::{self, Level};
-use mm_kernels::float::{axpy_at, dot_at, FMatrix, FloatKind};
+use mm_kernels::float::{axpy_at, axpy_rows_at, dot_at, dot_rows_at, FMatrix, FloatKind};
 use mm_kernels::SharedOut;
 
 /// MiniMind2-small's products: (rows, cols).
@@ -217,5 +217,29 @@ fn main() {
             );
         }
         println!("{line}");
+    }
+
+    println!("\none query (head_dim 64) against 256 cached rows: ns per row (GFLOP/s)");
+    for &level in [Level::Scalar].iter().chain(&levels) {
+        let (d, n) = (64, 256);
+        let k: Vec<f32> = (0..n * d).map(|i| (i % 5) as f32 - 2.0).collect();
+        let q = vec![0.25f32; d];
+        let mut scores = vec![0f32; n];
+        let mut y = vec![0f32; d];
+        let per = |s: f64| {
+            format!(
+                "{:>6.2} ({:>5.1})",
+                s * 1e9 / n as f64,
+                (2 * n * d) as f64 / s / 1e9
+            )
+        };
+        let s_dot = best(|| dot_rows_at(level, black_box(&q), black_box(&k), d, &mut scores));
+        let s_axpy = best(|| axpy_rows_at(level, black_box(&scores), black_box(&k), d, &mut y));
+        println!(
+            "{:<7}  dot_rows: {}  axpy_rows: {}",
+            format!("{level:?}"),
+            per(s_dot),
+            per(s_axpy)
+        );
     }
 }

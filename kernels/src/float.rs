@@ -146,29 +146,7 @@ impl FMatrix {
         // Bounds of every output row written, checked once here.
         out.row_ptr(m - 1);
         let job = tile::Job { x, m, rows, out };
-        match level {
-            Level::Scalar => scalar::matmul(&self.panels, self.cols, &job),
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx2 => {
-                assert!(
-                    cpu::level() >= Level::Avx2,
-                    "matmul: AVX2 kernels on a CPU without them"
-                );
-                // SAFETY: AVX2/FMA/F16C detected just above.
-                unsafe { avx2::matmul(&self.panels, self.cols, &job) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Level::Avx512 => {
-                assert!(
-                    cpu::level() >= Level::Avx512,
-                    "matmul: AVX-512 kernels on a CPU without them"
-                );
-                // SAFETY: AVX-512 detected just above.
-                unsafe { avx512::matmul(&self.panels, self.cols, &job) }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => scalar::matmul(&self.panels, self.cols, &job),
-        }
+        dispatch!(level, matmul(&self.panels, self.cols, &job))
     }
 
     /// Row `r` as f32 (embedding lookup).
@@ -197,32 +175,51 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     axpy_at(cpu::level(), alpha, x, y)
 }
 
+/// `out[j] = dot(q, k[j·stride..][..q.len()])`, the same bits as [`dot`] row by row: one
+/// query's scores against cached keys, without a call per key.
+pub fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    dot_rows_at(cpu::level(), q, k, stride, out)
+}
+
+/// `axpy(alpha[j], v[j·stride..][..y.len()], y)` for each j in order, the same bits as those
+/// calls: the probability-weighted sum of value rows, y kept in registers throughout.
+pub fn axpy_rows(alpha: &[f32], v: &[f32], stride: usize, y: &mut [f32]) {
+    axpy_rows_at(cpu::level(), alpha, v, stride, y)
+}
+
+/// Runs `$f` of the kernels of `level` (scalar, AVX2, AVX-512).
+macro_rules! dispatch {
+    ($level:expr, $f:ident($($arg:expr),*)) => {{
+        let level: Level = $level;
+        assert!(level <= cpu::level(), "{level:?} kernels on a CPU without them (or capped by MM_KERNELS)");
+        match level {
+            Level::Scalar => scalar::$f($($arg),*),
+            // SAFETY: the CPU has the level's features (asserted above).
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { avx2::$f($($arg),*) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { avx512::$f($($arg),*) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("SIMD levels are x86-64 only"),
+        }
+    }};
+}
+use dispatch;
+
+/// Rows `0..n` of `stride` apart, each `len` long, lie within `have` elements.
+fn rows_fit(n: usize, stride: usize, len: usize, have: usize) -> bool {
+    n == 0
+        || (n - 1)
+            .checked_mul(stride)
+            .and_then(|s| s.checked_add(len))
+            .is_some_and(|e| e <= have)
+}
+
 /// [`dot`] with the kernels of `level` (tests and benchmarks).
 pub fn dot_at(level: Level, a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot: lengths {} and {}", a.len(), b.len());
-    match level {
-        Level::Scalar => scalar::dot(a, b),
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => {
-            assert!(
-                cpu::level() >= Level::Avx2,
-                "dot: AVX2 kernels on a CPU without them"
-            );
-            // SAFETY: AVX2/FMA detected just above.
-            unsafe { avx2::dot(a, b) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => {
-            assert!(
-                cpu::level() >= Level::Avx512,
-                "dot: AVX-512 kernels on a CPU without them"
-            );
-            // SAFETY: AVX-512 detected just above.
-            unsafe { avx512::dot(a, b) }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => scalar::dot(a, b),
-    }
+    dispatch!(level, dot(a, b))
 }
 
 /// [`axpy`] with the kernels of `level` (tests and benchmarks).
@@ -234,27 +231,29 @@ pub fn axpy_at(level: Level, alpha: f32, x: &[f32], y: &mut [f32]) {
         x.len(),
         y.len()
     );
-    match level {
-        Level::Scalar => scalar::axpy(alpha, x, y),
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => {
-            assert!(
-                cpu::level() >= Level::Avx2,
-                "axpy: AVX2 kernels on a CPU without them"
-            );
-            // SAFETY: AVX2/FMA detected just above.
-            unsafe { avx2::axpy(alpha, x, y) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => {
-            assert!(
-                cpu::level() >= Level::Avx512,
-                "axpy: AVX-512 kernels on a CPU without them"
-            );
-            // SAFETY: AVX-512 detected just above.
-            unsafe { avx512::axpy(alpha, x, y) }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => scalar::axpy(alpha, x, y),
-    }
+    dispatch!(level, axpy(alpha, x, y))
+}
+
+/// [`dot_rows`] with the kernels of `level` (tests and benchmarks).
+pub fn dot_rows_at(level: Level, q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    assert!(
+        rows_fit(out.len(), stride, q.len(), k.len()),
+        "dot_rows: {} rows of {} (stride {stride}) do not fit in {}",
+        out.len(),
+        q.len(),
+        k.len()
+    );
+    dispatch!(level, dot_rows(q, k, stride, out))
+}
+
+/// [`axpy_rows`] with the kernels of `level` (tests and benchmarks).
+pub fn axpy_rows_at(level: Level, alpha: &[f32], v: &[f32], stride: usize, y: &mut [f32]) {
+    assert!(
+        rows_fit(alpha.len(), stride, y.len(), v.len()),
+        "axpy_rows: {} rows of {} (stride {stride}) do not fit in {}",
+        alpha.len(),
+        y.len(),
+        v.len()
+    );
+    dispatch!(level, axpy_rows(alpha, v, stride, y))
 }

@@ -107,9 +107,23 @@ pub(super) unsafe fn matmul(w: &Panels, cols: usize, job: &Job) {
     }
 }
 
-/// The fixed order of `float::dot`: lanes 8j..8j+8 in `s[j]`.
+/// The fixed order of `float::dot`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b)
+}
+
+/// `out[j] = dot(q, row j of k)`; rows `stride` apart, bounds checked by the caller.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_body(q, k.get_unchecked(j * stride..j * stride + q.len()));
+    }
+}
+
+/// Lanes 8j..8j+8 in `s[j]`, then the pairwise sum.
+#[inline(always)]
+unsafe fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut s = [_mm256_setzero_ps(); 4];
     let n = a.len();
     let full = n / DOT_LANES * DOT_LANES;
@@ -146,19 +160,50 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len();
-    let a = _mm256_set1_ps(alpha);
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    axpy_rows(&[alpha], x, 0, y)
+}
+
+/// `y = fma(alpha[j], row j of v, y)` for j in order, per element; rows `stride` apart, bounds
+/// checked by the caller. y stays in registers, 32 elements at a time.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn axpy_rows(alpha: &[f32], v: &[f32], stride: usize, y: &mut [f32]) {
+    let n = y.len();
+    let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
     let mut i = 0;
+    while i + 32 <= n {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(py.add(i + 8 * c));
+        }
+        for (j, &w) in alpha.iter().enumerate() {
+            let (w, row) = (_mm256_set1_ps(w), pv.add(j * stride + i));
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * c)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(py.add(i + 8 * c), *a);
+        }
+        i += 32;
+    }
     while i + 8 <= n {
-        _mm256_storeu_ps(
-            py.add(i),
-            _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
-        );
+        let mut a = _mm256_loadu_ps(py.add(i));
+        for (j, &w) in alpha.iter().enumerate() {
+            a = _mm256_fmadd_ps(
+                _mm256_set1_ps(w),
+                _mm256_loadu_ps(pv.add(j * stride + i)),
+                a,
+            );
+        }
+        _mm256_storeu_ps(py.add(i), a);
         i += 8;
     }
-    for j in i..n {
+    for e in i..n {
         // With the fma feature this is one vfmadd, the same rounding as the vector lanes.
-        *py.add(j) = alpha.mul_add(*px.add(j), *py.add(j));
+        let mut a = *py.add(e);
+        for (j, &w) in alpha.iter().enumerate() {
+            a = w.mul_add(*pv.add(j * stride + e), a);
+        }
+        *py.add(e) = a;
     }
 }

@@ -141,9 +141,23 @@ pub(super) unsafe fn matmul(w: &Panels, cols: usize, job: &Job) {
     }
 }
 
-/// The fixed order of `float::dot`: lanes 0–15 in `s0`, 16–31 in `s1`.
+/// The fixed order of `float::dot`.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b)
+}
+
+/// `out[j] = dot(q, row j of k)`; rows `stride` apart, bounds checked by the caller.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_body(q, k.get_unchecked(j * stride..j * stride + q.len()));
+    }
+}
+
+/// Lanes 0–15 in `s0`, 16–31 in `s1`, then the pairwise sum.
+#[inline(always)]
+unsafe fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let n = a.len();
     let full = n / DOT_LANES * DOT_LANES;
@@ -174,14 +188,13 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
             s1,
         );
     }
-    let s = _mm512_add_ps(s0, s1);
-    let s = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps::<1>(s));
-    reduce8(s)
-}
-
-/// Lanes j + 4, then j + 2, then j + 1 of 8: the end of `float::dot`'s pairwise sum.
-#[inline(always)]
-unsafe fn reduce8(s: __m256) -> f32 {
+    // Lanes j + 16, j + 8 (halves through f64 casts: the f32x8 extract is AVX-512 DQ), then
+    // j + 4, j + 2, j + 1.
+    let s = _mm512_castps_pd(_mm512_add_ps(s0, s1));
+    let s = _mm256_add_ps(
+        _mm256_castpd_ps(_mm512_castpd512_pd256(s)),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(s)),
+    );
     let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
@@ -189,24 +202,43 @@ unsafe fn reduce8(s: __m256) -> f32 {
 
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len();
-    let a = _mm512_set1_ps(alpha);
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    axpy_rows(&[alpha], x, 0, y)
+}
+
+/// `y = fma(alpha[j], row j of v, y)` for j in order, per element; rows `stride` apart, bounds
+/// checked by the caller. y stays in registers, 64 elements at a time.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn axpy_rows(alpha: &[f32], v: &[f32], stride: usize, y: &mut [f32]) {
+    let n = y.len();
+    let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
     let mut i = 0;
-    while i + 16 <= n {
-        _mm512_storeu_ps(
-            py.add(i),
-            _mm512_fmadd_ps(a, _mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(py.add(i))),
-        );
-        i += 16;
+    while i + 64 <= n {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_loadu_ps(py.add(i + 16 * c));
+        }
+        for (j, &w) in alpha.iter().enumerate() {
+            let (w, row) = (_mm512_set1_ps(w), pv.add(j * stride + i));
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(row.add(16 * c)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(py.add(i + 16 * c), *a);
+        }
+        i += 64;
     }
-    if i < n {
-        let k = ((1u32 << (n - i)) - 1) as u16;
-        let v = _mm512_fmadd_ps(
-            a,
-            _mm512_maskz_loadu_ps(k, px.add(i)),
-            _mm512_maskz_loadu_ps(k, py.add(i)),
-        );
-        _mm512_mask_storeu_ps(py.add(i), k, v);
+    while i < n {
+        let mask = ((1u32 << (n - i).min(16)) - 1) as u16;
+        let mut a = _mm512_maskz_loadu_ps(mask, py.add(i));
+        for (j, &w) in alpha.iter().enumerate() {
+            a = _mm512_fmadd_ps(
+                _mm512_set1_ps(w),
+                _mm512_maskz_loadu_ps(mask, pv.add(j * stride + i)),
+                a,
+            );
+        }
+        _mm512_mask_storeu_ps(py.add(i), mask, a);
+        i += 16;
     }
 }

@@ -58,3 +58,16 @@ pub(super) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
         *y = alpha.mul_add(x, *y);
     }
 }
+
+pub(super) fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot(q, &k[j * stride..j * stride + q.len()]);
+    }
+}
+
+pub(super) fn axpy_rows(alpha: &[f32], v: &[f32], stride: usize, y: &mut [f32]) {
+    let n = y.len();
+    for (j, &a) in alpha.iter().enumerate() {
+        axpy(a, &v[j * stride..j * stride + n], y);
+    }
+}

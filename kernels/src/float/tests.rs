@@ -289,3 +289,51 @@ fn dot_sums_in_its_stated_order() {
         assert_eq!(dot_at(level, &a, &b), 2.0, "{level:?}");
     }
 }
+
+#[test]
+fn dot_rows_and_axpy_rows_are_their_single_calls_in_order() {
+    let mut rng = StdRng::seed_from_u64(8);
+    for len in [1, 7, 16, 33, 64, 100, 128] {
+        for rows in [0, 1, 5, 37] {
+            let stride = len + 3;
+            let k = acts(1, rows * stride, &mut rng);
+            let q = acts(1, len, &mut rng);
+            let want: Vec<f32> = (0..rows)
+                .map(|j| dot_at(Level::Scalar, &q, &k[j * stride..j * stride + len]))
+                .collect();
+            let alpha = acts(1, rows, &mut rng);
+            let y0 = acts(1, len, &mut rng);
+            let mut want_y = y0.clone();
+            for (j, &a) in alpha.iter().enumerate() {
+                axpy_at(
+                    Level::Scalar,
+                    a,
+                    &k[j * stride..j * stride + len],
+                    &mut want_y,
+                );
+            }
+            for level in levels() {
+                let mut got = vec![f32::NAN; rows];
+                dot_rows_at(level, &q, &k, stride, &mut got);
+                assert!(
+                    same_bits(&got, &want),
+                    "dot_rows len={len} rows={rows} {level:?}"
+                );
+                let mut y = y0.clone();
+                axpy_rows_at(level, &alpha, &k, stride, &mut y);
+                assert!(
+                    same_bits(&y, &want_y),
+                    "axpy_rows len={len} rows={rows} {level:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "do not fit")]
+fn dot_rows_checks_its_bounds() {
+    let mut out = [0f32; 3];
+    // Rows at 0, 10, 20, each 8 long: 28 values needed, 27 given.
+    dot_rows(&[0.0; 8], &[0.0; 27], 10, &mut out);
+}
