@@ -4,18 +4,15 @@
 //!
 //! Every output is computed in one fixed pattern, shared by the scalar code, AVX2 and AVX-512
 //! and by every tile shape, so the result is bit-identical whatever m is, whichever token it is,
-//! however rows are split, and whichever level runs it:
-//! - K-quants (256-element super-blocks): each super-block's dot is an exact integer (sub-block
-//!   scales applied in integers), so SIMD can sum in any order; the float step per super-block
-//!   is scalar code shared by all levels ([`scalar::combine_k`]).
-//! - 32-element blocks: integers are exact per group of 4 consecutive elements; group g's sum
-//!   goes into float lane g with `fma(sum, dw·da, acc[g])`, one block after another, and the 8
-//!   lanes are added in one fixed tree at the end ([`scalar::reduce8`]); Q4_1/Q5_1 add their
-//!   min term (`Σ_b m·s`) after that, in block order.
+//! however rows are split, and whichever level runs it: 8 float lanes per output, each taking
+//! per block `fma(exact integer, weight scale · activation scale, lane)` for the integer sum of
+//! a fixed set of elements (the integers are exact, so SIMD may form them in any order), and
+//! one fixed tree adding the lanes at the end. [`scalar`] spells the pattern out.
 //!
 //! Weights are repacked once at construction: f16 scales widened to f32, K-quant 6-bit scales
-//! decoded to i16, Q8_0 stored offset by 128 (unsigned, for `vpdpbusd`); quant bytes otherwise
-//! keep ggml's order ([`blocks`]). Activations use this module's own row layout ([`act`]).
+//! decoded to i16, Q8_0 stored offset by 128 (unsigned, for `vpdpbusd`), Q5_0/Q5_1 values
+//! predecoded to bytes; other quant bytes keep ggml's order ([`blocks`]). Activations use this
+//! module's own row layout ([`act`]).
 
 mod act;
 #[cfg(target_arch = "x86_64")]

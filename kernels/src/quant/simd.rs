@@ -233,7 +233,7 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
         let dav: [__m256; T] = std::array::from_fn(|t| _mm256_set1_ps(a[t].d(b)));
         for r in 0..R {
             let i = (r0 + r) * nb + b;
-            let dv = _mm256_set1_ps(*w.d.get_unchecked(i));
+            let dv = _mm256_set1_ps(w.d[i]);
             if TY == T_Q6K {
                 // The −32 of every value: −32 · (sc_2l·bsum_2l + sc_2l+1·bsum_2l+1) into lane l.
                 let nsc = _mm256_mullo_epi16(
@@ -252,7 +252,7 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
                 // Lane l: min_l against the two bsums of sub-block l.
                 let m = _mm256_cvtepu16_epi32(_mm_loadu_si128(sc[r].add(8) as *const __m128i));
                 let mdup = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
-                let dmv = _mm256_set1_ps(*w.m.get_unchecked(i));
+                let dmv = _mm256_set1_ps(w.m[i]);
                 for t in 0..T {
                     accf[r][t] = _mm256_fmadd_ps(
                         _mm256_cvtepi32_ps(acc[r][t]),
