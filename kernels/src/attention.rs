@@ -3,31 +3,49 @@
 //! position (a dot, then an axpy) cost more than the decode step's products.
 //!
 //! For each query head i of the group: `scores = K·q_i · scale`, softmax, `out_i = Σ_j p_j V_j`.
-//! Every key row is read once for all the group's heads. Scores are f32 dot products in a
-//! fixed lane order per level; levels differ from each other by rounding only (bounded in the
-//! tests), and a row's result never depends on other rows or other calls.
+//! Keys are cached in blocks of [`KEY_BLOCK`] positions stored transposed (`[dim][16]` per
+//! block and head), so 16 scores come out of one vector accumulator with no horizontal sums;
+//! values stay one row per position. Every key and value row is read once for all the group's
+//! heads. A row's result never depends on other rows or other calls (batch invariance);
+//! levels differ from each other by rounding only (bounded in the tests).
 
 use crate::cpu::{self, Level};
+
+/// Positions per key block.
+pub const KEY_BLOCK: usize = 16;
+
+/// Where key `dim`-element `i` of position `p` of one head lives in a blocked key buffer whose
+/// blocks are `block_stride` floats apart (the head's offset already applied).
+pub fn key_index(p: usize, i: usize, block_stride: usize) -> usize {
+    (p / KEY_BLOCK) * block_stride + i * KEY_BLOCK + p % KEY_BLOCK
+}
 
 /// The inputs of one call.
 pub struct HeadGroup<'a> {
     /// `heads` query vectors of `dim`, back to back.
     pub queries: &'a [f32],
-    /// Key and value rows: position j's vector starts at `j * stride` (+ the head's offset,
-    /// already applied by the caller's slicing).
+    /// Blocked keys of this head: block b's `[dim][KEY_BLOCK]` floats start at
+    /// `b * key_block_stride`.
     pub keys: &'a [f32],
+    pub key_block_stride: usize,
+    /// Value rows: position j's vector starts at `j * value_stride`.
     pub values: &'a [f32],
-    pub stride: usize,
+    pub value_stride: usize,
     /// Positions attended to (0..len).
     pub len: usize,
     pub dim: usize,
     pub scale: f32,
 }
 
-/// Runs one group; `scores` holds at least `heads · len` floats of scratch, `out` receives
-/// `heads` vectors of `dim`.
+/// Runs one group; `scores` holds at least `heads · len` rounded up to [`KEY_BLOCK`] floats
+/// of scratch, `out` receives `heads` vectors of `dim`.
 pub fn attend(g: &HeadGroup<'_>, scores: &mut [f32], out: &mut [f32]) {
     attend_at(cpu::level(), g, scores, out)
+}
+
+/// Scratch floats [`attend`] needs for `heads` heads over `len` positions.
+pub fn scores_len(heads: usize, len: usize) -> usize {
+    heads * len.div_ceil(KEY_BLOCK) * KEY_BLOCK
 }
 
 /// [`attend`] with the kernels of `level` (tests).
@@ -35,9 +53,15 @@ pub fn attend_at(level: Level, g: &HeadGroup<'_>, scores: &mut [f32], out: &mut 
     let heads = g.queries.len() / g.dim.max(1);
     assert!(g.dim > 0 && g.queries.len() == heads * g.dim, "attend: queries are not whole heads");
     assert!(g.len > 0, "attend: no positions");
-    let last = (g.len - 1) * g.stride + g.dim;
-    assert!(g.keys.len() >= last && g.values.len() >= last, "attend: {} positions do not fit the cache", g.len);
-    assert!(scores.len() >= heads * g.len && out.len() == heads * g.dim, "attend: scratch or output too small");
+    let blocks = g.len.div_ceil(KEY_BLOCK);
+    assert!(g.key_block_stride >= g.dim * KEY_BLOCK, "attend: key blocks overlap");
+    assert!(
+        g.keys.len() >= (blocks - 1) * g.key_block_stride + g.dim * KEY_BLOCK
+            && g.values.len() >= (g.len - 1) * g.value_stride + g.dim,
+        "attend: {} positions do not fit the cache",
+        g.len
+    );
+    assert!(scores.len() >= scores_len(heads, g.len) && out.len() == heads * g.dim, "attend: scratch or output too small");
     match level {
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 if g.dim % 16 == 0 => {
@@ -51,18 +75,19 @@ pub fn attend_at(level: Level, g: &HeadGroup<'_>, scores: &mut [f32], out: &mut 
 
 fn scalar_attend(g: &HeadGroup<'_>, heads: usize, scores: &mut [f32], out: &mut [f32]) {
     let d = g.dim;
+    let padded = g.len.div_ceil(KEY_BLOCK) * KEY_BLOCK;
     for h in 0..heads {
         let q = &g.queries[h * d..(h + 1) * d];
-        let s = &mut scores[h * g.len..(h + 1) * g.len];
+        let s = &mut scores[h * padded..h * padded + g.len];
         for (j, sc) in s.iter_mut().enumerate() {
-            let k = &g.keys[j * g.stride..j * g.stride + d];
-            *sc = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * g.scale;
+            let dot: f32 = q.iter().enumerate().map(|(i, qv)| qv * g.keys[key_index(j, i, g.key_block_stride)]).sum();
+            *sc = dot * g.scale;
         }
         crate::ops::softmax(s);
         let o = &mut out[h * d..(h + 1) * d];
         o.fill(0.0);
         for (j, &p) in s.iter().enumerate() {
-            let v = &g.values[j * g.stride..j * g.stride + d];
+            let v = &g.values[j * g.value_stride..j * g.value_stride + d];
             for (ov, &vv) in o.iter_mut().zip(v) {
                 *ov += p * vv;
             }
@@ -74,9 +99,9 @@ fn scalar_attend(g: &HeadGroup<'_>, heads: usize, scores: &mut [f32], out: &mut 
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::HeadGroup;
+    use super::{HeadGroup, KEY_BLOCK};
 
-    /// Heads handled per pass over the keys (MiniMind's GQA groups are 4 wide).
+    /// Heads handled per pass over the cache (MiniMind's GQA groups are 4 wide).
     const MAX_HEADS: usize = 4;
 
     #[target_feature(enable = "avx512f")]
@@ -91,36 +116,44 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f")]
     unsafe fn pass(g: &HeadGroup<'_>, first: usize, n: usize, scores: &mut [f32], out: &mut [f32]) {
-        let (d, len, stride) = (g.dim, g.len, g.stride);
-        let chunks = d / 16;
+        let (d, len) = (g.dim, g.len);
+        let blocks = len.div_ceil(KEY_BLOCK);
+        let padded = blocks * KEY_BLOCK;
         let (kp, vp, qp) = (g.keys.as_ptr(), g.values.as_ptr(), g.queries.as_ptr());
         let sp = scores.as_mut_ptr();
-        // Scores: each key row read once for the n heads.
-        for j in 0..len {
-            let k = kp.add(j * stride);
-            let mut acc = [_mm512_setzero_ps(); MAX_HEADS];
-            for c in 0..chunks {
-                let kv = _mm512_loadu_ps(k.add(c * 16));
-                for (h, a) in acc.iter_mut().enumerate().take(n) {
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add((first + h) * d + c * 16)), kv, *a);
+        let scale = _mm512_set1_ps(g.scale);
+        // Scores, 16 positions per vector: Σ_i q[i] · K[i][16 positions], the i terms split
+        // over two accumulators per head (even and odd i) so the fma chains overlap.
+        for b in 0..blocks {
+            let kb = kp.add(b * g.key_block_stride);
+            let mut even = [_mm512_setzero_ps(); MAX_HEADS];
+            let mut odd = [_mm512_setzero_ps(); MAX_HEADS];
+            let mut i = 0;
+            while i < d {
+                let k0 = _mm512_loadu_ps(kb.add(i * KEY_BLOCK));
+                let k1 = _mm512_loadu_ps(kb.add((i + 1) * KEY_BLOCK));
+                for h in 0..n {
+                    let q = qp.add((first + h) * d + i);
+                    even[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q), k0, even[h]);
+                    odd[h] = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(1)), k1, odd[h]);
                 }
+                i += 2;
             }
-            for (h, a) in acc.iter().enumerate().take(n) {
-                *sp.add((first + h) * len + j) = _mm512_reduce_add_ps(*a) * g.scale;
+            for h in 0..n {
+                _mm512_storeu_ps(sp.add((first + h) * padded + b * KEY_BLOCK), _mm512_mul_ps(_mm512_add_ps(even[h], odd[h]), scale));
             }
         }
-        // Softmax per head, with a vector exp.
         for h in first..first + n {
-            softmax(std::slice::from_raw_parts_mut(sp.add(h * len), len));
+            softmax(std::slice::from_raw_parts_mut(sp.add(h * padded), len));
         }
         // Weighted sum of the value rows, each read once for the n heads.
         let op = out.as_mut_ptr();
-        for c in 0..chunks {
+        for c in 0..d / 16 {
             let mut acc = [_mm512_setzero_ps(); MAX_HEADS];
             for j in 0..len {
-                let vv = _mm512_loadu_ps(vp.add(j * stride + c * 16));
+                let vv = _mm512_loadu_ps(vp.add(j * g.value_stride + c * 16));
                 for (h, a) in acc.iter_mut().enumerate().take(n) {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*sp.add((first + h) * len + j)), vv, *a);
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*sp.add((first + h) * padded + j)), vv, *a);
                 }
             }
             for (h, a) in acc.iter().enumerate().take(n) {
@@ -173,7 +206,7 @@ mod avx512 {
     /// e^x for x ≤ 0 (softmax inputs), within 2 ulp: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split
     /// in two for an exact product), e^r by its degree-6 Taylor polynomial, scaled by 2^n.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn exp(x: __m512) -> __m512 {
+    unsafe fn exp(x: __m512) -> __m512 {
         // Below this e^x is 0 in f32 (and -inf - max must give 0, not NaN).
         let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
@@ -192,20 +225,32 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn reference(g: &HeadGroup<'_>) -> Vec<f64> {
-        let heads = g.queries.len() / g.dim;
-        let mut out = vec![0.0f64; heads * g.dim];
+    /// Keys of one head, row per position, put in the blocked layout (with `heads_between`
+    /// other heads' blocks interleaved, as in the engine's cache).
+    fn blocked(keys: &[Vec<f32>], dim: usize, heads_between: usize) -> (Vec<f32>, usize) {
+        let stride = dim * KEY_BLOCK * (1 + heads_between);
+        let mut out = vec![f32::NAN; keys.len().div_ceil(KEY_BLOCK) * stride];
+        for (p, k) in keys.iter().enumerate() {
+            for (i, &v) in k.iter().enumerate() {
+                out[key_index(p, i, stride)] = v;
+            }
+        }
+        // The unused tail of the last block stays NaN: it must not leak into any result.
+        (out, stride)
+    }
+
+    fn reference(q: &[f32], keys: &[Vec<f32>], values: &[f32], vstride: usize, dim: usize, scale: f32) -> Vec<f64> {
+        let heads = q.len() / dim;
+        let mut out = vec![0.0f64; heads * dim];
         for h in 0..heads {
-            let q = &g.queries[h * g.dim..(h + 1) * g.dim];
-            let s: Vec<f64> = (0..g.len)
-                .map(|j| q.iter().zip(&g.keys[j * g.stride..]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * g.scale as f64)
-                .collect();
+            let qh = &q[h * dim..(h + 1) * dim];
+            let s: Vec<f64> = keys.iter().map(|k| qh.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64).collect();
             let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
             let total: f64 = e.iter().sum();
             for (j, w) in e.iter().enumerate() {
-                for i in 0..g.dim {
-                    out[h * g.dim + i] += w / total * g.values[j * g.stride + i] as f64;
+                for i in 0..dim {
+                    out[h * dim + i] += w / total * values[j * vstride + i] as f64;
                 }
             }
         }
@@ -215,17 +260,18 @@ mod tests {
     #[test]
     fn every_level_matches_an_f64_reference() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for (heads, dim, len, stride) in [(4, 64, 1, 128), (4, 64, 37, 128), (4, 64, 300, 256), (2, 48, 17, 96), (1, 16, 5, 16), (3, 64, 64, 64)] {
-            let queries: Vec<f32> = (0..heads * dim).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let keys: Vec<f32> = (0..len * stride).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let values: Vec<f32> = (0..len * stride).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let g = HeadGroup { queries: &queries, keys: &keys, values: &values, stride, len, dim, scale: 0.125 };
-            let want = reference(&g);
+        for (heads, dim, len, vstride) in [(4, 64, 1, 128), (4, 64, 37, 128), (4, 64, 300, 256), (2, 48, 17, 96), (1, 16, 5, 16), (3, 64, 64, 64), (4, 96, 33, 192)] {
+            let q: Vec<f32> = (0..heads * dim).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let keys: Vec<Vec<f32>> = (0..len).map(|_| (0..dim).map(|_| rng.random_range(-2.0..2.0)).collect()).collect();
+            let values: Vec<f32> = (0..len * vstride).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let (kb, kstride) = blocked(&keys, dim, 1);
+            let g = HeadGroup { queries: &q, keys: &kb, key_block_stride: kstride, values: &values, value_stride: vstride, len, dim, scale: 0.125 };
+            let want = reference(&q, &keys, &values, vstride, dim, 0.125);
             for level in [Level::Scalar, Level::Avx2, Level::Avx512] {
                 if level > cpu::level() {
                     continue;
                 }
-                let mut scores = vec![0.0; heads * len];
+                let mut scores = vec![0.0; scores_len(heads, len)];
                 let mut out = vec![0.0; heads * dim];
                 attend_at(level, &g, &mut scores, &mut out);
                 let worst = out.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
@@ -239,8 +285,9 @@ mod tests {
     #[should_panic(expected = "do not fit")]
     fn positions_past_the_cache_are_refused() {
         let q = [0.0f32; 64];
-        let kv = [0.0f32; 64 * 3];
-        let g = HeadGroup { queries: &q, keys: &kv, values: &kv, stride: 64, len: 4, dim: 64, scale: 1.0 };
-        attend(&g, &mut [0.0; 4], &mut [0.0; 64]);
+        let k = [0.0f32; 64 * KEY_BLOCK];
+        let v = [0.0f32; 64 * 3];
+        let g = HeadGroup { queries: &q, keys: &k, key_block_stride: 64 * KEY_BLOCK, values: &v, value_stride: 64, len: 4, dim: 64, scale: 1.0 };
+        attend(&g, &mut [0.0; KEY_BLOCK], &mut [0.0; 64]);
     }
 }

@@ -9,10 +9,9 @@
 //! a fixed set of elements (the integers are exact, so SIMD may form them in any order), and
 //! one fixed tree adding the lanes at the end. [`scalar`] spells the pattern out.
 //!
-//! Weights are repacked once at construction into one record per block, rows one after another
-//! (one stream per row): the 32-element types' f16 scales widened to f32, Q4_K/Q5_K's 6-bit
-//! scales unpacked to bytes, Q8_0 stored offset by 128 (unsigned, for `vpdpbusd`), Q5_0/Q5_1
-//! values predecoded to bytes; other quant bytes keep ggml's order ([`blocks`]). Activations use this
+//! Weights are repacked once at construction: f16 scales widened to f32, K-quant 6-bit scales
+//! decoded to i16, Q8_0 stored offset by 128 (unsigned, for `vpdpbusd`), Q5_0/Q5_1 values
+//! predecoded to bytes; other quant bytes keep ggml's order ([`blocks`]). Activations use this
 //! module's own row layout ([`act`]).
 
 mod act;

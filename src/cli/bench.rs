@@ -77,7 +77,8 @@ struct TrainBenchArgs {
     /// Timed training steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     steps: usize,
-    /// Training compute dtype, f32 or bf16 (master weights and AdamW stay f32).
+    /// Compute dtype. Training: f32 or bf16 (master weights and AdamW stay f32); inference:
+    /// f32, f16 or bf16 weights (a GGUF keeps its own types).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Also time forward, backward, clipping and AdamW apart (synchronising after each).
@@ -112,6 +113,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     super::set_threads(a.threads);
     let device = super::device_arg(&a.device)?;
+    let dtype = mm::converters::checkpoint::parse_dtype(&a.training.dtype)?;
     let threads = candle_core::utils::get_num_threads();
     let (model, summary, load_s, build_s) = match &a.model {
         // A quantized GGUF runs its ggml blocks directly, as `mm generate` does.
@@ -134,7 +136,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 None => (random_checkpoint(&MiniMindConfig::preset(&a.preset)?, 0, TokenizerFiles::default())?, None),
             };
             let start = Instant::now();
-            let model = MiniMind::from_checkpoint(&ckpt, DType::F32, &device)?;
+            let model = MiniMind::from_checkpoint(&ckpt, dtype, &device)?;
             (model, ckpt.to_string(), load_s, start.elapsed().as_secs_f64())
         }
     };

@@ -1,21 +1,18 @@
 //! The ggml block types, and the repacked form a [`QMatrix`] keeps them in.
 //!
-//! Each row keeps its blocks in order, each block one record of [`QType::rec_bytes`], so a row
-//! is one contiguous stream (a product from memory is bandwidth-bound: one stream per row keeps
-//! the prefetchers ahead, and every byte costs time). Records, multi-byte values little-endian:
-//! - Q4_0: d f32, qs[16] (byte j: element j in the low nibble, j+16 in the high one)
-//! - Q4_1: d f32, m f32, qs[16] as Q4_0
-//! - Q5_0: d f32, 32 bytes of 5-bit values; Q5_1: d f32, m f32, the same 32 bytes (predecoded:
-//!   unpacking the fifth bits cost a fifth of the product's time, and these types are rare)
-//! - Q8_0: d f32, 32 bytes, element + 128
-//! - Q4_K: d f16, dmin f16, scales u8[8], mins u8[8] (6 bits each, unpacked), qs[128]
-//!   (32-byte chunk c: elements 64c.. low nibbles, 64c+32.. high nibbles)
-//! - Q5_K: as Q4_K with qh[32] before qs (bit s of byte l: element 32s+l's fifth bit)
-//! - Q6_K: ggml's block unchanged: ql[128], qh[64] (half h: ql[64h..], qh[32h..]), scales
-//!   i8[16], d f16
+//! Each row keeps its blocks in order. Per block, the quant bytes go to `q`, in ggml's order
+//! except as listed below; f16 scales are widened to f32
+//! (`d`, and `m` for the second scale: Q4_1/Q5_1's min, Q4_K/Q5_K's dmin); K-quant sub-block
+//! scales are decoded to i16 (`sc`). Per-block `q` layouts:
+//! - Q4_0, Q4_1: qs[16] (byte j: element j in the low nibble, j+16 in the high one)
+//! - Q5_0, Q5_1: 32 bytes, the 5-bit values (predecoded: unpacking the fifth bits cost a
+//!   fifth of the product's time, and these types are rare)
+//! - Q8_0: 32 bytes, element + 128
+//! - Q4_K: qs[128] (32-byte chunk c: elements 64c.. low nibbles, 64c+32.. high nibbles)
+//! - Q5_K: qh[32] (bit s of byte l: element 32s+l's fifth bit), qs[128] as Q4_K
+//! - Q6_K: ql[128], qh[64] as ggml (half h: ql[64h..], qh[32h..])
 //!
-//! The 32-element types keep d (and m) as f32, read once per 32 elements; the K-quants keep
-//! f16, converted once per 256.
+//! and `sc` per super-block: Q4_K/Q5_K 8 scales then 8 mins, Q6_K its 16 signed scales.
 
 use half::f16;
 
@@ -111,7 +108,7 @@ impl QType {
         }
     }
 
-    /// Quant bytes of one block in its record.
+    /// Bytes of one block in [`QMatrix::q`].
     pub(crate) fn q_bytes(self) -> usize {
         match self {
             QType::Q4_0 | QType::Q4_1 => 16,
@@ -122,38 +119,20 @@ impl QType {
         }
     }
 
-    /// Where the quant bytes start in a record.
-    pub(crate) fn q_off(self) -> usize {
-        match self {
-            QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => 4,
-            QType::Q4_1 | QType::Q5_1 => 8,
-            QType::Q4K | QType::Q5K => K4_Q,
-            QType::Q6K => 0,
+    /// i16 sub-block scales per block in [`QMatrix::sc`].
+    pub(crate) fn sc_len(self) -> usize {
+        if self.is_k() {
+            16
+        } else {
+            0
         }
     }
 
-    /// Bytes of one block's record (see the module docs).
-    pub(crate) fn rec_bytes(self) -> usize {
-        self.q_off()
-            + self.q_bytes()
-            + match self {
-                QType::Q6K => 18,
-                _ => 0,
-            }
-    }
-
-    /// Whether the block has a second scale (Q4_1/Q5_1's min, Q4_K/Q5_K's dmin).
+    /// Whether the block has a second f32 scale in [`QMatrix::m`].
     pub(crate) fn has_min(self) -> bool {
         matches!(self, QType::Q4_1 | QType::Q5_1 | QType::Q4K | QType::Q5K)
     }
 }
-
-/// Q4_K/Q5_K record offsets: scales u8[8] then mins u8[8], then the quant bytes.
-pub(crate) const K4_SC: usize = 4;
-pub(crate) const K4_Q: usize = 20;
-/// Q6_K record offsets: scales i8[16], d f16.
-pub(crate) const K6_SC: usize = 192;
-pub(crate) const K6_D: usize = 208;
 
 /// A [rows, cols] weight matrix of ggml blocks, repacked (see the module docs).
 pub struct QMatrix {
@@ -162,8 +141,10 @@ pub struct QMatrix {
     cols: usize,
     /// Blocks per row.
     pub(crate) nb: usize,
-    /// rows × nb records.
-    pub(crate) data: Vec<u8>,
+    pub(crate) q: Vec<u8>,
+    pub(crate) d: Vec<f32>,
+    pub(crate) m: Vec<f32>,
+    pub(crate) sc: Vec<i16>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -211,46 +192,64 @@ impl QMatrix {
                 want.map_or("more than usize".to_string(), |w| w.to_string())
             ));
         }
-        let mut data = Vec::with_capacity(rows * nb * ty.rec_bytes());
+        let n = rows * nb;
+        let mut q = Vec::with_capacity(n * ty.q_bytes());
+        let mut d = Vec::with_capacity(n);
+        let mut m = Vec::with_capacity(if ty.has_min() { n } else { 0 });
+        let mut sc = Vec::with_capacity(n * ty.sc_len());
         for b in bytes.chunks_exact(ty.block_bytes()) {
             match ty {
-                QType::Q4_0 | QType::Q8_0 | QType::Q5_0 => data.extend(f16_at(b, 0).to_le_bytes()),
-                QType::Q4_1 | QType::Q5_1 => {
-                    data.extend(f16_at(b, 0).to_le_bytes());
-                    data.extend(f16_at(b, 2).to_le_bytes());
+                QType::Q4_0 => {
+                    d.push(f16_at(b, 0));
+                    q.extend_from_slice(&b[2..18]);
                 }
-                _ => {}
-            }
-            match ty {
-                QType::Q4_0 => data.extend_from_slice(&b[2..18]),
-                QType::Q4_1 => data.extend_from_slice(&b[4..20]),
+                QType::Q4_1 => {
+                    d.push(f16_at(b, 0));
+                    m.push(f16_at(b, 2));
+                    q.extend_from_slice(&b[4..20]);
+                }
                 QType::Q5_0 | QType::Q5_1 => {
-                    let at = if ty == QType::Q5_1 { 4 } else { 2 };
+                    d.push(f16_at(b, 0));
+                    let at = if ty == QType::Q5_1 {
+                        m.push(f16_at(b, 2));
+                        4
+                    } else {
+                        2
+                    };
                     let qh = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
                     let qs = &b[at + 4..at + 20];
-                    data.extend((0..32).map(|e| {
+                    q.extend((0..32).map(|e| {
                         let nib = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 };
                         nib | (((qh >> e) & 1) as u8) << 4
                     }));
                 }
-                QType::Q8_0 => data.extend(b[2..34].iter().map(|&x| x ^ 0x80)),
-                QType::Q4K | QType::Q5K => {
-                    data.extend_from_slice(&b[..4]);
-                    let (s, mn) = k4_scales(&b[4..16]);
-                    data.extend_from_slice(&s);
-                    data.extend_from_slice(&mn);
-                    data.extend_from_slice(&b[16..]);
+                QType::Q8_0 => {
+                    d.push(f16_at(b, 0));
+                    q.extend(b[2..34].iter().map(|&x| x ^ 0x80));
                 }
-                QType::Q6K => data.extend_from_slice(b),
+                QType::Q4K | QType::Q5K => {
+                    d.push(f16_at(b, 0));
+                    m.push(f16_at(b, 2));
+                    let (s, mn) = k4_scales(&b[4..16]);
+                    sc.extend(s.iter().chain(mn.iter()).map(|&x| x as i16));
+                    q.extend_from_slice(&b[16..]);
+                }
+                QType::Q6K => {
+                    q.extend_from_slice(&b[..192]);
+                    sc.extend(b[192..208].iter().map(|&x| x as i8 as i16));
+                    d.push(f16_at(b, 208));
+                }
             }
         }
-        debug_assert_eq!(data.len(), rows * nb * ty.rec_bytes());
         Ok(QMatrix {
             ty,
             rows,
             cols,
             nb,
-            data,
+            q,
+            d,
+            m,
+            sc,
         })
     }
 
@@ -266,48 +265,17 @@ impl QMatrix {
         self.cols
     }
 
-    /// Block `b` of row `r`: its record.
-    pub(crate) fn record(&self, r: usize, b: usize) -> &[u8] {
-        let rb = self.ty.rec_bytes();
-        let i = (r * self.nb + b) * rb;
-        &self.data[i..i + rb]
-    }
-
     /// Block `b` of row `r`: its quant bytes.
     pub(crate) fn qblock(&self, r: usize, b: usize) -> &[u8] {
-        let o = self.ty.q_off();
-        &self.record(r, b)[o..o + self.ty.q_bytes()]
+        let qb = self.ty.q_bytes();
+        let i = (r * self.nb + b) * qb;
+        &self.q[i..i + qb]
     }
 
-    /// Block `b` of row `r`: its scale d.
-    pub(crate) fn d(&self, r: usize, b: usize) -> f32 {
-        let x = self.record(r, b);
-        match self.ty {
-            QType::Q4K | QType::Q5K => f16_at(x, 0),
-            QType::Q6K => f16_at(x, K6_D),
-            _ => f32::from_le_bytes(x[..4].try_into().unwrap()),
-        }
-    }
-
-    /// Block `b` of row `r`: its second scale (Q4_1/Q5_1's min, Q4_K/Q5_K's dmin).
-    pub(crate) fn m(&self, r: usize, b: usize) -> f32 {
-        let x = self.record(r, b);
-        match self.ty {
-            QType::Q4K | QType::Q5K => f16_at(x, 2),
-            QType::Q4_1 | QType::Q5_1 => f32::from_le_bytes(x[4..8].try_into().unwrap()),
-            _ => unreachable!("{:?} has no second scale", self.ty),
-        }
-    }
-
-    /// Block `b` of row `r`'s K-quant sub-block scales: Q4_K/Q5_K 8 scales then 8 mins,
-    /// Q6_K its 16 signed scales.
-    pub(crate) fn scales(&self, r: usize, b: usize) -> [i16; 16] {
-        let x = self.record(r, b);
-        match self.ty {
-            QType::Q4K | QType::Q5K => std::array::from_fn(|j| x[K4_SC + j] as i16),
-            QType::Q6K => std::array::from_fn(|j| x[K6_SC + j] as i8 as i16),
-            _ => unreachable!("{:?} has no sub-block scales", self.ty),
-        }
+    pub(crate) fn scales(&self, r: usize, b: usize) -> &[i16] {
+        let n = self.ty.sc_len();
+        let i = (r * self.nb + b) * n;
+        &self.sc[i..i + n]
     }
 
     /// Row `r`, dequantized (the token-embedding lookup).
@@ -316,7 +284,8 @@ impl QMatrix {
         assert_eq!(out.len(), self.cols, "dequantize_row output length");
         let be = self.ty.block_elems();
         for (b, y) in out.chunks_exact_mut(be).enumerate() {
-            let d = self.d(r, b);
+            let i = r * self.nb + b;
+            let d = self.d[i];
             let q = self.qblock(r, b);
             match self.ty {
                 QType::Q8_0 => {
@@ -331,17 +300,17 @@ impl QMatrix {
                         *y = match self.ty {
                             QType::Q4_0 => (v - 8) as f32 * d,
                             QType::Q5_0 => (v - 16) as f32 * d,
-                            _ => v as f32 * d + self.m(r, b),
+                            _ => v as f32 * d + self.m[i],
                         };
                     }
                 }
                 QType::Q4K | QType::Q5K | QType::Q6K => {
                     let sc = self.scales(r, b);
                     for (e, y) in y.iter_mut().enumerate() {
-                        let (v, s) = k_unsigned(self.ty, q, &sc, e);
+                        let (v, s) = k_unsigned(self.ty, q, sc, e);
                         *y = match self.ty {
                             QType::Q6K => d * s as f32 * (v - 32) as f32,
-                            _ => d * s as f32 * v as f32 - self.m(r, b) * sc[8 + e / 32] as f32,
+                            _ => d * s as f32 * v as f32 - self.m[i] * sc[8 + e / 32] as f32,
                         };
                     }
                 }

@@ -41,7 +41,7 @@ pub(crate) fn offset32(ty: QType) -> i32 {
 /// The exact lane integers (I_l, M_l) of super-block `b` of row `r` against activation block `b`.
 pub(crate) fn k_lanes(w: &QMatrix, r: usize, b: usize, a: &ActRow) -> ([i32; 8], [i32; 8]) {
     let ty = w.qtype();
-    let (q, sc, qa) = (w.qblock(r, b), &w.scales(r, b), a.qs(b));
+    let (q, sc, qa) = (w.qblock(r, b), w.scales(r, b), a.qs(b));
     let (mut i, mut m) = ([0i32; 8], [0i32; 8]);
     for s in 0..8 {
         for (l, lane) in i.iter_mut().enumerate() {
@@ -72,18 +72,19 @@ pub(crate) fn dot(w: &QMatrix, r: usize, a: &ActRow) -> f32 {
     let ty = w.qtype();
     let mut lanes = [0f32; 8];
     for b in 0..w.nb {
+        let i = r * w.nb + b;
         if ty.is_k() {
             let (il, ml) = k_lanes(w, r, b, a);
-            let dd = w.d(r, b) * a.d(b);
+            let dd = w.d[i] * a.d(b);
             for (l, lane) in lanes.iter_mut().enumerate() {
                 *lane = (il[l] as f32).mul_add(dd, *lane);
                 if ty != QType::Q6K {
-                    *lane = (-(ml[l] as f32)).mul_add(w.m(r, b) * a.d(b), *lane);
+                    *lane = (-(ml[l] as f32)).mul_add(w.m[i] * a.d(b), *lane);
                 }
             }
         } else {
             let (q, qa, o) = (w.qblock(r, b), a.qs(b), offset32(ty));
-            let dd = w.d(r, b) * a.d(b);
+            let dd = w.d[i] * a.d(b);
             for (g, lane) in lanes.iter_mut().enumerate() {
                 let s: i32 = (4 * g..4 * g + 4)
                     .map(|e| (q32_unsigned(ty, q, e) - o) * (qa[e] as i8 as i32))
@@ -91,7 +92,7 @@ pub(crate) fn dot(w: &QMatrix, r: usize, a: &ActRow) -> f32 {
                 *lane = (s as f32).mul_add(dd, *lane);
             }
             if ty.has_min() {
-                lanes[0] = w.m(r, b).mul_add(a.s(b), lanes[0]);
+                lanes[0] = w.m[i].mul_add(a.s(b), lanes[0]);
             }
         }
     }

@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::blocks::{QMatrix, QType, K4_Q, K4_SC, K6_D, K6_SC, QK_K};
+use super::blocks::{QMatrix, QType, QK_K};
 use crate::SharedOut;
 
 /// The operations AVX2 and AVX-512 do differently. All act on 32 bytes / 8 i32 lanes.
@@ -74,21 +74,6 @@ impl Act {
     }
 }
 
-/// How many row tiles ahead the weights are prefetched.
-const AHEAD: usize = 4;
-
-/// Prefetches bytes `from..to` (relative to `base`) of an array, one cache line at a time.
-/// Addresses past the array are harmless to a prefetch, hence `wrapping_add`.
-#[inline(always)]
-unsafe fn prefetch<E>(base: *const E, from: usize, to: usize) {
-    let p = base as *const u8;
-    let mut o = from & !63;
-    while o < to {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8);
-        o += 64;
-    }
-}
-
 #[inline(always)]
 unsafe fn reduce8_ps(v: __m256) -> f32 {
     let v = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -110,17 +95,6 @@ unsafe fn unpack32<const TY: u8>(q: *const u8) -> __m256i {
     }
 }
 
-/// Broadcasts the f16 at `p`.
-#[inline(always)]
-unsafe fn f16_splat(p: *const u8) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned()))
-}
-
-#[inline(always)]
-unsafe fn f32_at(p: *const u8) -> f32 {
-    (p as *const f32).read_unaligned()
-}
-
 /// Rows r0..r0+R × tokens t0..t0+T of a 32-element block type with offset O.
 #[inline(always)]
 unsafe fn tile32<I: Isa, const TY: u8, const O: i32, const R: usize, const T: usize>(
@@ -130,15 +104,14 @@ unsafe fn tile32<I: Isa, const TY: u8, const O: i32, const R: usize, const T: us
     t0: usize,
     out: SharedOut,
 ) {
-    let (nb, rec, rb) = (w.nb, w.qtype().rec_bytes(), w.act_row_bytes());
-    let qo = w.qtype().q_off();
+    let (nb, qb, rb) = (w.nb, w.qtype().q_bytes(), w.act_row_bytes());
     let a: [Act; T] = std::array::from_fn(|t| Act::new(act.as_ptr().add((t0 + t) * rb), nb, 32));
-    let wr = w.data.as_ptr().add(r0 * nb * rec);
-    let ahead = wr.wrapping_add(AHEAD * R * nb * rec);
+    let wq = w.q.as_ptr().add(r0 * nb * qb);
+    let wd = w.d.as_ptr().add(r0 * nb);
     let min = TY == T_Q4_1 || TY == T_Q5_1;
+    let wm = if min { w.m.as_ptr().add(r0 * nb) } else { wd };
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
-        prefetch(ahead, b * R * rec, (b + 1) * R * rec);
         let mut av = [_mm256_setzero_si256(); T];
         let mut start = [_mm256_setzero_si256(); T];
         let mut dav = [_mm256_setzero_ps(); T];
@@ -148,16 +121,15 @@ unsafe fn tile32<I: Isa, const TY: u8, const O: i32, const R: usize, const T: us
             start[t] = I::offset_start::<O>(av[t]);
             dav[t] = _mm256_set1_ps(a[t].d(b));
             if min {
-                sv[t] = _mm256_set1_ps(f32_at(a[t].extra.add(4 * b)));
+                sv[t] = _mm256_set1_ps((a[t].extra.add(4 * b) as *const f32).read_unaligned());
             }
         }
         for r in 0..R {
-            let p = wr.add((r * nb + b) * rec);
-            let wv = unpack32::<TY>(p.add(qo));
-            let dw = _mm256_set1_ps(f32_at(p));
+            let wv = unpack32::<TY>(wq.add((r * nb + b) * qb));
+            let dw = _mm256_set1_ps(*wd.add(r * nb + b));
             // The min goes to lane 0 only; the other lanes add 0·s = ±0, which changes nothing.
             let mv = if min {
-                _mm256_blend_ps(_mm256_setzero_ps(), _mm256_set1_ps(f32_at(p.add(4))), 1)
+                _mm256_blend_ps(_mm256_setzero_ps(), _mm256_set1_ps(*wm.add(r * nb + b)), 1)
             } else {
                 _mm256_setzero_ps()
             };
@@ -187,34 +159,14 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
     t0: usize,
     out: SharedOut,
 ) {
-    let (nb, rec, rb) = (w.nb, w.qtype().rec_bytes(), w.act_row_bytes());
+    let (nb, qb, rb) = (w.nb, w.qtype().q_bytes(), w.act_row_bytes());
     let a: [Act; T] = std::array::from_fn(|t| Act::new(act.as_ptr().add((t0 + t) * rb), nb, QK_K));
     let nib = _mm256_set1_epi8(0x0F);
-    let wr = w.data.as_ptr().add(r0 * nb * rec);
-    let ahead = wr.wrapping_add(AHEAD * R * nb * rec);
     let mut accf = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
-        prefetch(ahead, b * R * rec, (b + 1) * R * rec);
-        let p: [*const u8; R] = std::array::from_fn(|r| wr.add((r * nb + b) * rec));
-        let q: [*const u8; R] =
-            std::array::from_fn(|r| p[r].add(if TY == T_Q6K { 0 } else { K4_Q }));
-        // Sub-block scales widened to i16 (Q4_K/Q5_K: 8 scales, 8 mins; Q6_K: 16 signed), and
-        // each 128-bit half repeated in both halves, for the per-step byte shuffles below.
-        let scw: [__m256i; R] = std::array::from_fn(|r| {
-            if TY == T_Q6K {
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(p[r].add(K6_SC) as *const __m128i))
-            } else {
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(p[r].add(K4_SC) as *const __m128i))
-            }
-        });
-        let sclo: [__m256i; R] = std::array::from_fn(|r| _mm256_permute4x64_epi64(scw[r], 0x44));
-        let schi: [__m256i; R] = std::array::from_fn(|r| {
-            if TY == T_Q6K {
-                _mm256_permute4x64_epi64(scw[r], 0xEE)
-            } else {
-                _mm256_setzero_si256()
-            }
-        });
+        let q: [*const u8; R] = std::array::from_fn(|r| w.q.as_ptr().add(((r0 + r) * nb + b) * qb));
+        let sc: [*const i16; R] =
+            std::array::from_fn(|r| w.sc.as_ptr().add(((r0 + r) * nb + b) * 16));
         let qh: [__m256i; R] = std::array::from_fn(|r| {
             if TY == T_Q5K {
                 _mm256_loadu_si256(q[r] as *const __m256i)
@@ -258,15 +210,17 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
                     }
                 };
                 let scv = if TY == T_Q6K {
-                    // i16 lanes 0..8 get sub-block 2s's scale, lanes 8..16 sub-block 2s+1's.
-                    let (src, j) = if s < 4 { (sclo[r], s) } else { (schi[r], s - 4) };
-                    let (e0, e1) = ((4 * j) as i8, (4 * j + 2) as i8);
-                    let lo = _mm_set1_epi16(i16::from_le_bytes([e0 as u8, e0 as u8 + 1]));
-                    let hi = _mm_set1_epi16(i16::from_le_bytes([e1 as u8, e1 as u8 + 1]));
-                    _mm256_shuffle_epi8(src, _mm256_set_m128i(hi, lo))
+                    // i16 lanes 0..8 cover sub-block 2s, lanes 8..16 sub-block 2s+1.
+                    let pair = _mm256_set1_epi32((sc[r].add(2 * s) as *const i32).read_unaligned());
+                    _mm256_shuffle_epi8(
+                        pair,
+                        _mm256_setr_epi8(
+                            0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
+                            2, 3, 2, 3, 2, 3, 2, 3,
+                        ),
+                    )
                 } else {
-                    let e = (2 * s) as u8;
-                    _mm256_shuffle_epi8(sclo[r], _mm256_set1_epi16(i16::from_le_bytes([e, e + 1])))
+                    _mm256_set1_epi16(*sc[r].add(s))
                 };
                 for t in 0..T {
                     let av = _mm256_loadu_si256(a[t].qs.add(QK_K * b + 32 * s) as *const __m256i);
@@ -278,10 +232,14 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
             std::array::from_fn(|t| _mm256_loadu_si256(a[t].extra.add(32 * b) as *const __m256i));
         let dav: [__m256; T] = std::array::from_fn(|t| _mm256_set1_ps(a[t].d(b)));
         for r in 0..R {
+            let i = (r0 + r) * nb + b;
+            let dv = _mm256_set1_ps(w.d[i]);
             if TY == T_Q6K {
-                let dv = f16_splat(p[r].add(K6_D));
                 // The −32 of every value: −32 · (sc_2l·bsum_2l + sc_2l+1·bsum_2l+1) into lane l.
-                let nsc = _mm256_mullo_epi16(scw[r], _mm256_set1_epi16(-32));
+                let nsc = _mm256_mullo_epi16(
+                    _mm256_loadu_si256(sc[r] as *const __m256i),
+                    _mm256_set1_epi16(-32),
+                );
                 for t in 0..T {
                     let ints = I::dot_i16(acc[r][t], nsc, bs[t]);
                     accf[r][t] = _mm256_fmadd_ps(
@@ -291,11 +249,10 @@ unsafe fn tile_k<I: Isa, const TY: u8, const R: usize, const T: usize>(
                     );
                 }
             } else {
-                let dv = f16_splat(p[r]);
                 // Lane l: min_l against the two bsums of sub-block l.
-                let m = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(scw[r], 1));
+                let m = _mm256_cvtepu16_epi32(_mm_loadu_si128(sc[r].add(8) as *const __m128i));
                 let mdup = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
-                let dmv = f16_splat(p[r].add(2));
+                let dmv = _mm256_set1_ps(w.m[i]);
                 for t in 0..T {
                     accf[r][t] = _mm256_fmadd_ps(
                         _mm256_cvtepi32_ps(acc[r][t]),

@@ -96,24 +96,24 @@ fn run(w: &QMatrix, level: Level, act: &[u8], m: usize, splits: &[usize]) -> Vec
 fn weight(w: &QMatrix, r: usize, e: usize) -> (f64, f64) {
     let ty = w.qtype();
     let be = ty.block_elems();
-    let b = e / be;
+    let (b, i) = (e / be, r * w.nb + e / be);
     let q = w.qblock(r, b);
-    let d = w.d(r, b) as f64;
+    let d = w.d[i] as f64;
     if ty.is_k() {
-        let (v, s) = k_unsigned(ty, q, &w.scales(r, b), e % be);
+        let (v, s) = k_unsigned(ty, q, w.scales(r, b), e % be);
         if ty == QType::Q6K {
             let x = d * s as f64 * (v - 32) as f64;
             (x, x.abs())
         } else {
             let (a, c) = (
                 d * s as f64 * v as f64,
-                w.m(r, b) as f64 * w.scales(r, b)[8 + (e % be) / 32] as f64,
+                w.m[i] as f64 * w.scales(r, b)[8 + (e % be) / 32] as f64,
             );
             (a - c, a.abs() + c.abs())
         }
     } else {
         let a = d * (q32_unsigned(ty, q, e % be) - offset32(ty)) as f64;
-        let c = if ty.has_min() { w.m(r, b) as f64 } else { 0.0 };
+        let c = if ty.has_min() { w.m[i] as f64 } else { 0.0 };
         (a + c, a.abs() + c.abs())
     }
 }
@@ -149,7 +149,7 @@ fn check(ty: QType, rows: usize, cols: usize, m: usize, seed: u64) {
                 let (v, p) = wv[r][e];
                 if ty.has_min() && !ty.is_k() {
                     // Q4_1/Q5_1: the min meets the block's stored s, not Σ of its values.
-                    let min = w.m(r, e / 32) as f64;
+                    let min = w.m[r * w.nb + e / 32] as f64;
                     exact += (v - min) * av[e];
                     mag += (p - min.abs()) * av[e].abs();
                 } else {
@@ -159,7 +159,7 @@ fn check(ty: QType, rows: usize, cols: usize, m: usize, seed: u64) {
             }
             if ty.has_min() && !ty.is_k() {
                 for b in 0..w.nb {
-                    let t = w.m(r, b) as f64 * row.s(b) as f64;
+                    let t = w.m[r * w.nb + b] as f64 * row.s(b) as f64;
                     exact += t;
                     mag += t.abs();
                 }

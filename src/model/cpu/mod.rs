@@ -21,7 +21,7 @@ mod products;
 use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Result};
-use mm_kernels::attention::{attend, HeadGroup};
+use mm_kernels::attention::{attend, scores_len, HeadGroup, KEY_BLOCK};
 use mm_kernels::float::FMatrix;
 use mm_kernels::ops;
 use mm_kernels::pool::{self, Pool};
@@ -157,7 +157,7 @@ impl CpuEngine {
     }
 
     pub fn new_cache(&self) -> SeqCache {
-        SeqCache::new(self.layers.len(), self.kv_dim())
+        SeqCache::new(self.layers.len(), self.n_kv_heads, self.head_dim)
     }
 
     /// Runs `tokens` through the model: `segments[i]` rows (consecutive, in order) belong to
@@ -171,7 +171,7 @@ impl CpuEngine {
             bail!("token id {t} is outside the vocabulary ({})", self.vocab);
         }
         for (c, &n) in caches.iter().zip(segments) {
-            ensure!(c.layers() == self.layers.len() && c.kv_dim() == self.kv_dim(), "a KV cache of another model shape");
+            ensure!(c.layers() == self.layers.len() && c.shape() == (self.n_kv_heads, self.head_dim), "a KV cache of another model shape");
             let end = c.len() + n;
             if end > self.max_positions {
                 bail!("position {end} is beyond max_position_embeddings ({})", self.max_positions);
@@ -254,14 +254,11 @@ impl CpuEngine {
             // Rotate the keys and file them (and the values) in their sequences' caches.
             for r in 0..a {
                 let (cos, sin) = s.rope[r * hd..(r + 1) * hd].split_at(half);
-                let (seq, pos) = (s.row_seq[r], s.row_pos[r]);
-                let (kc, vc) = caches[seq].layer_mut(l);
                 for kh in 0..self.n_kv_heads {
                     let key = &mut k[r * kvd + kh * hd..r * kvd + (kh + 1) * hd];
                     ops::rope_rotate_half(key, cos, sin);
                 }
-                kc[pos * kvd..(pos + 1) * kvd].copy_from_slice(&k[r * kvd..(r + 1) * kvd]);
-                vc[pos * kvd..(pos + 1) * kvd].copy_from_slice(&v[r * kvd..(r + 1) * kvd]);
+                caches[s.row_seq[r]].write(l, s.row_pos[r], &k[r * kvd..(r + 1) * kvd], &v[r * kvd..(r + 1) * kvd]);
             }
             if compact {
                 // Keep only the wanted rows, in order, at the front.
@@ -332,7 +329,7 @@ impl CpuEngine {
         let group = self.n_heads / self.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let longest = s.row_pos[..a].iter().max().map_or(0, |p| p + 1);
-        let per_thread = group * longest;
+        let per_thread = scores_len(group, longest);
         let score_bufs = RawRows::new(grow(&mut s.scores, pool.threads() * per_thread));
         let att = RawRows::new(grow(&mut s.att, a * qd));
         let (q, row_seq, row_pos) = (&s.q[..a * qd], &s.row_seq[..a], &s.row_pos[..a]);
@@ -344,13 +341,15 @@ impl CpuEngine {
             let mut item = i;
             while item < items {
                 let (r, kh) = (item / self.n_kv_heads, item % self.n_kv_heads);
-                let (kc, vc) = caches[row_seq[r]].layer(l);
+                let cache = &caches[row_seq[r]];
+                let (kc, vc) = cache.layer(l);
                 let heads = r * qd + kh * group * hd..r * qd + (kh + 1) * group * hd;
                 let g = HeadGroup {
                     queries: &q[heads.clone()],
-                    keys: &kc[kh * hd..],
+                    keys: &kc[kh * hd * KEY_BLOCK..],
+                    key_block_stride: cache.key_block_stride(),
                     values: &vc[kh * hd..],
-                    stride: kvd,
+                    value_stride: kvd,
                     len: row_pos[r] + 1,
                     dim: hd,
                     scale,
