@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before it sleeps.
-const SPIN: Duration = Duration::from_millis(5);
+const SPIN: Duration = Duration::from_micros(500);
 
 type Job = dyn Fn(usize, usize) + Sync;
 
@@ -96,8 +96,16 @@ impl Pool {
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| job(0, self.threads)));
+        // Spin briefly, then yield: a worker that lost its core to another process (a server's
+        // own threads, a build) gets it back sooner than if this thread burned its slice.
+        let mut spins = 0u32;
         while s.remaining.load(Acquire) != 0 {
-            std::hint::spin_loop();
+            spins = spins.saturating_add(1);
+            if spins < 4096 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         unsafe { *s.job.get() = None };
         if let Err(payload) = mine {
