@@ -132,6 +132,76 @@ pub fn argmax(scores: &[f32]) -> u32 {
     best as u32
 }
 
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop id was generated (it is the last token), or in the server a stop string.
+    Stop,
+    /// `max_new_tokens` were generated, or the model's context is full.
+    Length,
+}
+
+/// One sequence being decoded, one token per forward: what it has seen (the repetition
+/// penalty reads all of it), what it has generated and when it must end. The per-step
+/// sampling and stop logic of [`generate`] and of batched rollouts
+/// (`train::rollout`); the sampler stays outside, so a caller can keep one across turns.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    seen: Vec<u32>,
+    prompt_len: usize,
+    max_new: usize,
+    stop_ids: Vec<u32>,
+}
+
+impl Sequence {
+    /// A sequence after `prompt`, which must leave room in the model's `context`;
+    /// `max_new_tokens` is capped by that room.
+    pub fn new(prompt: &[u32], params: &SamplingParams, context: usize) -> Result<Self> {
+        if prompt.is_empty() {
+            bail!("empty prompt");
+        }
+        if prompt.len() >= context {
+            bail!("prompt of {} tokens fills the model's {context}-position context", prompt.len());
+        }
+        Ok(Self {
+            seen: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            max_new: params.max_new_tokens.min(context - prompt.len()),
+            stop_ids: params.stop_ids.clone(),
+        })
+    }
+
+    /// How many new tokens it may generate at most.
+    pub fn max_new(&self) -> usize {
+        self.max_new
+    }
+
+    /// The tokens generated so far (a stop token included).
+    pub fn generated(&self) -> &[u32] {
+        &self.seen[self.prompt_len..]
+    }
+
+    pub fn into_generated(mut self) -> Vec<u32> {
+        self.seen.drain(..self.prompt_len);
+        self.seen
+    }
+
+    /// Samples the next token from `logits` (the model's output after everything seen) and
+    /// appends it; `Some` when the sequence is complete with it.
+    pub fn push(&mut self, sampler: &mut Sampler, logits: &[f32]) -> (u32, Option<FinishReason>) {
+        let token = sampler.sample(logits, &self.seen);
+        self.seen.push(token);
+        let finish = if self.stop_ids.contains(&token) {
+            Some(FinishReason::Stop)
+        } else if self.generated().len() >= self.max_new {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        (token, finish)
+    }
+}
+
 /// Generates after `prompt`, calling `on_token` for each new token as it is produced
 /// (return `false` to stop). Returns the new tokens; a stop token is included.
 pub fn generate(
@@ -140,31 +210,22 @@ pub fn generate(
     sampler: &mut Sampler,
     mut on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        bail!("empty prompt");
-    }
-    let limit = model.config.max_position_embeddings;
-    if prompt.len() >= limit {
-        bail!("prompt of {} tokens fills the model's {limit}-position context", prompt.len());
+    let mut seq = Sequence::new(prompt, sampler.params(), model.config.max_position_embeddings)?;
+    if seq.max_new() == 0 {
+        return Ok(Vec::new());
     }
     let mut cache = KvCache::new(&model.config);
-    let mut seen = prompt.to_vec();
-    let mut new_tokens = Vec::new();
     let mut input = prompt.to_vec();
-    let max_new = sampler.params().max_new_tokens.min(limit - prompt.len());
-    while new_tokens.len() < max_new {
+    loop {
         let ids = Tensor::new(input.as_slice(), model.device())?.unsqueeze(0)?;
         let logits = model.forward_last(&ids, &mut cache)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        let token = sampler.sample(&logits, &seen);
-        new_tokens.push(token);
-        seen.push(token);
-        let keep_going = on_token(token)?;
-        if !keep_going || sampler.params().stop_ids.contains(&token) {
+        let (token, finish) = seq.push(sampler, &logits);
+        if !on_token(token)? || finish.is_some() {
             break;
         }
         input = vec![token];
     }
-    Ok(new_tokens)
+    Ok(seq.into_generated())
 }
 
 #[cfg(test)]
@@ -201,6 +262,24 @@ mod tests {
         let mut s = sampler(1.0, 0, 1.0, 1.0);
         let picks: Vec<u32> = (0..200).map(|_| s.sample(&logits, &[])).collect();
         assert!(picks.contains(&1) && picks.contains(&2));
+    }
+
+    #[test]
+    fn sequence_stops_at_a_stop_id_or_the_limit() {
+        let params = SamplingParams { stop_ids: vec![1], ..SamplingParams::greedy(3) };
+        let mut s = Sampler::new(params.clone()).unwrap();
+        let mut seq = Sequence::new(&[7, 8], &params, 100).unwrap();
+        assert_eq!(seq.push(&mut s, &[0.0, 0.0, 1.0]), (2, None));
+        assert_eq!(seq.push(&mut s, &[0.0, 1.0, 0.0]), (1, Some(FinishReason::Stop)));
+        assert_eq!(seq.generated(), &[2, 1]);
+        // The context caps max_new_tokens: 2 positions left after a 3-token prompt in 5.
+        let mut seq = Sequence::new(&[7, 8, 9], &params, 5).unwrap();
+        assert_eq!(seq.max_new(), 2);
+        assert_eq!(seq.push(&mut s, &[0.0, 0.0, 1.0]).1, None);
+        assert_eq!(seq.push(&mut s, &[0.0, 0.0, 1.0]).1, Some(FinishReason::Length));
+        assert_eq!(seq.into_generated(), vec![2, 2]);
+        assert!(Sequence::new(&[], &params, 5).is_err());
+        assert!(Sequence::new(&[1; 5], &params, 5).is_err());
     }
 
     #[test]

@@ -13,7 +13,8 @@ use candle_core::{DType, Tensor};
 use tokio::sync::mpsc;
 
 use crate::chat::{StreamDecoder, Tokenizer};
-use crate::generate::{Sampler, SamplingParams};
+pub use crate::generate::FinishReason;
+use crate::generate::{Sampler, SamplingParams, Sequence};
 use crate::model::{KvCache, MiniMind};
 use crate::serve::logprobs::{log_softmax, TokenLogprob};
 use crate::serve::metrics::Metrics;
@@ -50,14 +51,6 @@ pub enum Event {
     Failed(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// A stop id or stop string was generated.
-    Stop,
-    /// `max_new_tokens` were generated.
-    Length,
-}
-
 /// A sequence being decoded.
 struct Active<'t> {
     request: GenerationRequest,
@@ -65,9 +58,8 @@ struct Active<'t> {
     stops: StopMatcher,
     cache: KvCache,
     sampler: Sampler,
-    /// Prompt and generated ids (the repetition penalty looks at all of them).
-    seen: Vec<u32>,
-    generated: usize,
+    /// Sampling and stop ids, shared with `generate`.
+    seq: Sequence,
     last: u32,
 }
 
@@ -173,8 +165,9 @@ type PrefillError = (mpsc::UnboundedSender<Event>, anyhow::Error);
 /// Runs the prompt, emits its first token; `None` when the request is already complete.
 fn prefill<'t>(model: &MiniMind, tokenizer: &'t Tokenizer, request: GenerationRequest) -> Result<Option<Active<'t>>, PrefillError> {
     let mut cache = KvCache::new(&model.config);
-    let run = |cache: &mut KvCache| -> Result<(Sampler, Vec<f32>)> {
+    let run = |cache: &mut KvCache| -> Result<(Sampler, Sequence, Vec<f32>)> {
         let sampler = Sampler::new(request.params.clone())?;
+        let seq = Sequence::new(&request.prompt, &request.params, model.config.max_position_embeddings)?;
         let last = if let Some(top) = request.prompt_logprobs {
             let rows: Vec<Vec<f32>> = model.forward_all_logits(&request.prompt, cache)?.to_dtype(DType::F32)?.to_vec2()?;
             let prompt_lp =
@@ -185,20 +178,19 @@ fn prefill<'t>(model: &MiniMind, tokenizer: &'t Tokenizer, request: GenerationRe
             let ids = Tensor::new(request.prompt.as_slice(), model.device())?.unsqueeze(0)?;
             model.forward_last(&ids, cache)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?
         };
-        Ok((sampler, last))
+        Ok((sampler, seq, last))
     };
-    let (sampler, last_logits) = match run(&mut cache) {
+    let (sampler, sequence, last_logits) = match run(&mut cache) {
         Ok(r) => r,
         Err(e) => return Err((request.events, e)),
     };
     let mut seq = Active {
-        seen: request.prompt.clone(),
+        seq: sequence,
         decoder: StreamDecoder::new(tokenizer),
         stops: StopMatcher::new(request.stops.clone()),
         request,
         cache,
         sampler,
-        generated: 0,
         last: 0,
     };
     if seq.request.params.max_new_tokens == 0 {
@@ -210,10 +202,8 @@ fn prefill<'t>(model: &MiniMind, tokenizer: &'t Tokenizer, request: GenerationRe
 
 /// Samples from `logits`, reports the token; false when the sequence is finished.
 fn take_token(seq: &mut Active, logits: &[f32]) -> bool {
-    let id = seq.sampler.sample(logits, &seq.seen);
+    let (id, ended) = seq.seq.push(&mut seq.sampler, logits);
     let logprob = seq.request.logprobs.map(|top| TokenLogprob::of(&log_softmax(logits), id, top));
-    seq.seen.push(id);
-    seq.generated += 1;
     seq.last = id;
     let (text, stopped) = match seq.decoder.push(id) {
         Ok(piece) => seq.stops.push(&piece),
@@ -225,15 +215,12 @@ fn take_token(seq: &mut Active, logits: &[f32]) -> bool {
     if seq.request.events.send(Event::Token { id, text, logprob }).is_err() {
         return false;
     }
-    if stopped || seq.request.params.stop_ids.contains(&id) {
-        finish(seq, FinishReason::Stop);
-        return false;
+    match (stopped, ended) {
+        (true, _) => finish(seq, FinishReason::Stop),
+        (false, Some(reason)) => finish(seq, reason),
+        (false, None) => return true,
     }
-    if seq.generated >= seq.request.params.max_new_tokens {
-        finish(seq, FinishReason::Length);
-        return false;
-    }
-    true
+    false
 }
 
 fn finish(seq: &mut Active, reason: FinishReason) {
@@ -248,7 +235,7 @@ fn finish(seq: &mut Active, reason: FinishReason) {
     let _ = seq.request.events.send(Event::Finished {
         reason,
         prompt_tokens: seq.request.prompt.len(),
-        completion_tokens: seq.generated,
+        completion_tokens: seq.seq.generated().len(),
     });
 }
 

@@ -15,6 +15,8 @@ pub mod params;
 pub mod plot;
 pub mod reason;
 pub mod resume;
+pub mod rewards;
+pub mod rollout;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
