@@ -15,6 +15,7 @@ pub mod params;
 pub mod plot;
 pub mod reason;
 pub mod resume;
+pub mod rlaif;
 pub mod rewards;
 pub mod rollout;
 pub mod schedule;
