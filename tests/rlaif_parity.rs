@@ -15,11 +15,11 @@ use mm::converters::pth::checkpoint::PthHints;
 use mm::converters::{read_checkpoint, Checkpoint};
 use mm::model::{MiniMind, Mode};
 use mm::train::adamw::{AdamW, AdamWConfig};
+use mm::train::rlaif::calculate_rewards::{calculate_rewards, ChatMessage, Rewards};
 use mm::train::rlaif::critic::Critic;
 use mm::train::rlaif::grpo::{group_advantages, grpo_loss};
 use mm::train::rlaif::logprobs::{completion_log_probs, completion_mask, next_token_log_probs};
-use mm::train::rlaif::ppo::{ppo_loss, ppo_masks, upstream_response_starts, values_at, PpoConfig};
-use mm::train::rlaif::rewards::{calculate_rewards, ChatMessage, Rewards};
+use mm::train::rlaif::ppo::{ppo_loss, ppo_masks, upstream_prompt_lengths, values_at, PpoConfig};
 use mm::train::rlaif::spo::{spo_advantages, spo_loss, RhoMode, ValueTracker};
 use mm::train::step::clip_grad_norm;
 use mm::train::TrainableModel;
@@ -547,7 +547,7 @@ fn ppo_matches_pytorch() {
     chk.exact("ppo.gen_out", &gen_out, fx.t("ppo.gen_out"));
 
     // Upstream's prompt lengths used as response offsets (decoding and the loss mask).
-    let starts = upstream_response_starts(&ro.prompt_mask).unwrap();
+    let starts = upstream_prompt_lengths(&ro.prompt_mask).unwrap();
     chk.exact("ppo.prompt_lengths", &f32_tensor(&starts.iter().map(|&s| s as f32).collect::<Vec<_>>()), fx.t("ppo.prompt_lengths"));
     let ids = gen_out.to_vec2::<u32>().unwrap();
     let responses: Vec<String> = ids.iter().zip(&starts).map(|(row, &s)| fx.tokenizer.decode(&row[s..], true).unwrap()).collect();

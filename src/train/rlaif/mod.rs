@@ -4,8 +4,8 @@
 //! from candle's `backward` on the returned loss.
 //!
 //! * [`logprobs`]: per-token log-probabilities of sampled tokens, completion masks.
-//! * [`rewards`]: upstream's `calculate_rewards` (format and tag rewards, clipped and blended
-//!   reward-model scores) around any scorer.
+//! * [`calculate_rewards`]: upstream's `calculate_rewards` (the reasoning rule rewards plus
+//!   clipped and blended reward-model scores) around any scorer.
 //! * [`grpo`]: group-normalised advantages and the GRPO loss.
 //! * [`spo`]: the adaptive value tracker (serialisable) and the SPO loss.
 //! * [`ppo`]: PPO's masks, clipped surrogate, value and KL terms.
@@ -15,11 +15,11 @@
 //! prompt lengths used as offsets, the critic's double final norm), the upstream-compatible
 //! form is the one named `upstream_*` or documented as such, with the fixed form beside it.
 
+pub mod calculate_rewards;
 pub mod critic;
 pub mod grpo;
 pub mod logprobs;
 pub mod ppo;
-pub mod rewards;
 pub mod spo;
 
 use anyhow::{ensure, Result};

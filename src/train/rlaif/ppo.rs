@@ -21,20 +21,25 @@ impl Default for PpoConfig {
     }
 }
 
-/// Upstream's `prompt_lengths = attention_mask.sum(1)`, used as the position where each row's
-/// response starts (for decoding and for the loss mask). With left padding that is wrong for
-/// every shorter prompt: its response really starts at the padded width P. This reproduces
-/// upstream; the fixed start is P for every row ([`padded_response_starts`]).
-pub fn upstream_response_starts(prompt_attention_mask: &Tensor) -> Result<Vec<usize>> {
+/// Upstream's `prompt_lengths = attention_mask.sum(1)`. Upstream uses them as the offset
+/// each row's response is decoded from **and** as the first label index the loss counts
+/// (`j >= prompt_lengths`, where label j predicts token j+1). With left padding both are wrong
+/// for every shorter prompt (its response starts at the padded width P), and the label index
+/// skips the first response token of every row. Passing these to [`ppo_masks`] reproduces
+/// upstream; [`fixed_first_labels`] is the corrected start.
+pub fn upstream_prompt_lengths(prompt_attention_mask: &Tensor) -> Result<Vec<usize>> {
     prompt_attention_mask.dims2().context("the prompt attention mask must be [rows, positions]")?;
     let rows = prompt_attention_mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
     Ok(rows.iter().map(|r| r.iter().map(|&m| m as usize).sum()).collect())
 }
 
-/// Where responses start for left-padded prompts of width P: P in every row.
-pub fn padded_response_starts(prompt_attention_mask: &Tensor) -> Result<Vec<usize>> {
+/// The corrected first label index for left-padded prompts of width P: P − 1 in every row
+/// (label P − 1 predicts the first response token, at position P). Responses then decode
+/// from P.
+pub fn fixed_first_labels(prompt_attention_mask: &Tensor) -> Result<Vec<usize>> {
     let (b, p) = prompt_attention_mask.dims2().context("the prompt attention mask must be [rows, positions]")?;
-    Ok(vec![p; b])
+    ensure!(p >= 1, "empty prompts");
+    Ok(vec![p - 1; b])
 }
 
 /// PPO's masks over `gen_out` [B, T] (prompt then response, pad id `pad_id`).
@@ -43,29 +48,32 @@ pub struct PpoMasks {
     pub full_mask: Tensor,
     /// [B, T-1] u32: `gen_out[:, 1:]`.
     pub labels: Tensor,
-    /// [B, T-1] f32: label index `j >= response_start` (j predicts token j+1, so with the
-    /// upstream start this skips the first response token of an unpadded row).
+    /// [B, T-1] f32: label index `j >= first_label[b]`.
     pub resp_mask: Tensor,
     /// [B, T-1] f32: `resp_mask & labels != pad`.
     pub final_mask: Tensor,
     /// Upstream's `full_mask.sum(1) − 1`: the index the critic's value is read at. For a
     /// left-padded row that is not the last real token (it counts pads out but indexes from
-    /// the left edge); the fixed index is the position of the last non-pad token.
+    /// the left edge); the fixed index is `last_real`.
     pub last_indices: Vec<usize>,
+    /// The position of each row's last non-pad token.
+    pub last_real: Vec<usize>,
 }
 
-/// The masks of `gen_out` [B, T] with responses starting at `response_starts` (from
-/// [`upstream_response_starts`] to match upstream).
-pub fn ppo_masks(gen_out: &Tensor, response_starts: &[usize], pad_id: u32) -> Result<PpoMasks> {
+/// The masks of `gen_out` [B, T] where the loss counts labels from `first_label[b]` on
+/// ([`upstream_prompt_lengths`] to match upstream, [`fixed_first_labels`] for the fix).
+pub fn ppo_masks(gen_out: &Tensor, first_label: &[usize], pad_id: u32) -> Result<PpoMasks> {
     let (b, t) = gen_out.dims2().context("gen_out must be [rows, positions]")?;
     ensure!(t >= 2, "gen_out has {t} positions; PPO needs at least 2");
-    ensure!(response_starts.len() == b, "{} response starts for {b} rows", response_starts.len());
+    ensure!(first_label.len() == b, "{} label starts for {b} rows", first_label.len());
     let ids = gen_out.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-    let (mut full, mut resp, mut fin, mut last_indices) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (row, &start) in ids.iter().zip(response_starts) {
+    let (mut full, mut resp, mut fin) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut last_indices, mut last_real) = (Vec::new(), Vec::new());
+    for (row, &start) in ids.iter().zip(first_label) {
         let real = row.iter().filter(|&&id| id != pad_id).count();
         ensure!(real >= 1, "a gen_out row is all padding");
         last_indices.push(real - 1);
+        last_real.push(row.iter().rposition(|&id| id != pad_id).unwrap_or(0));
         full.extend(row.iter().map(|&id| f32::from(u8::from(id != pad_id))));
         for j in 0..t - 1 {
             let r = j >= start;
@@ -81,6 +89,7 @@ pub fn ppo_masks(gen_out: &Tensor, response_starts: &[usize], pad_id: u32) -> Re
         resp_mask: Tensor::from_vec(resp, (b, t - 1), device)?,
         final_mask: Tensor::from_vec(fin, (b, t - 1), device)?,
         last_indices,
+        last_real,
     })
 }
 
@@ -149,4 +158,36 @@ pub fn ppo_loss(
     let value_loss = (values - &rewards)?.sqr()?.mean_all()?;
     let loss = ((&policy_loss + (&value_loss * cfg.vf_coef)?)? + (&kl_ref * cfg.kl_coef)?)?;
     Ok(PpoLoss { actor_logp, old_logp, ref_logp, advantages, ratio, surr1, surr2, kl, kl_ref, policy_loss, value_loss, loss })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Row 0: prompt `7 8` left-padded to width 3, response `5 EOS(2)` then a pad; row 1:
+    /// prompt `6 7 8`, response `4 5 9`.
+    #[test]
+    fn upstream_and_fixed_masks_on_left_padding() {
+        let cpu = Device::Cpu;
+        let gen_out = Tensor::new(&[[0u32, 7, 8, 5, 2, 0], [6, 7, 8, 4, 5, 9]], &cpu).unwrap();
+        let prompt_mask = Tensor::new(&[[0u32, 1, 1], [1, 1, 1]], &cpu).unwrap();
+        let rows = |t: &Tensor| t.to_vec2::<f32>().unwrap();
+
+        let upstream = upstream_prompt_lengths(&prompt_mask).unwrap();
+        assert_eq!(upstream, [2, 3]);
+        let m = ppo_masks(&gen_out, &upstream, 0).unwrap();
+        // Row 0 (one pad) happens to start right: label 2 predicts its first response token.
+        // Row 1 skips label 2, its first response token (4). Row 0's value index counts the pad
+        // out but indexes from the left edge: 3, not its EOS at 4.
+        assert_eq!(rows(&m.final_mask), [[0., 0., 1., 1., 0.], [0., 0., 0., 1., 1.]]);
+        assert_eq!(m.last_indices, [3, 5]);
+        assert_eq!(m.last_real, [4, 5]);
+
+        let fixed = ppo_masks(&gen_out, &fixed_first_labels(&prompt_mask).unwrap(), 0).unwrap();
+        assert_eq!(rows(&fixed.final_mask), [[0., 0., 1., 1., 0.], [0., 0., 1., 1., 1.]]);
+
+        assert!(ppo_masks(&gen_out, &[1], 0).is_err());
+        assert!(values_at(&Tensor::zeros((2, 6), DType::F32, &cpu).unwrap(), &[0, 6]).is_err());
+    }
 }

@@ -1,9 +1,12 @@
-//! Upstream's `calculate_rewards` around any reward-model scorer: the format reward, the tag
-//! ("mark") reward, and the reward-model score clipped to ±3 and, when the response has an
-//! `<answer>…</answer>`, blended 0.4/0.6 with the score of the answer alone. Upstream's
-//! regular expressions are matched by hand with the same semantics (Python's `re`).
+//! Upstream's `calculate_rewards` around any reward-model scorer: the format and tag ("mark")
+//! rule rewards of [`crate::train::rewards::reasoning`], plus the reward-model score clipped to
+//! ±3 and, when the response has an `<answer>…</answer>`, blended 0.4/0.6 with the score of the
+//! answer alone. Upstream's regular expressions are matched by hand with Python `re`'s
+//! semantics.
 
 use anyhow::{ensure, Result};
+
+use crate::train::rewards::reasoning::{format_reward, tag_reward};
 
 /// The reward model's score range.
 pub const SCORE_CLIP: f64 = 3.0;
@@ -46,31 +49,6 @@ pub fn prompt_messages(rendered: &str) -> Vec<ChatMessage> {
     out
 }
 
-/// 0.5 when the response matches `^<think>\n.*?\n</think>\n<answer>\n.*?\n</answer>$` or the
-/// same with `\n\n` before `<answer>` (`re.S`; `$` also matches before one final newline).
-pub fn format_reward(response: &str) -> f32 {
-    let body = |text: &str, sep: &str| -> bool {
-        const OPEN: &str = "<think>\n";
-        const CLOSE: &str = "\n</answer>";
-        text.len() >= OPEN.len() + sep.len() + CLOSE.len()
-            && text.starts_with(OPEN)
-            && text.ends_with(CLOSE)
-            && text[OPEN.len()..text.len() - CLOSE.len()].contains(sep)
-    };
-    let fits = |text: &str| body(text, "\n</think>\n<answer>\n") || body(text, "\n</think>\n\n<answer>\n");
-    let matched = fits(response) || response.strip_suffix('\n').is_some_and(fits);
-    if matched {
-        0.5
-    } else {
-        0.0
-    }
-}
-
-/// 0.25 for each of `<think>`, `</think>`, `<answer>`, `</answer>` that occurs exactly once.
-pub fn mark_reward(response: &str) -> f32 {
-    ["<think>", "</think>", "<answer>", "</answer>"].iter().map(|tag| if response.matches(tag).count() == 1 { 0.25 } else { 0.0 }).sum()
-}
-
 /// `re.search(r'<answer>(.*?)</answer>', response, re.S).group(1).strip()`.
 pub fn answer_content(response: &str) -> Option<&str> {
     let start = response.find("<answer>")? + "<answer>".len();
@@ -105,7 +83,7 @@ pub fn calculate_rewards(
     ensure!(responses.len() == prompts.len() * per_prompt, "{} responses for {} prompts × {per_prompt}", responses.len(), prompts.len());
     let n = responses.len();
     let (format, mark): (Vec<f32>, Vec<f32>) =
-        if reasoning { responses.iter().map(|r| (format_reward(r), mark_reward(r))).unzip() } else { (vec![0.0; n], vec![0.0; n]) };
+        if reasoning { responses.iter().map(|r| (format_reward(r), tag_reward(r))).unzip() } else { (vec![0.0; n], vec![0.0; n]) };
     let clip = |s: f64| s.clamp(-SCORE_CLIP, SCORE_CLIP);
     let mut model_scores = Vec::with_capacity(n);
     for (i, response) in responses.iter().enumerate() {
@@ -113,8 +91,8 @@ pub fn calculate_rewards(
         chat.push(ChatMessage { role: "assistant".into(), content: response.to_string() });
         let mut s = clip(score(&chat)?);
         if reasoning {
-            if let Some(answer) = answer_content(response) {
-                chat.last_mut().expect("just pushed").content = answer.to_string();
+            if let (Some(answer), Some(last)) = (answer_content(response), chat.last_mut()) {
+                last.content = answer.to_string();
                 s = s * 0.4 + clip(score(&chat)?) * 0.6;
             }
         }
@@ -129,19 +107,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn format_follows_python_re() {
-        assert_eq!(format_reward("<think>\na\n</think>\n<answer>\nb\n</answer>"), 0.5);
-        assert_eq!(format_reward("<think>\na\n</think>\n\n<answer>\nb\n</answer>"), 0.5);
-        assert_eq!(format_reward("<think>\na\n</think>\n<answer>\nb\n</answer>\n"), 0.5, "`$` before a final newline");
-        assert_eq!(format_reward("<think>\na\n</think>\n<answer>\nb\n</answer>\n\n"), 0.0);
-        assert_eq!(format_reward("<think>\n\n</think>\n<answer>\n\n</answer>"), 0.5, "empty think and answer");
-        assert_eq!(format_reward("x<think>\na\n</think>\n<answer>\nb\n</answer>"), 0.0);
-        assert_eq!(format_reward("<think>\n</think>\n<answer>\n</answer>"), 0.0, "the newlines do not overlap");
-    }
-
-    #[test]
-    fn marks_answers_and_turns() {
-        assert_eq!(mark_reward("<think> <think> </think>"), 0.25);
+    fn answers_and_turns() {
         assert_eq!(answer_content("I think <answer> Blue </answer> is <answer>x</answer>"), Some("Blue"));
         assert_eq!(answer_content("<answer> open"), None);
         let turns = prompt_messages(
