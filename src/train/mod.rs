@@ -16,6 +16,7 @@ pub mod plot;
 pub mod reason;
 pub mod resume;
 pub mod rlaif;
+pub mod reward_model;
 pub mod rewards;
 pub mod rollout;
 pub mod schedule;
