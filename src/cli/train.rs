@@ -10,10 +10,13 @@ use mm::converters::{read_checkpoint, Checkpoint, MiniMindConfig, TokenizerFiles
 use mm::model::init::random_checkpoint;
 use mm::train::encoder::ChatEncoder;
 use mm::train::objective::LanguageModeling;
+use mm::train::rlaif::ppo::PpoConfig;
+use mm::train::rlaif::stage::{Algorithm, RlConfig, RlStage};
+use mm::train::schedule::LrSchedule;
 use mm::train::resume::{self, Resume};
 use mm::train::trainer::{self, TrainOptions, TrainReport};
 use mm::train::TrainableModel;
-use mm_dataset::{Dataset, DatasetOptions, DpoDataset, Loader, LoaderOptions, PretrainDataset, SftDataset};
+use mm_dataset::{Dataset, DatasetOptions, DpoDataset, Loader, LoaderOptions, PretrainDataset, RlaifDataset, SftDataset};
 
 use super::{set_threads, ShapeHints};
 
@@ -37,6 +40,96 @@ enum Stage {
     Distill(DistillArgs),
     /// Reasoning SFT with extra weight on the think/answer tags (train_distill_reason.py).
     Reason(CommonArgs),
+    /// GRPO on live rollouts of RLAIF prompts, scored by the reward sources (train_grpo.py).
+    Grpo(GrpoArgs),
+    /// SPO: one rollout per prompt against an adaptive value baseline (train_spo.py).
+    Spo(SpoArgs),
+    /// PPO with a critic, an old actor and a KL term to the reference (train_ppo.py).
+    Ppo(PpoArgs),
+}
+
+/// Where an RL stage's rewards come from; every source given is summed.
+#[derive(Args, Clone)]
+pub struct RewardArgs {
+    /// Rule rewards, `rule:NAME[,NAME...]` (repeatable): reasoning (upstream's <think>/<answer>
+    /// format reward, 0..1.5), length (DAPO's overlong penalty, -1..0), repetition (repeated
+    /// 3-grams, -1..0).
+    #[arg(long = "reward", value_name = "rule:NAME,...")]
+    rules: Vec<String>,
+}
+
+impl RewardArgs {
+    /// Every configured source, or an error naming the options when there is none.
+    fn rewarder(&self) -> Result<mm::train::rewards::Rewarder> {
+        let mut rewarder = mm::train::rewards::Rewarder::new();
+        if !self.rules.is_empty() {
+            rewarder.add(Box::new(mm::train::rewards::RuleSet::parse_all(&self.rules)?));
+        }
+        if rewarder.is_empty() {
+            bail!("no reward source: pass --reward rule:NAME[,NAME...] (rules: reasoning, length, repetition)");
+        }
+        Ok(rewarder)
+    }
+}
+
+/// The flags GRPO, SPO and PPO share.
+#[derive(Args, Clone)]
+pub struct RlArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    reward: RewardArgs,
+    /// New tokens per rollout at most (upstream max_gen_len). Prompts keep their last
+    /// --max-seq-len tokens.
+    #[arg(long, default_value_t = 1536)]
+    max_gen_len: usize,
+    /// Reproduce upstream's quirks instead of mm's fixes: GRPO/SPO attend to the prompts' left
+    /// pads; PPO decodes and counts the response from each row's unpadded prompt length, reads
+    /// the value at `mask.sum() - 1`, and its critic norms the trunk's output twice.
+    #[arg(long)]
+    upstream_quirks: bool,
+}
+
+#[derive(Args)]
+pub struct GrpoArgs {
+    #[command(flatten)]
+    rl: RlArgs,
+    /// Rollouts per prompt (the group whose rewards are normalised together).
+    #[arg(long, default_value_t = 8)]
+    num_generations: usize,
+    /// Weight of the k3 KL estimator to the reference.
+    #[arg(long, default_value_t = 0.02)]
+    beta: f64,
+}
+
+#[derive(Args)]
+pub struct SpoArgs {
+    #[command(flatten)]
+    rl: RlArgs,
+    /// Weight of the k3 KL estimator to the reference.
+    #[arg(long, default_value_t = 0.02)]
+    beta: f64,
+}
+
+#[derive(Args)]
+pub struct PpoArgs {
+    #[command(flatten)]
+    rl: RlArgs,
+    /// The ratio clip: exp(actor - old) is clamped to 1 ± ε.
+    #[arg(long, default_value_t = 0.1)]
+    clip_epsilon: f64,
+    /// Weight of the critic's value loss.
+    #[arg(long, default_value_t = 0.5)]
+    vf_coef: f64,
+    /// Weight of the KL term to the reference.
+    #[arg(long, default_value_t = 0.02)]
+    kl_coef: f64,
+    /// The critic's peak learning rate (same cosine schedule as the actor's).
+    #[arg(long, default_value_t = 8e-8)]
+    critic_lr: f64,
+    /// Copy the actor into the old actor every N steps.
+    #[arg(long, default_value_t = 4)]
+    update_old_actor_freq: u64,
 }
 
 #[derive(Args)]
@@ -146,8 +239,17 @@ pub struct CommonArgs {
 }
 
 /// Every stage's upstream defaults, for `--help`.
-const STAGES: [(&str, &StageDefaults); 6] =
-    [("pretrain", &PRETRAIN), ("sft", &SFT), ("lora", &LORA), ("dpo", &DPO), ("distill", &DISTILL), ("reason", &REASON)];
+const STAGES: [(&str, &StageDefaults); 9] = [
+    ("pretrain", &PRETRAIN),
+    ("sft", &SFT),
+    ("lora", &LORA),
+    ("dpo", &DPO),
+    ("distill", &DISTILL),
+    ("reason", &REASON),
+    ("grpo", &GRPO),
+    ("spo", &SPO),
+    ("ppo", &PPO),
+];
 
 /// `what [default: pretrain 1, sft 2, …]`: the flags are shared, their defaults are the stage's.
 fn stage_default_help(what: &str, value: fn(&StageDefaults) -> String) -> String {
@@ -233,13 +335,35 @@ const REASON: StageDefaults = StageDefaults {
     save_interval: 100,
 };
 
+/// The RL stages: `max_seq_len` is the prompt's length (upstream's 66).
+const GRPO: StageDefaults = StageDefaults {
+    save_weight: "grpo",
+    epochs: 1,
+    batch_size: 2,
+    lr: 8e-8,
+    accumulation_steps: 1,
+    max_seq_len: 66,
+    log_interval: 1,
+    save_interval: 10,
+};
+
+const SPO: StageDefaults = StageDefaults { save_weight: "spo", lr: 1e-7, accumulation_steps: 4, ..GRPO };
+
+const PPO: StageDefaults = StageDefaults { save_weight: "ppo_actor", ..GRPO };
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let gpus = match &a.stage {
         Stage::Pretrain(c) | Stage::Sft(c) | Stage::Reason(c) => c.gpus,
         Stage::Lora(l) => l.common.gpus,
         Stage::Dpo(d) => d.common.gpus,
         Stage::Distill(d) => d.common.gpus,
+        Stage::Grpo(g) => g.rl.common.gpus,
+        Stage::Spo(s) => s.rl.common.gpus,
+        Stage::Ppo(p) => p.rl.common.gpus,
     };
+    if gpus > 1 && matches!(a.stage, Stage::Spo(_) | Stage::Ppo(_)) {
+        bail!("--gpus {gpus}: SPO's value tracker and PPO's critic are not kept in step across GPUs; train them on one GPU (GRPO runs data parallel)");
+    }
     if gpus == 0 {
         bail!("--gpus 0: pass at least 1");
     }
@@ -255,7 +379,92 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Stage::Dpo(d) => run_dpo(d),
         Stage::Distill(d) => run_distill(d),
         Stage::Reason(c) => run_reason(c),
+        Stage::Grpo(g) => {
+            let cfg = rl_config(&g.rl, Algorithm::Grpo, g.num_generations, g.beta);
+            run_rl(&g.rl, &GRPO, cfg)
+        }
+        Stage::Spo(s) => {
+            let cfg = rl_config(&s.rl, Algorithm::Spo, 1, s.beta);
+            run_rl(&s.rl, &SPO, cfg)
+        }
+        Stage::Ppo(p) => {
+            let mut cfg = rl_config(&p.rl, Algorithm::Ppo, 1, 0.0);
+            cfg.ppo = PpoConfig { clip_epsilon: p.clip_epsilon, vf_coef: p.vf_coef, kl_coef: p.kl_coef };
+            cfg.critic_lr = p.critic_lr;
+            cfg.update_old_actor_freq = p.update_old_actor_freq;
+            run_rl(&p.rl, &PPO, cfg)
+        }
     }
+}
+
+/// An RL stage's settings from its flags (PPO's own are set by the caller).
+fn rl_config(rl: &RlArgs, algorithm: Algorithm, num_generations: usize, beta: f64) -> RlConfig {
+    RlConfig {
+        algorithm,
+        num_generations,
+        max_gen_len: rl.max_gen_len,
+        max_prompt_len: 0,
+        beta,
+        ppo: PpoConfig::default(),
+        update_old_actor_freq: 4,
+        critic_lr: 8e-8,
+        grad_clip: rl.common.grad_clip,
+        seed: rl.common.seed,
+        compute: candle_core::DType::F32,
+        upstream_quirks: rl.upstream_quirks,
+    }
+}
+
+fn run_rl(rl: &RlArgs, d: &StageDefaults, mut cfg: RlConfig) -> Result<()> {
+    let c = &rl.common;
+    // Configuration errors before any model is read.
+    let rewarder = rl.reward.rewarder()?;
+    cfg.max_prompt_len = c.max_seq_len.unwrap_or(d.max_seq_len);
+    cfg.validate()?;
+    let mut p = prepare(c, d, true)?;
+    p.opts.schedule = LrSchedule::CosineAnnealing;
+    cfg.compute = p.opts.compute_dtype()?;
+    cfg.seed = p.opts.seed;
+    cfg.grad_clip = p.opts.grad_clip;
+    let positions = p.model.config.max_position_embeddings;
+    if cfg.max_prompt_len + cfg.max_gen_len > positions {
+        bail!(
+            "--max-seq-len {} + --max-gen-len {}: prompt and rollout do not fit the model's {positions} positions",
+            cfg.max_prompt_len,
+            cfg.max_gen_len
+        );
+    }
+    // The reference (and PPO's first critic and old actor) is the model the run started from.
+    let start = starting_checkpoint(c, true)?;
+    let (tokenizer, _) = mm::loaded::tokenizer_and_template(&p.model.tokenizer)?;
+    let mut stage = RlStage::new(cfg, &start, tokenizer, rewarder, &p.model.device)?;
+    let ds = RlaifDataset::open(&c.data, p.encoder, p.data_opts).with_context(|| format!("reading {}", c.data.display()))?;
+    let loader = loader_for(ds, &p.opts, p.resume.as_ref())?;
+    let report = trainer::train(&mut p.model, &mut stage, loader, &p.opts, p.resume.as_ref(), &trainer::save_full_pth)?;
+    print_report(&report);
+    if mm::train::distributed::current().is_none_or(|p| p.is_main()) {
+        print_rewards(&report)?;
+    }
+    Ok(())
+}
+
+/// The mean reward over the first and last (up to) 10 steps, and the reward curve.
+fn print_rewards(r: &TrainReport) -> Result<()> {
+    let points = mm::train::plot::read_metric_column(&r.metrics_path, "reward")?;
+    if points.is_empty() {
+        return Ok(());
+    }
+    let k = points.len().min(10);
+    let mean = |s: &[mm::train::plot::MetricPoint]| s.iter().map(|p| p.loss).sum::<f64>() / s.len() as f64;
+    println!("reward:  mean {:.4} over the first {k} steps -> {:.4} over the last {k}", mean(&points[..k]), mean(&points[points.len() - k..]));
+    let png = r.curve_path.with_file_name(
+        r.curve_path.file_name().map(|n| n.to_string_lossy().replace(".loss.png", ".reward.png")).unwrap_or_default(),
+    );
+    match mm::train::plot::write_metric_curve(&r.metrics_path, "reward", &png) {
+        Ok(_) => println!("curve:   {}", png.display()),
+        Err(e) => eprintln!("note: no reward curve drawn: {e:#}"),
+    }
+    Ok(())
 }
 
 fn options(c: &CommonArgs, d: &StageDefaults) -> TrainOptions {
@@ -274,6 +483,7 @@ fn options(c: &CommonArgs, d: &StageDefaults) -> TrainOptions {
         max_steps: c.max_steps,
         progress: !c.quiet,
         weights_file: None,
+        schedule: Default::default(),
     }
 }
 

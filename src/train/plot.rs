@@ -102,11 +102,16 @@ pub struct MetricPoint {
 /// kill) are skipped. A resumed run appends from its checkpoint on, so when the step goes
 /// back, the points it supersedes are dropped.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricPoint>> {
+    read_metric_column(path, "loss")
+}
+
+/// [`read_metrics`] with another column (`reward`, `kl`, …) in the points' `loss` field.
+pub fn read_metric_column(path: &Path, column: &str) -> Result<Vec<MetricPoint>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut points: Vec<MetricPoint> = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let (Some(step), Some(loss)) = (v["step"].as_f64(), v["loss"].as_f64()) else { continue };
+        let (Some(step), Some(loss)) = (v["step"].as_f64(), v[column].as_f64()) else { continue };
         if !step.is_finite() || !loss.is_finite() {
             continue;
         }
@@ -122,11 +127,16 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricPoint>> {
 /// Draws `metrics_jsonl` (the trainer's `<stem>.metrics.jsonl`) to `png`, written atomically,
 /// and returns its loss scale. Errors when the file holds no metric line.
 pub fn write_loss_curve(metrics_jsonl: &Path, png: &Path) -> Result<LossScale> {
-    let points = read_metrics(metrics_jsonl)?;
-    ensure!(!points.is_empty(), "{}: no metrics to plot", metrics_jsonl.display());
+    write_metric_curve(metrics_jsonl, "loss", png)
+}
+
+/// [`write_loss_curve`] for another column of the metrics file (the RL stages' `reward`).
+pub fn write_metric_curve(metrics_jsonl: &Path, column: &str, png: &Path) -> Result<LossScale> {
+    let points = read_metric_column(metrics_jsonl, column)?;
+    ensure!(!points.is_empty(), "{}: no {column} to plot", metrics_jsonl.display());
     let name = metrics_jsonl.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".metrics.jsonl").or_else(|| name.strip_suffix(".jsonl")).unwrap_or(&name);
-    let canvas = render(&points, stem);
+    let canvas = render_column(&points, stem, column);
     write_file_atomically(png, crate::converters::output_guard::FileKind::Png, |w| {
         let mut enc = png::Encoder::new(w, canvas.width as u32, canvas.height as u32);
         enc.set_color(png::ColorType::Rgb);
@@ -296,6 +306,11 @@ fn compact(v: f64) -> String {
 
 /// Draws the chart.
 pub fn render(points: &[MetricPoint], stem: &str) -> Canvas {
+    render_column(points, stem, "loss")
+}
+
+/// [`render`] with `label` naming the plotted column.
+pub fn render_column(points: &[MetricPoint], stem: &str, label: &str) -> Canvas {
     let mut c = Canvas::new(WIDTH, HEIGHT);
     let (x0, x1) = (LEFT as i64, (WIDTH - RIGHT) as i64);
     let (y0, y1) = (TOP as i64, (HEIGHT - BOTTOM) as i64);
@@ -372,10 +387,11 @@ pub fn render(points: &[MetricPoint], stem: &str) -> Canvas {
 
     // Title, axis names (which double as the legend).
     let last = points.last().expect("at least one point");
-    let title = format!("{stem}: loss {} at step {}", compact(last.loss), last.step).to_uppercase();
+    let title = format!("{stem}: {label} {} at step {}", compact(last.loss), last.step).to_uppercase();
     let scale = if text_width(&title, 2) <= WIDTH as i64 - 16 { 2 } else { 1 };
     c.text((WIDTH as i64 - text_width(&title, scale)) / 2, 14, &title, scale, INK);
-    c.text(x0, y0 - 16, "LOSS", 1, LOSS_COLOR);
+    let label = label.to_uppercase();
+    c.text(x0, y0 - 16, &label, 1, LOSS_COLOR);
     // The scale in words: axis range, and the data's own range on it.
     let range = format!(
         "AXIS {} TO {}, DATA {} TO {}{}",
@@ -385,7 +401,7 @@ pub fn render(points: &[MetricPoint], stem: &str) -> Canvas {
         compact(loss_scale.data_hi),
         if loss_scale.widened { " (NEARLY FLAT)" } else { "" }
     );
-    c.text(x0 + text_width("LOSS  ", 1), y0 - 16, &range, 1, INK);
+    c.text(x0 + text_width(&label, 1) + text_width("  ", 1), y0 - 16, &range, 1, INK);
     if lra.is_some() {
         c.text(x1 - text_width("LR", 1), y0 - 16, "LR", 1, LR_COLOR);
     }

@@ -2,7 +2,7 @@
 //! (weights and adapters in f32, AdamW moments, a half-accumulated gradient, the step counters
 //! and the data position). It is a directory written atomically next to the weights:
 //! `model/` (an HF MiniMind dir, f32), `lora.safetensors`, `optimizer.safetensors`,
-//! `state.json`.
+//! `state.json`, and the stage's own `objective.safetensors` / `objective.json` (RL stages).
 
 use std::path::Path;
 
@@ -15,6 +15,7 @@ use crate::converters::hf::{self, HfLayout, DEFAULT_MAX_SHARD_BYTES};
 use crate::converters::safetensors_file;
 use crate::converters::{atomic::write_output_dir, Checkpoint, Provenance};
 use crate::train::adamw::AdamW;
+use crate::train::objective::ObjectiveState;
 use crate::train::params::TrainableModel;
 use crate::train::trainer::TrainOptions;
 
@@ -68,7 +69,13 @@ pub struct Resume {
     pub lora: Vec<(String, Tensor, Tensor)>,
     /// `exp_avg.<name>`, `exp_avg_sq.<name>`, `accum.<name>`.
     optimizer: Vec<(String, Tensor)>,
+    /// The stage's own state, when it saved one.
+    pub objective: Option<ObjectiveState>,
 }
+
+const LORA_FILE: &str = "lora.safetensors";
+const OBJECTIVE_TENSORS: &str = "objective.safetensors";
+const OBJECTIVE_JSON: &str = "objective.json";
 
 #[derive(Serialize, Deserialize)]
 struct StateFile {
@@ -77,7 +84,16 @@ struct StateFile {
     state: ResumeState,
 }
 
-pub fn write(dir: &Path, model: &TrainableModel, optimizer: &AdamW, accumulated: &[Option<Tensor>], state: &ResumeState) -> Result<()> {
+/// Writes the resume directory; `extra` is the stage's own state (RL: value tracker, critic,
+/// old actor), as `objective.safetensors` and `objective.json`.
+pub fn write(
+    dir: &Path,
+    model: &TrainableModel,
+    optimizer: &AdamW,
+    accumulated: &[Option<Tensor>],
+    state: &ResumeState,
+    extra: Option<&ObjectiveState>,
+) -> Result<()> {
     let ckpt = model.to_checkpoint(DType::F32, Provenance::new("mm train resume", dir))?;
     let cpu = |t: &Tensor| t.to_device(&candle_core::Device::Cpu);
     let mut lora = Vec::new();
@@ -96,7 +112,12 @@ pub fn write(dir: &Path, model: &TrainableModel, optimizer: &AdamW, accumulated:
     let file = StateFile { format_version: FORMAT_VERSION, state: state.clone() };
     // A run with LoRA adapters writes lora.safetensors; the model/ folder is an HF directory.
     let known = |rel: &Path| {
-        rel == Path::new("lora.safetensors") || rel.strip_prefix("model").is_ok_and(hf::is_hf_output_file)
+        [LORA_FILE, OBJECTIVE_TENSORS, OBJECTIVE_JSON].iter().any(|f| rel == Path::new(f))
+            || rel.strip_prefix("model").is_ok_and(hf::is_hf_output_file)
+    };
+    let extra_tensors = match extra {
+        Some(e) => e.tensors.iter().map(|(n, t)| Ok((n.clone(), cpu(t)?))).collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
     };
     write_output_dir(dir, &known, |tmp| {
         hf::write(&ckpt, &tmp.join("model"), HfLayout::MiniMind, DEFAULT_MAX_SHARD_BYTES)?;
@@ -105,6 +126,12 @@ pub fn write(dir: &Path, model: &TrainableModel, optimizer: &AdamW, accumulated:
         }
         safetensors_file::write_file(&tmp.join("optimizer.safetensors"), &moments)?;
         std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&file)?)?;
+        if let Some(e) = extra {
+            if !extra_tensors.is_empty() {
+                safetensors_file::write_file(&tmp.join(OBJECTIVE_TENSORS), &extra_tensors)?;
+            }
+            std::fs::write(tmp.join(OBJECTIVE_JSON), serde_json::to_string_pretty(&e.json)?)?;
+        }
         Ok(())
     })
 }
@@ -133,7 +160,17 @@ pub fn read(dir: &Path) -> Result<Resume> {
         }
     }
     let optimizer = safetensors_file::read_file(&dir.join("optimizer.safetensors"))?;
-    Ok(Resume { state: file.state, model, lora, optimizer })
+    let json_path = dir.join(OBJECTIVE_JSON);
+    let objective = if json_path.exists() {
+        let text = std::fs::read_to_string(&json_path).with_context(|| format!("cannot read {}", json_path.display()))?;
+        let json = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", json_path.display()))?;
+        let tensors_path = dir.join(OBJECTIVE_TENSORS);
+        let tensors = if tensors_path.exists() { safetensors_file::read_file(&tensors_path)? } else { Vec::new() };
+        Some(ObjectiveState { tensors, json })
+    } else {
+        None
+    };
+    Ok(Resume { state: file.state, model, lora, optimizer, objective })
 }
 
 /// Puts the saved AdamW moments and partial gradients back for the model's trainable tensors.

@@ -18,11 +18,11 @@ use crate::converters::output_guard::FileKind;
 use crate::converters::Provenance;
 use crate::train::adamw::{AdamW, AdamWConfig};
 use crate::train::distributed;
-use crate::train::objective::Objective;
+use crate::train::objective::{Objective, ObjectiveState, StepUpdate};
 use crate::train::params::TrainableModel;
 use crate::train::resume::{self, Resume, ResumeState};
-use crate::train::schedule::upstream_lr;
-use crate::train::step::{accumulate, clip_coefficient_on_device, gradients};
+use crate::train::schedule::{cosine_annealing_lr, upstream_lr, LrSchedule};
+use crate::train::step::{accumulate, clip_coefficient_on_device};
 
 /// The knobs of a run (upstream's argparse flags).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +47,9 @@ pub struct TrainOptions {
     /// The weights file name when it is not `<stem>.pth` (LoRA: `<lora_name>_<hidden>.pth`).
     #[serde(default)]
     pub weights_file: Option<String>,
+    /// The learning-rate schedule (older resume files: `get_lr`).
+    #[serde(default)]
+    pub schedule: LrSchedule,
 }
 
 impl TrainOptions {
@@ -238,6 +241,7 @@ fn save(
     paths: &RunPaths,
     metrics: &mut dyn Write,
     save_weights: SaveWeights,
+    extra: Option<&ObjectiveState>,
 ) -> Result<()> {
     // Mid-accumulation, the saved gradient is the sum over the ranks.
     let saved_accumulation = match at.parallel {
@@ -261,7 +265,7 @@ fn save(
         world: at.parallel.map_or(1, |p| p.world),
     };
     metrics.flush()?;
-    resume::write(&paths.resume, model, optimizer, &saved_accumulation, &state)
+    resume::write(&paths.resume, model, optimizer, &saved_accumulation, &state, extra)
 }
 
 /// The largest finite f16, the dtype weights are saved in.
@@ -330,6 +334,9 @@ where
     if let Some(r) = resume_from {
         micro_steps = r.state.micro_steps;
         resume::restore_optimizer(r, model, &mut optimizer, &mut accumulated)?;
+        if let Some(state) = &r.objective {
+            objective.restore(state)?;
+        }
         if !main {
             // A saved half-accumulated gradient is the sum over the saving run's ranks; the
             // main rank carries it, so the next all-reduce adds it exactly once.
@@ -386,7 +393,13 @@ where
             break;
         }
         let step = info.step + 1; // upstream's enumerate(loader, start=1)
-        let lr = upstream_lr(info.epoch * iters + step, total_steps, opts.learning_rate);
+        let lr = match opts.schedule {
+            LrSchedule::GetLr => upstream_lr(info.epoch * iters + step, total_steps, opts.learning_rate),
+            LrSchedule::CosineAnnealing => {
+                cosine_annealing_lr(optimizer.step, (iters / accumulation) * opts.epochs, opts.learning_rate)
+            }
+        };
+        objective.begin_step(micro_steps)?;
         let step_tokens = if info.stand_in { 0 } else { objective.tokens(&batch) };
         // A rank trains on its rows of the global batch (the loader reads only those), its
         // loss weighted by its share of the global batch's loss tokens: the all-reduced
@@ -407,10 +420,14 @@ where
         }
         let scaled = (parts.loss.to_dtype(DType::F32)? / accumulation as f64)?;
         let vars = model.trainable_vars();
-        accumulate(&mut accumulated, gradients(&scaled, &vars)?)?;
+        let store = scaled.backward()?;
+        accumulate(&mut accumulated, vars.iter().map(|p| store.get(p.as_tensor()).cloned()).collect())?;
+        objective.collect_gradients(&store)?;
+        drop(store);
         drop(run_model);
         micro_steps += 1;
 
+        let mut update = None;
         if (step + 1) % accumulation == 0 {
             if let Some(p) = parallel {
                 p.all_reduce_grads(&mut accumulated)?;
@@ -420,7 +437,9 @@ where
             let vars = model.trainable_vars();
             optimizer.step_scaled(&vars, &accumulated, lr, Some(&clip))?;
             accumulated.iter_mut().for_each(|g| *g = None);
+            update = Some(StepUpdate { lr, peak_lr: opts.learning_rate });
         }
+        objective.after_step(model, update.as_ref(), step)?;
 
         bar.set_position(micro_steps);
         pending.push(PendingMetric {
@@ -480,7 +499,8 @@ where
         }
         if save_now {
             let run = SavePoint { micro_steps, loader: loader.state(), parallel, main };
-            save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights)?;
+            let extra = objective.state()?;
+            save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights, extra.as_ref())?;
             weights_path = main.then(|| paths.weights.clone());
             saved_at = micro_steps;
         }
@@ -494,7 +514,8 @@ where
             }
         }
         let run = SavePoint { micro_steps, loader: loader.state(), parallel, main };
-        save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights)?;
+        let extra = objective.state()?;
+        save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights, extra.as_ref())?;
         weights_path = main.then(|| paths.weights.clone());
     }
     if micro_steps == 0 && resume_from.is_none() && opts.max_steps != Some(0) {

@@ -7,21 +7,27 @@
 //! | `length`     | [-1, 0]     | DAPO's soft overlong penalty near `max_new_tokens` |
 //! | `repetition` | (-1, 0]     | the share of repeated token 3-grams |
 //!
-//! Reward models and remote scorers add their scores to these elsewhere.
+//! Every source of a run (rule sets here; reward models and remote scorers elsewhere) is a
+//! [`Scorer`]; a [`Rewarder`] sums them.
 
 pub mod length;
 pub mod reasoning;
 pub mod repetition;
+pub mod scorer;
 
 use anyhow::{bail, Result};
 
 pub use length::length_penalty;
 pub use reasoning::reasoning_reward;
 pub use repetition::repetition_penalty;
+pub use scorer::{Rewarder, Scored, Scorer};
 
 /// What a rule sees of one sampled completion.
 #[derive(Debug, Clone, Copy)]
 pub struct RewardInput<'a> {
+    /// The prompt as rendered with the chat template (generation prompt included), as
+    /// upstream's `calculate_rewards` receives it.
+    pub prompt: &'a str,
     /// The reply as upstream scores it: the completion decoded with special tokens skipped.
     pub reply: &'a str,
     /// The completion's ids; its EOS, when generated, is the last.
@@ -160,7 +166,7 @@ mod tests {
         let reply = "<think>\nx\n</think>\n<answer>\ny\n</answer>";
         // 8 tokens, the last the EOS, limit 8: the length rule gives -1 at the limit.
         let completion = [5, 6, 7, 5, 6, 7, 5, 2];
-        let input = RewardInput { reply, completion: &completion, eos: 2, max_new_tokens: 8 };
+        let input = RewardInput { prompt: "", reply, completion: &completion, eos: 2, max_new_tokens: 8 };
         let set = RuleSet::parse("rule:reasoning,length,repetition").unwrap();
         // trigrams of 5 6 7 5 6 7 5: 567 675 756 567 675 -> 3 distinct of 5.
         assert_eq!(set.scores(&input), vec![1.5, -1.0, -(1.0 - 3.0 / 5.0)]);

@@ -10,6 +10,7 @@
 //! * [`spo`]: the adaptive value tracker (serialisable) and the SPO loss.
 //! * [`ppo`]: PPO's masks, clipped surrogate, value and KL terms.
 //! * [`critic`]: upstream's `CriticModel` (MiniMind trunk + scalar value head).
+//! * [`stage`]: the three as stages of the shared trainer (`mm train grpo|spo|ppo`).
 //!
 //! Where upstream computes something questionable that its numbers depend on (pads attended to,
 //! prompt lengths used as offsets, the critic's double final norm), the upstream-compatible
@@ -21,6 +22,7 @@ pub mod grpo;
 pub mod logprobs;
 pub mod ppo;
 pub mod spo;
+pub mod stage;
 
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
