@@ -11,6 +11,7 @@ mod init;
 mod inspect;
 mod logits;
 mod lora;
+mod reward;
 mod selftest_fused;
 mod selftest_train_step;
 mod serve;
@@ -76,6 +77,8 @@ enum Command {
     Lora(lora::LoraArgs),
     /// Train a byte-level BPE tokenizer (upstream train_tokenizer.py) on jsonl text.
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
+    /// Score DPO-format pairs with a reward model: per-pair scores and pairwise accuracy.
+    Reward(reward::RewardArgs),
     /// Check a deployment artefact: `mm validate hf DIR` (vLLM/transformers), `mm validate ollama DIR`.
     Validate(validate::ValidateArgs),
     /// The fused training ops on a device against their CPU path, and their speed.
@@ -103,6 +106,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run(a),
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
         Command::Lora(a) => lora::run(a),
+        Command::Reward(a) => reward::run(a),
         Command::Validate(a) => validate::run(a),
         Command::SelftestFused(a) => selftest_fused::run(a),
         Command::SelftestTrainStep(a) => selftest_train_step::run(a),

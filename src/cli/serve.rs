@@ -42,6 +42,9 @@ pub struct ServeArgs {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let ip: IpAddr = a.host.parse().with_context(|| format!("--host {:?}: not an IP address", a.host))?;
+    if mm::train::reward_model::hf::is_reward_model_dir(a.model.path()) {
+        return run_reward(a, ip);
+    }
     let loaded = a.model.load()?;
     let name = a.served_model_name.clone().unwrap_or_else(|| {
         let path = a.model.path();
@@ -66,6 +69,39 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "serving {summary} as `{name}` on http://{addr}  (OpenAI API at http://{addr}/v1, chat page at http://{addr}/; context {} tokens, batch {}{})",
             state.ctx,
             opts.max_batch,
+            if opts.api_key.is_some() { ", API key required" } else { "" }
+        );
+    }))
+}
+
+/// A reward model (LlamaForSequenceClassification directory): vLLM's `/pooling` API.
+fn run_reward(a: ServeArgs, ip: IpAddr) -> Result<()> {
+    super::set_threads(a.model.threads);
+    let device = super::device_arg(&a.model.device)?;
+    let path = a.model.path();
+    let rc = mm::train::reward_model::hf::read(path)?;
+    let model = mm::train::reward_model::RewardModel::new(&rc.trunk, &rc.score, rc.pad_id, &device)?;
+    let name = a.served_model_name.clone().unwrap_or_else(|| {
+        path.file_stem().or_else(|| path.file_name()).map_or_else(|| "mm".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let declared = model.context();
+    let opts = ServeOptions {
+        host: a.host.clone(),
+        port: a.port,
+        model_name: name.clone(),
+        api_key: a.api_key.clone(),
+        ctx: a.ctx.unwrap_or(declared.min(2048)).min(declared),
+        max_batch: a.max_batch.max(1),
+        queue: a.queue.max(1),
+        request_timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    let (router, state) = mm::serve::pooling::reward_app(model, &opts);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(mm::serve::serve(router, SocketAddr::new(ip, a.port), |addr| {
+        println!(
+            "serving reward model {} as `{name}` on http://{addr}  (vLLM pooling API at http://{addr}/pooling; context {} tokens{})",
+            path.display(),
+            state.ctx,
             if opts.api_key.is_some() { ", API key required" } else { "" }
         );
     }))

@@ -46,6 +46,9 @@ enum Stage {
     Spo(SpoArgs),
     /// PPO with a critic, an old actor and a KL term to the reference (train_ppo.py).
     Ppo(PpoArgs),
+    /// A reward model (trunk + score head, HF LlamaForSequenceClassification) trained with the
+    /// Bradley-Terry loss on DPO-format pairs, with held-out pairwise accuracy.
+    Reward(super::reward::TrainRewardArgs),
 }
 
 /// Where an RL stage's rewards come from; every source given is summed.
@@ -56,17 +59,28 @@ pub struct RewardArgs {
     /// 3-grams, -1..0).
     #[arg(long = "reward", value_name = "rule:NAME,...")]
     rules: Vec<String>,
+    /// A reward model mm runs (a directory `mm train reward` writes): its score, clipped to
+    /// ±3 (with rule:reasoning, upstream's 0.4 × reply + 0.6 × answer blend).
+    #[arg(long, value_name = "DIR")]
+    reward_model: Option<PathBuf>,
+    /// A remote scorer speaking vLLM's /pooling API (`vllm serve RM --task reward`, or `mm
+    /// serve` over a reward model), scored as --reward-model.
+    #[arg(long, value_name = "URL")]
+    reward_url: Option<String>,
 }
 
 impl RewardArgs {
     /// Every configured source, or an error naming the options when there is none.
-    fn rewarder(&self) -> Result<mm::train::rewards::Rewarder> {
+    fn rewarder(&self, device: &str) -> Result<mm::train::rewards::Rewarder> {
         let mut rewarder = mm::train::rewards::Rewarder::new();
+        let rules = mm::train::rewards::RuleSet::parse_all(&self.rules)?;
+        let reasoning = rules.rules().contains(&mm::train::rewards::Rule::Reasoning);
         if !self.rules.is_empty() {
-            rewarder.add(Box::new(mm::train::rewards::RuleSet::parse_all(&self.rules)?));
+            rewarder.add(Box::new(rules));
         }
+        super::reward::add_model_sources(&mut rewarder, self.reward_model.as_deref(), self.reward_url.as_deref(), reasoning, device)?;
         if rewarder.is_empty() {
-            bail!("no reward source: pass --reward rule:NAME[,NAME...] (rules: reasoning, length, repetition)");
+            bail!("no reward source: pass --reward rule:NAME[,NAME...] (rules: reasoning, length, repetition), --reward-model DIR or --reward-url URL");
         }
         Ok(rewarder)
     }
@@ -360,6 +374,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Stage::Grpo(g) => g.rl.common.gpus,
         Stage::Spo(s) => s.rl.common.gpus,
         Stage::Ppo(p) => p.rl.common.gpus,
+        Stage::Reward(_) => 1,
     };
     if gpus > 1 && matches!(a.stage, Stage::Spo(_) | Stage::Ppo(_)) {
         bail!("--gpus {gpus}: SPO's value tracker and PPO's critic are not kept in step across GPUs; train them on one GPU (GRPO runs data parallel)");
@@ -394,6 +409,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             cfg.update_old_actor_freq = p.update_old_actor_freq;
             run_rl(&p.rl, &PPO, cfg)
         }
+        Stage::Reward(r) => super::reward::run_train(r),
     }
 }
 
@@ -418,7 +434,7 @@ fn rl_config(rl: &RlArgs, algorithm: Algorithm, num_generations: usize, beta: f6
 fn run_rl(rl: &RlArgs, d: &StageDefaults, mut cfg: RlConfig) -> Result<()> {
     let c = &rl.common;
     // Configuration errors before any model is read.
-    let rewarder = rl.reward.rewarder()?;
+    let rewarder = rl.reward.rewarder(&c.device)?;
     cfg.max_prompt_len = c.max_seq_len.unwrap_or(d.max_seq_len);
     cfg.validate()?;
     let mut p = prepare(c, d, true)?;

@@ -4,6 +4,8 @@
 //! (streamed as server-sent events or whole), vLLM's `POST /tokenize`, `POST /detokenize` and
 //! `GET /tokenizer_info`, `GET /health` and `GET /metrics` (Prometheus). Every error is
 //! OpenAI's JSON shape; bodies are size-limited and requests time out. `GET /` is a chat page.
+//! Over a reward model (`LlamaForSequenceClassification`) it answers vLLM's `POST /pooling`
+//! instead (see [`pooling`]).
 
 pub mod chat;
 pub mod completions;
@@ -12,6 +14,7 @@ pub mod error;
 pub mod logprobs;
 pub mod metrics;
 pub mod params;
+pub mod pooling;
 pub mod stop;
 pub mod tokenizer_api;
 

@@ -7,12 +7,15 @@
 //!   ["LlamaForSequenceClassification"]`, `model.safetensors` with the Llama-named trunk and
 //!   `score.weight` [1, hidden], tokenizer files), written atomically and read back.
 //! * [`remote`]: the client for a remote scorer speaking vLLM's `/pooling` API (`--reward-url`).
+//! * [`scorer`]: both as [`Scorer`](crate::train::rewards::Scorer)s of an RL run (`--reward-model`,
+//!   `--reward-url`), with upstream's ±3 clip and reasoning blend.
 //! * [`train`]: `mm train reward`: the Bradley–Terry loss `−log σ(r_chosen − r_rejected)` on
 //!   DPO-format pairs, with a held-out split and its pairwise accuracy.
 
 pub mod hf;
 pub mod model;
 pub mod remote;
+pub mod scorer;
 pub mod train;
 
 pub use model::{last_non_pad, pooled_scores, RewardModel};
