@@ -118,7 +118,7 @@ impl PairFile {
 /// `round(n · share)` pairs, at least one when the share is above 0 and there are two pairs or
 /// more, and never all of them.
 pub fn split(n: usize, share: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let order = epoch_order(n, seed ^ 0x5eed_4e1d_0u64, 0, true);
+    let order = epoch_order(n, seed ^ 0x0005_eed4_e1d0_u64, 0, true);
     let mut held = ((n as f64) * share).round() as usize;
     if share > 0.0 && n >= 2 {
         held = held.clamp(1, n - 1);
@@ -294,7 +294,7 @@ pub fn train(
                 (step as usize * opts.batch_size) as f64 / started.elapsed().as_secs_f64().max(1e-9)
             );
             bar.set_message(format!("loss {loss_value:.4} lr {lr:.3e}"));
-            let due = step % opts.log_interval.max(1) == 0 || s as u64 + 1 == steps_per_epoch;
+            let due = step.is_multiple_of(opts.log_interval.max(1)) || s as u64 + 1 == steps_per_epoch;
             if due && !bar.is_hidden() {
                 bar.println(line);
             } else if plain && (due || last_line.elapsed() >= PLAIN_LOG_EVERY) {
