@@ -34,6 +34,12 @@ impl Linear {
         Self { weight: Weight::Dense(weight), lora: None, transposed: OnceLock::new() }
     }
 
+    /// Drops the transposed copy (its weight's values were changed in place: a training
+    /// step updates the `Var` the weight is).
+    pub fn clear_cache(&mut self) {
+        self.transposed = OnceLock::new();
+    }
+
     /// A layer over a quantized [out, in] matrix. Float ggml types are dequantized by
     /// `QMatMul` itself; callers normally pass those as dense tensors instead.
     pub fn quantized(weight: Arc<QTensor>) -> Result<Self> {

@@ -265,6 +265,31 @@ impl MiniMind {
         Ok(())
     }
 
+    /// A copy without the copies inference derives from the weights (the batched decode's
+    /// transposed weights, the CPU engine), for sampling from a model whose weights a training
+    /// step changed in place since those were made.
+    pub fn with_fresh_caches(&self) -> MiniMind {
+        let mut m = self.clone();
+        m.cpu = Default::default();
+        for block in &mut m.layers {
+            let attn = &mut block.self_attn;
+            for l in [&mut attn.q_proj, &mut attn.k_proj, &mut attn.v_proj, &mut attn.o_proj] {
+                l.clear_cache();
+            }
+            let ffns: Vec<&mut crate::model::mlp::FeedForward> = match &mut block.mlp {
+                Mlp::Dense(f) => vec![f],
+                Mlp::Moe(moe) => moe.experts.iter_mut().chain(moe.shared_experts.iter_mut()).collect(),
+            };
+            for f in ffns {
+                for l in [&mut f.gate_proj, &mut f.up_proj, &mut f.down_proj] {
+                    l.clear_cache();
+                }
+            }
+        }
+        m.lm_head.clear_cache();
+        m
+    }
+
     fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
         let rest = module.strip_prefix("model.layers.")?;
         let (layer, path) = rest.split_once('.')?;

@@ -170,7 +170,7 @@ impl RlStage {
     /// critic's trunk and the first old actor (a resumed run restores both from its state).
     pub fn new(cfg: RlConfig, start: &Checkpoint, tokenizer: Tokenizer, rewarder: Rewarder, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        ensure!(!rewarder.is_empty(), "no reward source: pass --reward rule:NAME (rules: reasoning, length, repetition)");
+        ensure!(!rewarder.is_empty(), "no reward source: pass --reward rule:NAME, --reward-model DIR or --reward-url URL");
         let eos = tokenizer.eos_id().context("the tokenizer has no eos token (rollouts end at it)")?;
         let pad = tokenizer.pad_id().context("the tokenizer has no pad token")?;
         let reference = MiniMind::from_checkpoint(start, cfg.compute, device)?;
@@ -244,7 +244,9 @@ impl RlStage {
         let prompts = self.encode_prompts(batch)?;
         let n = self.cfg.num_generations;
         let params = upstream_params(self.cfg.max_gen_len, self.step_seed);
-        let rollouts = sample_rollouts(model, &prompts, n, &params, self.eos)?;
+        // A fresh copy: the batched decode's weight copies of the trainer's model were made
+        // before the last optimizer steps changed its weights in place.
+        let rollouts = sample_rollouts(&model.with_fresh_caches(), &prompts, n, &params, self.eos)?;
         let replies = self.decode(&rollouts)?;
         let (rewards, mut logged) = self.score(batch, &replies, &rollouts, device)?;
 
@@ -303,7 +305,7 @@ impl RlStage {
     fn ppo(&mut self, model: &MiniMind, batch: &RlaifBatch, device: &Device) -> Result<LossParts> {
         let prompts = self.encode_prompts(batch)?;
         let params = upstream_params(self.cfg.max_gen_len, self.step_seed);
-        let rollouts = sample_rollouts(model, &prompts, 1, &params, self.eos)?;
+        let rollouts = sample_rollouts(&model.with_fresh_caches(), &prompts, 1, &params, self.eos)?;
         let (ids, p) = rollouts.left_padded_sequences(&prompts, self.pad)?;
         let rows = rollouts.rows.len();
         let t = p + rollouts.width();
