@@ -40,27 +40,34 @@ pub struct ServeArgs {
     timeout: u64,
 }
 
+impl ServeArgs {
+    /// The server's options for a model whose context is `declared` positions.
+    fn options(&self, declared: usize) -> ServeOptions {
+        let path = self.model.path();
+        let model_name = self.served_model_name.clone().unwrap_or_else(|| {
+            path.file_stem().or_else(|| path.file_name()).map_or_else(|| "mm".into(), |s| s.to_string_lossy().into_owned())
+        });
+        ServeOptions {
+            host: self.host.clone(),
+            port: self.port,
+            model_name,
+            api_key: self.api_key.clone(),
+            ctx: self.ctx.unwrap_or(declared.min(2048)).min(declared),
+            max_batch: self.max_batch.max(1),
+            queue: self.queue.max(1),
+            request_timeout: Duration::from_secs(self.timeout.max(1)),
+        }
+    }
+}
+
 pub fn run(a: ServeArgs) -> Result<()> {
     let ip: IpAddr = a.host.parse().with_context(|| format!("--host {:?}: not an IP address", a.host))?;
     if mm::train::reward_model::hf::is_reward_model_dir(a.model.path()) {
         return run_reward(a, ip);
     }
     let loaded = a.model.load()?;
-    let name = a.served_model_name.clone().unwrap_or_else(|| {
-        let path = a.model.path();
-        path.file_stem().or_else(|| path.file_name()).map_or_else(|| "mm".into(), |s| s.to_string_lossy().into_owned())
-    });
-    let declared = loaded.model.config.max_position_embeddings;
-    let opts = ServeOptions {
-        host: a.host.clone(),
-        port: a.port,
-        model_name: name.clone(),
-        api_key: a.api_key.clone(),
-        ctx: a.ctx.unwrap_or(declared.min(2048)).min(declared),
-        max_batch: a.max_batch.max(1),
-        queue: a.queue.max(1),
-        request_timeout: Duration::from_secs(a.timeout.max(1)),
-    };
+    let opts = a.options(loaded.model.config.max_position_embeddings);
+    let name = opts.model_name.clone();
     let summary = loaded.checkpoint_summary.clone();
     let (router, state) = mm::serve::app(loaded.model, loaded.tokenizer, loaded.template, &opts);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -81,20 +88,8 @@ fn run_reward(a: ServeArgs, ip: IpAddr) -> Result<()> {
     let path = a.model.path();
     let rc = mm::train::reward_model::hf::read(path)?;
     let model = mm::train::reward_model::RewardModel::new(&rc.trunk, &rc.score, rc.pad_id, &device)?;
-    let name = a.served_model_name.clone().unwrap_or_else(|| {
-        path.file_stem().or_else(|| path.file_name()).map_or_else(|| "mm".into(), |s| s.to_string_lossy().into_owned())
-    });
-    let declared = model.context();
-    let opts = ServeOptions {
-        host: a.host.clone(),
-        port: a.port,
-        model_name: name.clone(),
-        api_key: a.api_key.clone(),
-        ctx: a.ctx.unwrap_or(declared.min(2048)).min(declared),
-        max_batch: a.max_batch.max(1),
-        queue: a.queue.max(1),
-        request_timeout: Duration::from_secs(a.timeout.max(1)),
-    };
+    let opts = a.options(model.context());
+    let name = opts.model_name.clone();
     let (router, state) = mm::serve::pooling::reward_app(model, &opts);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(mm::serve::serve(router, SocketAddr::new(ip, a.port), |addr| {
