@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SHARED="${MM_SHARED:-$(cd .. && pwd)/shared}"
-WORK="${1:-/tmp/mm-cpu-bench}"
+WORK="$(realpath -m "${1:-/tmp/mm-cpu-bench}")"  # absolute: setup.sh needs it
 mkdir -p "$WORK"
 cargo build --release --bin mm
 [ -x "$WORK/lcvenv/bin/python" ] || sh "$SHARED/tools/llamacpp-live/setup.sh" "$WORK/lcvenv" >/dev/null
