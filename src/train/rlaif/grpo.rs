@@ -60,6 +60,24 @@ pub(crate) fn k3(per_token_logps: &Tensor, ref_per_token_logps: &Tensor) -> Resu
 }
 
 /// Shape checks shared by GRPO and SPO: log-probs and mask [B, R], advantages [B].
+/// The shared start of the GRPO and SPO losses: inputs checked, then the k3 KL terms.
+pub(crate) fn checked_k3(
+    per_token_logps: &Tensor,
+    ref_per_token_logps: &Tensor,
+    advantages: &Tensor,
+    mask: &Tensor,
+    accumulation_steps: usize,
+) -> Result<(Tensor, Tensor)> {
+    check_token_inputs(per_token_logps, ref_per_token_logps, advantages, mask)?;
+    ensure!(accumulation_steps >= 1, "accumulation_steps must be at least 1");
+    k3(per_token_logps, ref_per_token_logps)
+}
+
+/// The shared end: per-sequence masked mean, batch mean, scaled for accumulation.
+pub(crate) fn batch_loss(per_token_loss: &Tensor, mask: &Tensor, accumulation_steps: usize) -> Result<Tensor> {
+    Ok((sequence_log_probs(per_token_loss, mask)?.mean_all()? / accumulation_steps as f64)?)
+}
+
 pub(crate) fn check_token_inputs(per_token_logps: &Tensor, ref_per_token_logps: &Tensor, advantages: &Tensor, mask: &Tensor) -> Result<()> {
     let (b, r) = per_token_logps.dims2().context("per-token log-probs must be [rows, positions]")?;
     check_dims("the reference log-probs", ref_per_token_logps, &[b, r])?;
@@ -80,12 +98,10 @@ pub fn grpo_loss(
     beta: f64,
     accumulation_steps: usize,
 ) -> Result<GrpoLoss> {
-    check_token_inputs(per_token_logps, ref_per_token_logps, advantages, mask)?;
-    ensure!(accumulation_steps >= 1, "accumulation_steps must be at least 1");
-    let (kl_div, per_token_kl) = k3(per_token_logps, ref_per_token_logps)?;
+    let (kl_div, per_token_kl) = checked_k3(per_token_logps, ref_per_token_logps, advantages, mask, accumulation_steps)?;
     let ratio = (per_token_logps - per_token_logps.detach())?.exp()?;
     let policy = ratio.broadcast_mul(&advantages.detach().unsqueeze(1)?)?;
     let per_token_loss = (policy - (&per_token_kl * beta)?)?.neg()?;
-    let loss = (sequence_log_probs(&per_token_loss, mask)?.mean_all()? / accumulation_steps as f64)?;
+    let loss = batch_loss(&per_token_loss, mask, accumulation_steps)?;
     Ok(GrpoLoss { kl_div, per_token_kl, per_token_loss, loss })
 }

@@ -6,8 +6,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::grpo::{check_token_inputs, k3};
-use crate::train::dpo::sequence_log_probs;
+use super::grpo::{batch_loss, checked_k3};
 
 /// The reward range the tracker assumes: rewards in ±`SCALE` map to [0, 1].
 pub const SCALE: f64 = 3.0;
@@ -157,12 +156,10 @@ pub fn spo_loss(
     beta: f64,
     accumulation_steps: usize,
 ) -> Result<SpoLoss> {
-    check_token_inputs(per_token_logps, ref_per_token_logps, advantages, mask)?;
-    ensure!(accumulation_steps >= 1, "accumulation_steps must be at least 1");
-    let (kl_div, per_token_kl) = k3(per_token_logps, ref_per_token_logps)?;
+    let (kl_div, per_token_kl) = checked_k3(per_token_logps, ref_per_token_logps, advantages, mask, accumulation_steps)?;
     let pg = per_token_logps.neg()?.broadcast_mul(&advantages.detach().unsqueeze(1)?)?;
     let per_token_loss = (pg + (&per_token_kl * beta)?)?;
-    let loss = (sequence_log_probs(&per_token_loss, mask)?.mean_all()? / accumulation_steps as f64)?;
+    let loss = batch_loss(&per_token_loss, mask, accumulation_steps)?;
     let mask = mask.to_dtype(DType::F32)?;
     let kl = (per_token_kl.detach() * &mask)?.sum_all()?.div(&(mask.sum_all()? + 1e-8)?)?;
     Ok(SpoLoss { kl_div, per_token_kl, per_token_loss, loss, kl })
