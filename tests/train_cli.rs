@@ -1,20 +1,15 @@
 //! `mm train` end to end on the sample data: exact resume (also after SIGKILL), and a
 //! pretrain → SFT run that learns.
 
+mod common;
+
+use common::{mm_ok as mm, samples};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const MM: &str = env!("CARGO_BIN_EXE_mm");
 
-fn samples(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("dataset/samples").join(name)
-}
-
-fn mm(args: &[&str]) -> String {
-    let out = Command::new(MM).args(args).output().unwrap();
-    assert!(out.status.success(), "mm {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A 2-layer, 64-wide model with the MiniMind2 tokenizer (fast enough for a debug build).
 fn tiny_model(dir: &Path) -> PathBuf {

@@ -16,6 +16,10 @@
 //! The three learning tests take a lock so they do not share the two cores (each one's time is
 //! printed); the SFT warm start is made once for the whole binary.
 
+mod common;
+
+use common::{mm_ok as mm, samples};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -36,15 +40,6 @@ const WINDOW: usize = 20;
 static SERIAL: Mutex<()> = Mutex::new(());
 static SFT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
 
-fn samples(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("dataset/samples").join(name)
-}
-
-fn mm(args: &[&str]) -> String {
-    let out = Command::new(MM).args(args).output().unwrap();
-    assert!(out.status.success(), "mm {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A 2-layer, 64-wide model SFT'd on the toy task (120 steps): it answers in all three of the
 /// SFT file's layouts (reward 0, 0.5 and 1.5), so rollouts of one prompt differ in reward.
