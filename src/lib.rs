@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod device;
+pub mod eval;
 pub mod fused;
 pub mod generate;
 pub mod loaded;

@@ -30,6 +30,7 @@
 //! `content` as empty text; both are bad lines here.
 
 pub mod encoder;
+pub mod eval_text;
 pub mod formats;
 pub mod jsonl;
 pub mod loader;
@@ -38,6 +39,7 @@ pub mod prefetch;
 mod records;
 
 pub use encoder::{AssistantMarkers, TextEncoder};
+pub use eval_text::{EvalTexts, ScoredText, TextFormat};
 pub use formats::{
     check_micro_batch, dpo_example, dpo_side, pretrain_example, rlaif_example, sft_example, sft_ids, sft_tools, Dataset, DatasetOptions,
     DpoBatch, DpoDataset, DpoExample, LmBatch, PretrainDataset, MAX_BATCH_TOKENS, MAX_LENGTH, RlaifBatch, RlaifDataset, RlaifExample, SftDataset,

@@ -4,6 +4,7 @@ mod bench;
 mod bench_train;
 mod chat;
 mod convert;
+mod eval;
 mod export;
 mod export_mnn;
 mod generate;
@@ -65,6 +66,8 @@ enum Command {
     Logits(logits::LogitsArgs),
     /// Measure load time and prefill/decode speed.
     Bench(bench::BenchArgs),
+    /// Evaluate: perplexity of text (--task ppl) or multiple-choice accuracy, C-Eval style (--task mc).
+    Eval(eval::EvalArgs),
     /// Serve the model over an OpenAI-compatible HTTP API with continuous batching.
     Serve(serve::ServeArgs),
     /// Chat templates: render a conversation exactly as transformers does.
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Template(a) => template::run(a),
         Command::Tokenize(a) => tokenize::run(a),

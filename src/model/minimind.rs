@@ -457,6 +457,35 @@ impl MiniMind {
         self.logits(&rows)?.to_dtype(DType::F32)
     }
 
+    /// Logits of several independent sequences in one pass: `seqs[i]` goes after `caches[i]`'s
+    /// positions (and extends it). `Logits::All` gives every row of every sequence, in order;
+    /// `Logits::LastOfEach` one row per sequence. [rows, vocab], f32. The CPU engine runs all
+    /// rows as one batch; other devices run the sequences one after another.
+    pub fn forward_sequences(&self, seqs: &[&[u32]], caches: &mut [&mut KvCache], which: Logits) -> Result<Tensor> {
+        if seqs.len() != caches.len() || seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+            candle_core::bail!("forward_sequences: {} sequences (none empty) for {} caches", seqs.len(), caches.len());
+        }
+        if let Some(engine) = self.engine() {
+            if caches.iter().all(|c| c.layers.first().map_or(0, LayerCache::len) == 0) {
+                let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+                let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+                let mut engine_caches: Vec<&mut SeqCache> = caches.iter_mut().filter_map(|c| c.engine_cache(&engine)).collect();
+                let logits = engine.forward(&tokens, &lens, &mut engine_caches, which).map_err(candle_core::Error::wrap)?;
+                let rows = logits.len() / engine.vocab();
+                return Tensor::from_vec(logits, (rows, engine.vocab()), self.device());
+            }
+        }
+        let mut parts = Vec::with_capacity(seqs.len());
+        for (ids, cache) in seqs.iter().zip(caches.iter_mut()) {
+            let all = self.forward_all_logits(ids, cache)?;
+            parts.push(match which {
+                Logits::All => all,
+                Logits::LastOfEach => all.narrow(0, ids.len() - 1, 1)?,
+            });
+        }
+        Tensor::cat(&parts, 0)
+    }
+
     /// One decode step for `tokens.len()` independent sequences: token i is appended to
     /// sequence i, whose past is `caches[i]` (lengths may differ, an empty cache included),
     /// and `caches[i]` grows by that one position. Returns the next-token logits [n, vocab], f32.

@@ -11,6 +11,7 @@ pub(crate) mod norm;
 pub mod rope;
 
 pub use gguf::{gguf_holds_quantized, is_gguf_path, GgufModelFile, GgufWeight};
+pub use cpu::Logits;
 pub use minimind::{KvCache, MiniMind, Mode, ModelOutput};
 pub(crate) use minimind::WeightSource;
 
