@@ -13,7 +13,7 @@ use candle_core::{DType, Device, IndexOp};
 use common::*;
 use mm::converters::pth::checkpoint::PthHints;
 use mm::converters::{read_checkpoint, MiniMindConfig};
-use mm::eval::loglikelihood::{score, Request};
+use mm::eval::loglikelihood::{score, Prefix, Request};
 use mm::eval::prompt::encode_pair;
 use mm::loaded::LoadedModel;
 use serde_json::Value;
@@ -51,7 +51,15 @@ fn letter_scores_equal_upstream_pytorch() {
                 .collect();
             names.push("random300".into());
             requests.push(Request { context: ids(&inputs["random300"]["input_ids"]), continuations: letters.clone() });
-            let scores = score(&loaded.model, &requests).unwrap();
+            let scores = score(&loaded.model, &requests, None).unwrap();
+            // The chat prompts share their system turn: run once as a prefix, the same scores.
+            let shared = Prefix::common(requests[..3].iter().map(|r| r.context.as_slice()));
+            assert!(shared.len() > 10, "{shared:?}");
+            let prefix = Prefix::new(&loaded.model, shared).unwrap();
+            let with_prefix = score(&loaded.model, &requests, Some(&prefix)).unwrap();
+            for (a, b) in scores.iter().flatten().zip(with_prefix.iter().flatten()) {
+                assert!((a.loglikelihood - b.loglikelihood).abs() < 1e-5, "{cfg} engine={engine}: prefix changed {a:?} -> {b:?}");
+            }
             for (name, s) in names.iter().zip(&scores) {
                 let last = refs[&format!("{name}.logits_last8")].i(7).unwrap().to_vec1::<f32>().unwrap();
                 let lse = refs[&format!("{name}.lse")].to_vec1::<f32>().unwrap();

@@ -1,7 +1,8 @@
 //! Log-likelihoods of continuations after a shared context: the context runs once, its cache
 //! is copied for each continuation, and all continuations of a batch of requests run as one
 //! batch of rows (lm-eval's `loglikelihood` requests, without re-running the context per
-//! option).
+//! option). A [`Prefix`] that many contexts start with (a task's description and few-shot
+//! examples) runs once and each context continues from a copy of its cache.
 
 use anyhow::{bail, Result};
 
@@ -26,6 +27,42 @@ pub struct Score {
     pub first_logit: f32,
 }
 
+/// Token ids that contexts start with, already run through the model.
+pub struct Prefix {
+    ids: Vec<u32>,
+    cache: KvCache,
+}
+
+impl Prefix {
+    pub fn new(model: &MiniMind, ids: Vec<u32>) -> Result<Self> {
+        let mut cache = KvCache::new(&model.config);
+        if !ids.is_empty() {
+            model.forward_sequences(&[&ids], &mut [&mut cache], Logits::LastOfEach)?;
+        }
+        Ok(Self { ids, cache })
+    }
+
+    /// The longest start that every context shares, leaving each at least one token of its own.
+    pub fn common<'a>(contexts: impl IntoIterator<Item = &'a [u32]>) -> Vec<u32> {
+        let mut it = contexts.into_iter();
+        let Some(first) = it.next() else { return Vec::new() };
+        let (mut len, mut shortest) = (first.len(), first.len());
+        for c in it {
+            len = first.iter().zip(c).take(len).take_while(|(a, b)| a == b).count();
+            shortest = shortest.min(c.len());
+        }
+        first[..len.min(shortest.saturating_sub(1))].to_vec()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 /// `log_softmax(row)[token]` in f64, and whether `token` is the row's argmax (first maximum,
 /// as torch's `argmax`).
 pub fn token_logprob(row: &[f32], token: u32) -> (f64, bool) {
@@ -42,8 +79,9 @@ pub fn token_logprob(row: &[f32], token: u32) -> (f64, bool) {
 }
 
 /// Scores `requests`; contexts longer than the model allows lose tokens on the left (as
-/// lm-eval truncates `(context + continuation)[-(max_length + 1):]`).
-pub fn score(model: &MiniMind, requests: &[Request]) -> Result<Vec<Vec<Score>>> {
+/// lm-eval truncates `(context + continuation)[-(max_length + 1):]`). Contexts that start
+/// with `prefix` continue from its cache.
+pub fn score(model: &MiniMind, requests: &[Request], prefix: Option<&Prefix>) -> Result<Vec<Vec<Score>>> {
     if requests.is_empty() {
         return Ok(Vec::new());
     }
@@ -65,7 +103,16 @@ pub fn score(model: &MiniMind, requests: &[Request]) -> Result<Vec<Vec<Score>>> 
         contexts.push(&r.context[r.context.len() - keep..]);
     }
     // The contexts, one row of logits each: the distribution of every continuation's first token.
-    let mut caches: Vec<KvCache> = requests.iter().map(|_| KvCache::new(&model.config)).collect();
+    let mut caches: Vec<KvCache> = Vec::with_capacity(requests.len());
+    for c in contexts.iter_mut() {
+        match prefix {
+            Some(p) if !p.is_empty() && c.len() > p.len() && c.starts_with(&p.ids) => {
+                caches.push(p.cache.clone());
+                *c = &c[p.len()..];
+            }
+            _ => caches.push(KvCache::new(&model.config)),
+        }
+    }
     let first = {
         let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
         model.forward_sequences(&contexts, &mut refs, Logits::LastOfEach)?.to_vec2::<f32>()?

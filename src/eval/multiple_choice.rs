@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::chat::Tokenizer;
 use crate::model::MiniMind;
 
-use super::loglikelihood::{score, Request};
+use super::loglikelihood::{score, Prefix, Request};
 use super::prompt::{encode_pair, PromptStyle};
 use super::questions::{letter, Subject};
 
@@ -65,25 +65,34 @@ pub fn evaluate(
     let mut results = Vec::new();
     for subject in subjects {
         let questions = &subject.questions[..limit.unwrap_or(usize::MAX).min(subject.questions.len())];
-        for chunk in questions.chunks(batch.max(1)) {
-            let mut requests = Vec::with_capacity(chunk.len());
-            let mut options = Vec::with_capacity(chunk.len());
-            for q in chunk {
-                let context = style.context(subject, q)?;
-                let opts = style.options(q);
-                let mut request = Request { context: Vec::new(), continuations: Vec::new() };
-                for o in &opts {
-                    let (ctx, cont) = encode_pair(tokenizer, &context, &format!("{}{o}", style.target_delimiter))
-                        .with_context(|| q.origin.clone())?;
-                    // The context's ids do not depend on the option (the split is the same).
-                    request.context = ctx;
-                    request.continuations.push(cont);
-                }
-                requests.push(request);
-                options.push(opts);
+        // Every question's ids first: the start they share (description, few-shot examples)
+        // runs once for the subject.
+        let mut requests = Vec::with_capacity(questions.len());
+        let mut options = Vec::with_capacity(questions.len());
+        for q in questions {
+            let context = style.context(subject, q)?;
+            let opts = style.options(q);
+            let mut request = Request { context: Vec::new(), continuations: Vec::new() };
+            for o in &opts {
+                let (ctx, cont) = encode_pair(tokenizer, &context, &format!("{}{o}", style.target_delimiter))
+                    .with_context(|| q.origin.clone())?;
+                // The context's ids do not depend on the option (the split is the same).
+                request.context = ctx;
+                request.continuations.push(cont);
             }
-            let scores = score(model, &requests).with_context(|| format!("subject {}", subject.name))?;
-            for ((q, s), (opts, r)) in chunk.iter().zip(scores).zip(options.iter().zip(&requests)) {
+            requests.push(request);
+            options.push(opts);
+        }
+        let prefix = if requests.len() > 1 {
+            Some(Prefix::new(model, Prefix::common(requests.iter().map(|r| r.context.as_slice())))?)
+        } else {
+            None
+        };
+        let batch = batch.max(1);
+        for (start, chunk) in requests.chunks(batch).enumerate().map(|(i, c)| (i * batch, c)) {
+            let scores = score(model, chunk, prefix.as_ref()).with_context(|| format!("subject {}", subject.name))?;
+            for (k, (s, r)) in scores.into_iter().zip(chunk).enumerate() {
+                let (q, opts) = (&questions[start + k], &options[start + k]);
                 let lls: Vec<f64> = s.iter().map(|x| x.loglikelihood).collect();
                 let pred = argmax(lls.iter().copied());
                 let pred_norm = argmax(lls.iter().zip(opts).map(|(ll, o)| ll / o.chars().count().max(1) as f64));

@@ -15,7 +15,6 @@ For pretrain text the ids must also equal the HF tokenizer's encoding of each te
 
 usage: check_eval.py MM_BIN LM_EVAL_BIN HF_EXPORT_DIR CEVAL_DIR PRETRAIN_JSONL SFT_JSONL WORK_DIR
 """
-import csv
 import glob
 import json
 import math
@@ -26,7 +25,6 @@ import sys
 mm, lm_eval, export_dir, ceval, pretrain, sft, work = sys.argv[1:8]
 os.makedirs(work, exist_ok=True)
 env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-LETTERS = ["A", "B", "C", "D"]
 
 
 def mm_eval(*args):
@@ -36,59 +34,12 @@ def mm_eval(*args):
 
 
 # ---------------------------------------------------------------- multiple choice
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ceval_tasks import write_tasks  # noqa: E402
+
 mapping = json.load(open(os.path.join(ceval, "subject_mapping.json"), encoding="utf-8"))
 subjects = sorted(mapping)
 tasks_dir = os.path.join(work, "tasks")
-os.makedirs(tasks_dir, exist_ok=True)
-
-
-def to_jsonl(path, out):
-    """The CSV as JSONL with every field a string (the csv loader of `datasets` would turn
-    numeric options into numbers); dev's `explanation` column is left out (one schema for
-    both splits)."""
-    with open(path, encoding="utf-8", newline="") as f, open(out, "w", encoding="utf-8") as g:
-        for row in csv.DictReader(f):
-            row = {k: row[k] for k in ("id", "question", "A", "B", "C", "D", "answer")}
-            g.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def write_tasks(method):
-    names = []
-    for s in subjects:
-        data = {}
-        for split, sub in (("val", "val"), ("dev", "dev")):
-            data[split] = os.path.join(tasks_dir, f"{s}_{split}.jsonl")
-            to_jsonl(os.path.join(ceval, sub, f"{s}_{split}.csv"), data[split])
-        name = f"mm_{method}_{s}"
-        names.append(name)
-        if method == "letter":
-            text = "{{question.strip()}}\\nA. {{A}}\\nB. {{B}}\\nC. {{C}}\\nD. {{D}}\\n答案："
-            choice = '["A", "B", "C", "D"]'
-        else:
-            text = "{{question.strip()}}\\n答案："
-            choice = "{{[A, B, C, D]}}"
-        description = f"以下是中国关于{mapping[s][1]}的单项选择题，请选出其中的正确答案。\\n\\n"
-        with open(os.path.join(tasks_dir, f"{name}.yaml"), "w", encoding="utf-8") as f:
-            f.write(f"""task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    val: {data["val"]}
-    dev: {data["dev"]}
-test_split: val
-fewshot_split: dev
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-description: "{description}"
-doc_to_text: "{text}"
-doc_to_choice: '{choice}'
-doc_to_target: "{{{{['A', 'B', 'C', 'D'].index(answer)}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-""")
-    return names
 
 
 def lm_eval_run(tag, names, shots):
@@ -106,7 +57,7 @@ def lm_eval_run(tag, names, shots):
 
 
 for method, shots in (("letter", 0), ("letter", 3), ("loglikelihood", 0)):
-    names = write_tasks(method)
+    names = write_tasks(ceval, tasks_dir, method)
     ref = lm_eval_run(f"lm-{method}-{shots}", names, shots)
     got = mm_eval("--task", "mc", "--data", ceval, "--method", method, "--shots", str(shots))
     per_q = {}
