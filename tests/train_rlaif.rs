@@ -229,3 +229,97 @@ fn bad_invocations_say_what_is_wrong() {
     let e = fail(&["train", "grpo", "--data", bad.to_str().unwrap(), "--from", model.to_str().unwrap(), "--reward", "rule:reasoning", "--out", dir.path().to_str().unwrap()]);
     assert!(e.contains("bad.jsonl:2"), "{e}");
 }
+
+/// A `/pooling` server scoring a reply by its length (deterministic), answering garbage from
+/// its `fail_after`-th request on. Returns its URL.
+fn scoring_server(fail_after: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let Ok(k) = stream.read(&mut chunk) else { break None };
+                if k == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len = head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok())).unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            let reply = if n >= fail_after {
+                "<html>bad gateway</html>".to_string()
+            } else {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                let last = v["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap_or("").chars().count();
+                format!(r#"{{"data":[{{"index":0,"object":"pooling","data":[{}]}}]}}"#, (last % 7) as f64 / 7.0)
+            };
+            let _ = stream.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len()).as_bytes(),
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A remote scorer that starts answering garbage at step 4 of 6 (no periodic save on the
+/// way): the run stops with an error naming the scorer and what it sent, the 3 completed steps
+/// are saved, and `--resume` against a working scorer gives the uninterrupted run's steps and
+/// files.
+#[test]
+fn a_failing_scorer_keeps_the_completed_steps() {
+    let model = sft_model();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = samples("rlaif_toy.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    // 2 prompts x 2 generations = 4 scorer requests a step.
+    let run = |out: &Path, url: &str, resume: bool| {
+        let mut args = vec![
+            "train", "grpo", "--data", data.to_str().unwrap(), "--from", model.to_str().unwrap(), "--reward", "rule:reasoning",
+            "--reward-url", url, "--batch-size", "2", "--num-generations", "2", "--max-gen-len", "12", "--lr", "1e-3",
+            "--save-every", "100", "--max-steps", "6", "--out", out.to_str().unwrap(), "--quiet",
+        ];
+        if resume {
+            args.push("--resume");
+        }
+        Command::new(MM).args(&args).output().unwrap()
+    };
+    let whole = dir.path().join("whole");
+    let split = dir.path().join("split");
+    assert!(run(&whole, &scoring_server(usize::MAX), false).status.success());
+    let failing = scoring_server(12);
+    let out = run(&split, &failing, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("step 4 failed") && err.contains("the 3 steps before it are saved") && err.contains("--resume"), "{err}");
+    assert!(err.contains(&failing) && err.contains("bad gateway"), "{err}");
+    assert_eq!(metrics(&split, "grpo_64").len(), 3);
+    let resumed = run(&split, &scoring_server(usize::MAX), true);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    // The scorer's column is named by its URL, which differs between the servers.
+    let figures = |out: &Path| -> Vec<Value> {
+        metrics(out, "grpo_64")
+            .into_iter()
+            .map(step_figures)
+            .map(|v| {
+                let m = v.as_object().unwrap().iter().map(|(k, x)| (if k.starts_with("reward/url:") { "reward/url".into() } else { k.clone() }, x.clone()));
+                Value::Object(m.collect())
+            })
+            .collect()
+    };
+    let (a, b) = (figures(&whole), figures(&split));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "the resumed run's steps differ");
+    let (fa, fb) = (files(&whole.join("grpo_64_resume")), files(&split.join("grpo_64_resume")));
+    assert_eq!(fa, fb, "resume files differ");
+    assert_eq!(std::fs::read(whole.join("grpo_64.pth")).unwrap(), std::fs::read(split.join("grpo_64.pth")).unwrap());
+}

@@ -387,6 +387,8 @@ where
     let mut losses = Vec::new();
     let mut weights_path = None;
     let mut saved_at = micro_steps;
+    // Where the data stood after the last completed step (what a save made now would record).
+    let mut completed_at = loader.state();
 
     while let Some((info, batch)) = loader.next_batch()? {
         if opts.max_steps.is_some_and(|m| micro_steps >= m) {
@@ -413,7 +415,30 @@ where
             }
         };
         let run_model = model.model_for(compute)?;
-        let mut parts = objective.loss(&run_model, &batch, &model.device)?;
+        let mut parts = match objective.loss(&run_model, &batch, &model.device) {
+            Ok(parts) => parts,
+            // The step's inputs failed (a reward scorer timing out or answering garbage, a
+            // rollout error) before anything was changed: keep the steps completed since the
+            // last save, so `--resume` loses nothing. (Data-parallel ranks cannot agree to
+            // save here; they keep the last periodic save.)
+            Err(e) if parallel.is_none() && micro_steps > saved_at => {
+                drop(run_model);
+                if !pending.is_empty() {
+                    flush_metrics(&mut pending, window_start.elapsed().as_secs_f64(), &mut metrics)?;
+                }
+                let run = SavePoint { micro_steps, loader: completed_at.clone(), parallel, main };
+                let extra = objective.state()?;
+                save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights, extra.as_ref())?;
+                return Err(e.context(format!(
+                    "step {} failed; the {micro_steps} steps before it are saved in {} (`--resume` continues from there)",
+                    micro_steps + 1,
+                    paths.resume.display()
+                )));
+            }
+            Err(e) => {
+                return Err(e.context(format!("step {} failed; the last save (step {saved_at}) is intact", micro_steps + 1)));
+            }
+        };
         if let (Some(p), Some(share)) = (parallel, &share) {
             parts.loss = parts.loss.broadcast_mul(&share.to_dtype(parts.loss.dtype())?.reshape(())?)?;
             parts.logged = reduce_logged(p, &parts.loss, std::mem::take(&mut parts.logged), share)?;
@@ -504,6 +529,7 @@ where
             weights_path = main.then(|| paths.weights.clone());
             saved_at = micro_steps;
         }
+        completed_at = loader.state();
     }
     // Skipped rows can end an epoch before its planned last step: save what was trained.
     if micro_steps > saved_at {
