@@ -1,6 +1,6 @@
 //! MiniMind as llama.cpp architectures: dense → `llama`, MoE → `ernie4_5-moe` (gguf.md §2).
 //!
-//! One table maps canonical tensor names to GGUF names. `llama`'s rope rotates adjacent
+//! The GGUF names and rules come from the tensor table (`crate::naming`). `llama`'s rope rotates adjacent
 //! pairs while MiniMind's `rotate_half` pairs i with i + d/2, so Q and K rows are permuted
 //! per head on the way out and back on the way in.
 
@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::config::MiniMindConfig;
 use crate::gguf::file::{MetaValue, Metadata};
-use crate::naming::{EMBED, FINAL_NORM, LM_HEAD};
+use crate::naming::{self, Dim, GgufRule, Scope, Spec, TENSORS};
 
 pub const ARCH_DENSE: &str = "llama";
 pub const ARCH_MOE: &str = "ernie4_5-moe";
@@ -60,64 +60,63 @@ pub fn check_representable(cfg: &MiniMindConfig) -> Result<()> {
     Ok(())
 }
 
-fn layer_name(l: usize, suffix: &str) -> String {
-    format!("model.layers.{l}.{suffix}")
+/// llama.cpp's tensor for one table row in layer `l` (all experts of an expert row at once).
+fn gguf_tensor(s: &Spec, cfg: &MiniMindConfig, l: usize) -> Option<GgufTensor> {
+    let (name, rule) = s.gguf?;
+    let copies = s.copies(cfg);
+    if !s.in_checkpoint(cfg) || copies == 0 {
+        return None;
+    }
+    // ggml dims run innermost first: the canonical [out, in] reversed.
+    let mut ne: Vec<u64> = s.dims(cfg).iter().rev().map(|&d| d as u64).collect();
+    let mut sources: Vec<String> = (0..copies).map(|e| naming::fill(s.canonical, l, e)).collect();
+    let source = match rule {
+        GgufRule::Copy => TensorSource::Copy(sources.swap_remove(0)),
+        GgufRule::PermuteRows(heads) => {
+            let n_head = if heads == Dim::Query { cfg.num_attention_heads } else { cfg.num_key_value_heads };
+            TensorSource::PermuteRows { name: sources.swap_remove(0), n_head }
+        }
+        GgufRule::StackExperts => {
+            ne.push(copies as u64);
+            TensorSource::Stack(sources)
+        }
+        GgufRule::ConcatRows => {
+            ne[1] *= copies as u64;
+            TensorSource::ConcatRows(sources)
+        }
+        GgufRule::ConcatCols => {
+            ne[0] *= copies as u64;
+            TensorSource::ConcatCols(sources)
+        }
+    };
+    Some(GgufTensor { name: naming::fill(name, l, 0), ne, source })
+}
+
+/// The first canonical tensor a GGUF tensor is made from (llama.cpp's converter orders by it).
+fn first_source(t: &GgufTensor) -> &str {
+    match &t.source {
+        TensorSource::Copy(n) | TensorSource::PermuteRows { name: n, .. } => n,
+        TensorSource::Stack(ns) | TensorSource::ConcatRows(ns) | TensorSource::ConcatCols(ns) => &ns[0],
+    }
 }
 
 /// The GGUF tensors of a checkpoint with this config, in the order llama.cpp's HF converter
-/// writes them: embedding, each layer's tensors sorted by HF name, final norm.
+/// writes them: embedding, each layer's tensors sorted by HF name, then the output head and
+/// final norm (sorted by HF name too).
 pub fn plan(cfg: &MiniMindConfig) -> Vec<GgufTensor> {
-    let h = cfg.hidden_size as u64;
-    let ff = cfg.intermediate_size as u64;
-    let kv = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
-    let vocab = cfg.vocab_size as u64;
-    let copy = |name: &str, gguf: &str, ne: Vec<u64>| GgufTensor {
-        name: gguf.to_string(),
-        ne,
-        source: TensorSource::Copy(name.to_string()),
-    };
-    let mut out = vec![copy(EMBED, "token_embd.weight", vec![h, vocab])];
+    let model_rows: Vec<&Spec> = TENSORS.iter().filter(|s| s.scope == Scope::Model).collect();
+    let first_layer_row = TENSORS.iter().position(|s| s.scope != Scope::Model).unwrap_or(TENSORS.len());
+    let (leading, trailing): (Vec<&Spec>, Vec<&Spec>) =
+        model_rows.into_iter().partition(|s| TENSORS[..first_layer_row].iter().any(|r| r.kind == s.kind));
+    let mut out: Vec<GgufTensor> = leading.iter().filter_map(|s| gguf_tensor(s, cfg, 0)).collect();
     for l in 0..cfg.num_hidden_layers {
-        let blk = |s: &str| format!("blk.{l}.{s}");
-        out.push(copy(&layer_name(l, "input_layernorm.weight"), &blk("attn_norm.weight"), vec![h]));
-        if cfg.use_moe {
-            let e = cfg.n_routed_experts as u64;
-            let experts = |proj: &str| {
-                (0..cfg.n_routed_experts).map(|i| layer_name(l, &format!("mlp.experts.{i}.{proj}.weight"))).collect()
-            };
-            let shared = |proj: &str| {
-                (0..cfg.n_shared_experts).map(|i| layer_name(l, &format!("mlp.shared_experts.{i}.{proj}.weight"))).collect()
-            };
-            let ff_sh = ff * cfg.n_shared_experts as u64;
-            out.push(GgufTensor { name: blk("ffn_down_exps.weight"), ne: vec![ff, h, e], source: TensorSource::Stack(experts("down_proj")) });
-            out.push(GgufTensor { name: blk("ffn_gate_exps.weight"), ne: vec![h, ff, e], source: TensorSource::Stack(experts("gate_proj")) });
-            out.push(GgufTensor { name: blk("ffn_up_exps.weight"), ne: vec![h, ff, e], source: TensorSource::Stack(experts("up_proj")) });
-            out.push(copy(&layer_name(l, "mlp.gate.weight"), &blk("ffn_gate_inp.weight"), vec![h, e]));
-            if cfg.n_shared_experts > 0 {
-                out.push(GgufTensor { name: blk("ffn_down_shexp.weight"), ne: vec![ff_sh, h], source: TensorSource::ConcatCols(shared("down_proj")) });
-                out.push(GgufTensor { name: blk("ffn_gate_shexp.weight"), ne: vec![h, ff_sh], source: TensorSource::ConcatRows(shared("gate_proj")) });
-                out.push(GgufTensor { name: blk("ffn_up_shexp.weight"), ne: vec![h, ff_sh], source: TensorSource::ConcatRows(shared("up_proj")) });
-            }
-        } else {
-            out.push(copy(&layer_name(l, "mlp.down_proj.weight"), &blk("ffn_down.weight"), vec![ff, h]));
-            out.push(copy(&layer_name(l, "mlp.gate_proj.weight"), &blk("ffn_gate.weight"), vec![h, ff]));
-            out.push(copy(&layer_name(l, "mlp.up_proj.weight"), &blk("ffn_up.weight"), vec![h, ff]));
-        }
-        out.push(copy(&layer_name(l, "post_attention_layernorm.weight"), &blk("ffn_norm.weight"), vec![h]));
-        let permuted = |proj: &str, gguf: &str, rows: u64, n_head: usize| GgufTensor {
-            name: blk(gguf),
-            ne: vec![h, rows],
-            source: TensorSource::PermuteRows { name: layer_name(l, &format!("self_attn.{proj}.weight")), n_head },
-        };
-        out.push(permuted("k_proj", "attn_k.weight", kv, cfg.num_key_value_heads));
-        out.push(copy(&layer_name(l, "self_attn.o_proj.weight"), &blk("attn_output.weight"), vec![h, h]));
-        out.push(permuted("q_proj", "attn_q.weight", h, cfg.num_attention_heads));
-        out.push(copy(&layer_name(l, "self_attn.v_proj.weight"), &blk("attn_v.weight"), vec![h, kv]));
+        let mut layer: Vec<GgufTensor> = TENSORS.iter().filter(|s| s.scope != Scope::Model).filter_map(|s| gguf_tensor(s, cfg, l)).collect();
+        layer.sort_by(|a, b| first_source(a).cmp(first_source(b)));
+        out.extend(layer);
     }
-    if !cfg.tie_word_embeddings {
-        out.push(copy(LM_HEAD, "output.weight", vec![h, vocab]));
-    }
-    out.push(copy(FINAL_NORM, "output_norm.weight", vec![h]));
+    let mut tail: Vec<GgufTensor> = trailing.iter().filter_map(|s| gguf_tensor(s, cfg, 0)).collect();
+    tail.sort_by(|a, b| first_source(a).cmp(first_source(b)));
+    out.extend(tail);
     out
 }
 
