@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use mm_converters::config::MiniMindConfig;
+use mm_converters::naming::{self, Kind};
 use mm_converters::lora::Lora;
 use mm_converters::Checkpoint;
 
@@ -113,7 +114,7 @@ impl WeightSource for VarBuilder<'_> {
         if cfg.tie_word_embeddings {
             Ok(Linear::new(embed.clone()))
         } else {
-            Ok(Linear::new(self.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?))
+            Ok(Linear::new(self.get((cfg.vocab_size, cfg.hidden_size), naming::LM_HEAD)?))
         }
     }
 
@@ -122,14 +123,29 @@ impl WeightSource for VarBuilder<'_> {
     }
 }
 
-fn feed_forward(src: &impl WeightSource, cfg: &MiniMindConfig, prefix: &str) -> Result<FeedForward> {
-    let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+/// A table row's tensor in layer `l` (expert `e`), in the shape the table gives it.
+fn table_tensor(src: &impl WeightSource, cfg: &MiniMindConfig, kind: Kind, l: usize, e: usize) -> Result<Tensor> {
+    src.tensor(&naming::spec(kind).dims(cfg), &naming::name(kind, l, e))
+}
+
+/// A table row's [out, in] matrix as a linear layer.
+fn table_linear(src: &impl WeightSource, cfg: &MiniMindConfig, kind: Kind, l: usize, e: usize) -> Result<Linear> {
+    let dims = naming::spec(kind).dims(cfg);
+    src.linear(dims[0], dims[1], &naming::module(kind, l, e))
+}
+
+/// A SwiGLU block from its three rows (dense FFN, routed or shared expert).
+fn feed_forward(src: &impl WeightSource, cfg: &MiniMindConfig, [gate, up, down]: [Kind; 3], l: usize, e: usize) -> Result<FeedForward> {
     Ok(FeedForward {
-        gate_proj: src.linear(f, h, &format!("{prefix}.gate_proj"))?,
-        up_proj: src.linear(f, h, &format!("{prefix}.up_proj"))?,
-        down_proj: src.linear(h, f, &format!("{prefix}.down_proj"))?,
+        gate_proj: table_linear(src, cfg, gate, l, e)?,
+        up_proj: table_linear(src, cfg, up, l, e)?,
+        down_proj: table_linear(src, cfg, down, l, e)?,
     })
 }
+
+const DENSE_FFN: [Kind; 3] = [Kind::FfnGate, Kind::FfnUp, Kind::FfnDown];
+const EXPERT_FFN: [Kind; 3] = [Kind::ExpGate, Kind::ExpUp, Kind::ExpDown];
+const SHARED_FFN: [Kind; 3] = [Kind::ShexpGate, Kind::ShexpUp, Kind::ShexpDown];
 
 impl MiniMind {
     /// Builds the model from tensors named like upstream's state dict. With a `VarMap`
@@ -141,49 +157,39 @@ impl MiniMind {
 
     pub(crate) fn build(cfg: &MiniMindConfig, src: &impl WeightSource) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::wrap)?;
-        let h = cfg.hidden_size;
-        let kv = cfg.num_key_value_heads * cfg.head_dim();
-        let embed_tokens = src.tensor(&[cfg.vocab_size, h], "model.embed_tokens.weight")?;
+        let embed_tokens = table_tensor(src, cfg, Kind::TokenEmbd, 0, 0)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
             let self_attn = Attention {
-                q_proj: src.linear(h, h, &format!("{p}.self_attn.q_proj"))?,
-                k_proj: src.linear(kv, h, &format!("{p}.self_attn.k_proj"))?,
-                v_proj: src.linear(kv, h, &format!("{p}.self_attn.v_proj"))?,
-                o_proj: src.linear(h, h, &format!("{p}.self_attn.o_proj"))?,
+                q_proj: table_linear(src, cfg, Kind::AttnQ, l, 0)?,
+                k_proj: table_linear(src, cfg, Kind::AttnK, l, 0)?,
+                v_proj: table_linear(src, cfg, Kind::AttnV, l, 0)?,
+                o_proj: table_linear(src, cfg, Kind::AttnOut, l, 0)?,
                 n_heads: cfg.num_attention_heads,
                 n_kv_heads: cfg.num_key_value_heads,
                 head_dim: cfg.head_dim(),
             };
             let mlp = if cfg.use_moe {
                 Mlp::Moe(MoeFeedForward {
-                    experts: (0..cfg.n_routed_experts)
-                        .map(|e| feed_forward(src, cfg, &format!("{p}.mlp.experts.{e}")))
-                        .collect::<Result<_>>()?,
-                    shared_experts: (0..cfg.n_shared_experts)
-                        .map(|e| feed_forward(src, cfg, &format!("{p}.mlp.shared_experts.{e}")))
-                        .collect::<Result<_>>()?,
-                    gate: src.tensor(&[cfg.n_routed_experts, h], &format!("{p}.mlp.gate.weight"))?,
+                    experts: (0..cfg.n_routed_experts).map(|e| feed_forward(src, cfg, EXPERT_FFN, l, e)).collect::<Result<_>>()?,
+                    shared_experts: (0..cfg.n_shared_experts).map(|e| feed_forward(src, cfg, SHARED_FFN, l, e)).collect::<Result<_>>()?,
+                    gate: table_tensor(src, cfg, Kind::MoeRouter, l, 0)?,
                     top_k: cfg.num_experts_per_tok,
                     norm_topk_prob: cfg.norm_topk_prob,
                     aux_loss_alpha: cfg.aux_loss_alpha,
                     seq_aux: cfg.seq_aux,
                 })
             } else {
-                Mlp::Dense(feed_forward(src, cfg, &format!("{p}.mlp"))?)
+                Mlp::Dense(feed_forward(src, cfg, DENSE_FFN, l, 0)?)
             };
             layers.push(Block {
-                input_layernorm: RmsNorm::new(src.tensor(&[h], &format!("{p}.input_layernorm.weight"))?, cfg.rms_norm_eps),
+                input_layernorm: RmsNorm::new(table_tensor(src, cfg, Kind::AttnNorm, l, 0)?, cfg.rms_norm_eps),
                 self_attn,
-                post_attention_layernorm: RmsNorm::new(
-                    src.tensor(&[h], &format!("{p}.post_attention_layernorm.weight"))?,
-                    cfg.rms_norm_eps,
-                ),
+                post_attention_layernorm: RmsNorm::new(table_tensor(src, cfg, Kind::FfnNorm, l, 0)?, cfg.rms_norm_eps),
                 mlp,
             });
         }
-        let norm = RmsNorm::new(src.tensor(&[h], "model.norm.weight")?, cfg.rms_norm_eps);
+        let norm = RmsNorm::new(table_tensor(src, cfg, Kind::OutputNorm, 0, 0)?, cfg.rms_norm_eps);
         let lm_head = src.head(cfg, &embed_tokens)?;
         let rope = RopeTables::new(cfg, src.device())?;
         Ok(Self { config: cfg.clone(), embed_tokens, layers, norm, lm_head, rope, engine_allowed: false, cpu: Default::default() })
@@ -291,37 +297,32 @@ impl MiniMind {
     }
 
     fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
-        let rest = module.strip_prefix("model.layers.")?;
-        let (layer, path) = rest.split_once('.')?;
-        let block = self.layers.get_mut(layer.parse::<usize>().ok()?)?;
+        let (spec, l, e) = naming::parse(&format!("{module}.weight"), &self.config)?;
+        let block = self.layers.get_mut(l)?;
         let attn = &mut block.self_attn;
-        match path {
-            "self_attn.q_proj" => Some(&mut attn.q_proj),
-            "self_attn.k_proj" => Some(&mut attn.k_proj),
-            "self_attn.v_proj" => Some(&mut attn.v_proj),
-            "self_attn.o_proj" => Some(&mut attn.o_proj),
-            _ => {
-                let ffn_path = path.strip_prefix("mlp.")?;
-                let (ffn, proj) = match &mut block.mlp {
-                    Mlp::Dense(f) => (f, ffn_path),
-                    Mlp::Moe(m) => {
-                        let (group, rest) = ffn_path.split_once('.')?;
-                        let (idx, proj) = rest.split_once('.')?;
-                        let list = match group {
-                            "experts" => &mut m.experts,
-                            "shared_experts" => &mut m.shared_experts,
-                            _ => return None,
-                        };
-                        (list.get_mut(idx.parse::<usize>().ok()?)?, proj)
-                    }
+        let ffn = match (&mut block.mlp, spec.kind) {
+            (_, Kind::AttnQ) => return Some(&mut attn.q_proj),
+            (_, Kind::AttnK) => return Some(&mut attn.k_proj),
+            (_, Kind::AttnV) => return Some(&mut attn.v_proj),
+            (_, Kind::AttnOut) => return Some(&mut attn.o_proj),
+            (Mlp::Dense(f), k) if DENSE_FFN.contains(&k) => f,
+            (Mlp::Moe(m), k) => {
+                let list = if EXPERT_FFN.contains(&k) {
+                    &mut m.experts
+                } else if SHARED_FFN.contains(&k) {
+                    &mut m.shared_experts
+                } else {
+                    return None;
                 };
-                match proj {
-                    "gate_proj" => Some(&mut ffn.gate_proj),
-                    "up_proj" => Some(&mut ffn.up_proj),
-                    "down_proj" => Some(&mut ffn.down_proj),
-                    _ => None,
-                }
+                list.get_mut(e)?
             }
+            _ => return None,
+        };
+        match spec.kind {
+            Kind::FfnGate | Kind::ExpGate | Kind::ShexpGate => Some(&mut ffn.gate_proj),
+            Kind::FfnUp | Kind::ExpUp | Kind::ShexpUp => Some(&mut ffn.up_proj),
+            Kind::FfnDown | Kind::ExpDown | Kind::ShexpDown => Some(&mut ffn.down_proj),
+            _ => None,
         }
     }
 
