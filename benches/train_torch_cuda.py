@@ -3,7 +3,7 @@
 usage: MINIMIND_DIR=/path/to/minimind python train_torch_cuda.py PRESET [--no-empty-cache]
 
 Imports upstream's own `model/model_minimind.py` (jingyaogong/minimind 5959396) and times what
-`trainer/train_pretrain.py::train_epoch` does per step (shared/docs/torch_baseline.md): forward
+`trainer/train_pretrain.py::train_epoch` does per step (docs/torch_baseline.md §1): forward
 under `torch.autocast("cuda", dtype=torch.bfloat16)`, masked cross-entropy + aux loss,
 backward through a disabled GradScaler, clip_grad_norm_(1.0), AdamW(5e-4) (CUDA default
 foreach path), zero_grad(set_to_none=True) and, as upstream does, torch.cuda.empty_cache()

@@ -15,7 +15,7 @@
 #                             is over 60 MiB (it is, ~70 MB -> ~18 MB), as `run` carries 64 MiB
 #
 # Why 13.0.x: candle JIT-loads PTX and driver 580 (CUDA 13.0) rejects PTX from nvcc >= 13.1.
-# See ../shared/docs/rust_deps.md section 3(e). Knobs (environment):
+# See docs/rust_deps.md §3(e). Knobs (environment):
 #   CUDA_COMPUTE_CAP (default 90: sm_90a, H100/H200 only), CUDAFORGE_THREADS (default 2),
 #   MM_CUDA_LOG (default .cuda-toolchain/build.log, appended to), MM_CUDA_STUB_ROUNDS (default 5),
 #   MM_CUDA_GZIP=0 (always write a plain dist/cuda/mm, whatever its size),

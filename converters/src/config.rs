@@ -439,7 +439,7 @@ impl MiniMindConfig {
     }
 
     /// The `config.json` of the exact `Qwen2MoeForCausalLM` form of a MiniMind MoE model
-    /// (templates_serving.md §5.2), loadable by transformers 4.x and 5.x and by vLLM.
+    /// (docs/templates_serving.md §5.2), loadable by transformers 4.x and 5.x and by vLLM.
     pub fn to_qwen2_moe_json(&self, dtype: &str) -> Result<Value> {
         if !self.use_moe {
             bail!("a dense model has no Qwen2-MoE layout (use the Llama layout)");

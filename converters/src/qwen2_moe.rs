@@ -1,5 +1,5 @@
 //! MiniMind MoE as `Qwen2MoeForCausalLM`: the exact, vLLM-native layout of
-//! templates_serving.md §5.2.
+//! docs/templates_serving.md §5.2.
 //!
 //! MiniMind's MoE block adds an *ungated* shared expert to the top-k routed experts;
 //! Qwen2-MoE multiplies its shared expert by `sigmoid(shared_expert_gate · x)` and always

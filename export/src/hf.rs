@@ -1,5 +1,5 @@
 //! `mm export hf`: an HF directory that vLLM and transformers load natively
-//! (templates_serving.md §5): dense → `LlamaForCausalLM` (tied), MoE → `Qwen2MoeForCausalLM`
+//! (docs/templates_serving.md §5): dense → `LlamaForCausalLM` (tied), MoE → `Qwen2MoeForCausalLM`
 //! (the exact transform of `mm_converters::qwen2_moe`), or the MiniMind layout (remote code,
 //! for transformers only). Safetensors with `{"format":"pt"}`, sharded with an index past
 //! `max_shard_bytes`, config.json, generation_config.json and the tokenizer files with the

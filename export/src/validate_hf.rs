@@ -1,7 +1,7 @@
 //! `mm validate hf`: a static check that an HF model directory loads natively in vLLM (or in
 //! transformers 4.x/5.x), reporting each problem with the offending file, tensor or field.
 //!
-//! What is checked (templates_serving.md §5.1, §7): the architecture and `model_type`, the
+//! What is checked (docs/templates_serving.md §5.1, §7): the architecture and `model_type`, the
 //! config fields and their JSON types (transformers 5 configs are strict dataclasses), the
 //! tensor set against the config (missing, extra, mis-shaped; the tied/untied `lm_head`
 //! rule), dtypes, safetensors headers and `{"format":"pt"}` metadata, index coverage, the

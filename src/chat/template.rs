@@ -2,7 +2,7 @@
 //!
 //! The environment mirrors transformers' (`ImmutableSandboxedEnvironment(trim_blocks=True,
 //! lstrip_blocks=True)` plus its globals), and papers over every minijinja/jinja2 difference
-//! recorded in `shared/docs/templates_serving.md`:
+//! recorded in `docs/templates_serving.md` §2.3 and §2.4:
 //! - `tojson` is `json.dumps(ensure_ascii=False)`: `", "`/`": "`, key order kept, Python float
 //!   repr, no HTML escaping, and the `ensure_ascii`/`indent`/`separators`/`sort_keys` kwargs;
 //! - Python string/list methods (`startswith`, `strip(chars)`, `rsplit`, …) through an

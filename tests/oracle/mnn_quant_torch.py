@@ -5,7 +5,7 @@ usage: mnn_quant_torch.py DIR [cpu|cuda]
 DIR is what `ORACLE_DIR=DIR cargo test -p mm-export --test mnn_quant_oracle -- --ignored`
 writes: meta.txt (`i oc ic` per matrix), w{i}.f32 (row-major f32) and q{i}_{bits}_{hqq}.bin
 (mm's packed values followed by fp16 (zero, scale) pairs). This script implements the
-formulas of shared/docs/mnn.md §5a/§5c/§5e with torch tensor ops, as llmexport 3.6.1 runs them
+formulas of docs/mnn.md §5a/§5c/§5e with torch tensor ops, as llmexport 3.6.1 runs them
 (including Python-scalar semantics such as `15 / t` being `t.reciprocal() * 15`), and prints
 per matrix how many packed bytes and alpha values differ. Checked on torch 2.11 CPU (x86-64):
 all zero. On CUDA, min/max alpha differs in a few ulps (GPU division), so llmexport run on a

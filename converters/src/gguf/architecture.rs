@@ -1,4 +1,4 @@
-//! MiniMind as llama.cpp architectures: dense → `llama`, MoE → `ernie4_5-moe` (gguf.md §2).
+//! MiniMind as llama.cpp architectures: dense → `llama`, MoE → `ernie4_5-moe` (docs/gguf.md §2).
 //!
 //! The GGUF names and rules come from the tensor table (`crate::naming`). `llama`'s rope rotates adjacent
 //! pairs while MiniMind's `rotate_half` pairs i with i + d/2, so Q and K rows are permuted

@@ -1,6 +1,6 @@
 //! The GGUF container (v3, little-endian): metadata key/values, tensor infos, then tensor
 //! data aligned to 32 bytes. The checks mirror the ones llama.cpp's `gguf_init_from_reader`
-//! applies, so a file this writer accepts is a file llama.cpp accepts (gguf.md §1).
+//! applies, so a file this writer accepts is a file llama.cpp accepts (docs/gguf.md §1).
 
 use std::collections::HashSet;
 use std::fs::File;

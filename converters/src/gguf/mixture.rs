@@ -20,7 +20,7 @@
 //!   4. the shape fallback (`tensor_type_fallback`), see [`shape_fallback`].
 //!
 //! The rules were checked against the real outputs in `shared/fixtures/llamacpp/manifest.json`
-//! (q4_k_m, q5_k_m, q6_k, q8_0, f16) and the MiniMind tables of `shared/docs/gguf.md` §4; the
+//! (q4_k_m, q5_k_m, q6_k, q8_0, f16) and the MiniMind tables of `docs/gguf.md` §4; the
 //! tests below repeat both.
 
 use crate::quant::GgmlType;
@@ -529,7 +529,7 @@ mod tests {
         assert_eq!(checked, 100);
     }
 
-    /// gguf.md §4: MiniMind2-Small (512/1408/8) and MiniMind2 (768/2048/16) at Q4_K_M.
+    /// docs/gguf.md §4: MiniMind2-Small (512/1408/8) and MiniMind2 (768/2048/16) at Q4_K_M.
     #[test]
     fn minimind2_dense_q4_k_m() {
         for (h, ff, n_layer, bumped) in [(512u64, 1408u64, 8usize, vec![0, 3, 6, 7]), (768, 2048, 16, vec![0, 1, 4, 7, 10, 13, 14, 15])] {
@@ -582,7 +582,7 @@ mod tests {
         v
     }
 
-    /// gguf.md §4: MiniMind2-MoE (H 640, FF 1728, 8 layers, 4 experts) at Q4_K_M has no K-quant.
+    /// docs/gguf.md §4: MiniMind2-MoE (H 640, FF 1728, 8 layers, 4 experts) at Q4_K_M has no K-quant.
     #[test]
     fn minimind2_moe_q4_k_m() {
         let facts = ModelFacts { n_layer: 8, n_expert: 4, tied_embeddings: true };

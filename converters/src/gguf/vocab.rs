@@ -1,7 +1,7 @@
 //! The tokenizer as GGUF metadata (`tokenizer.ggml.*`), from and back to HF tokenizer files.
 //!
 //! The rules are those of llama.cpp's converter for byte-level BPE (`_set_vocab_gpt2`,
-//! gguf.md §3): tokens in id order in their byte-level spelling, token types from the added
+//! docs/gguf.md §3): tokens in id order in their byte-level spelling, token types from the added
 //! tokens, merges as "left right", special ids from `tokenizer_config.json`.
 
 use std::collections::HashMap;

@@ -5,7 +5,7 @@ use half::f16;
 /// `GGML_FP32_TO_FP16`: round to nearest even, overflow to ±inf.
 ///
 /// `half::f16::from_f32` is also RNE and agrees with ggml's bit trick on every finite input
-/// (shared/docs/gguf.md §5 measured 2.49 M values) and on ±inf. Only NaN differs: ggml always
+/// (docs/gguf.md §5 measured 2.49 M values) and on ±inf. Only NaN differs: ggml always
 /// writes the canonical quiet NaN `0x7E00` with the input's sign, dropping the payload.
 #[inline]
 pub fn f32_to_f16_bits(x: f32) -> u16 {

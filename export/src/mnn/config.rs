@@ -1,5 +1,5 @@
 //! `config.json` (runtime settings and file names) and `llm_config.json` (model facts), as
-//! MNN 3.6.1's `llmexport.py` writes them (shared/docs/mnn.md §2): the same keys in the same
+//! MNN 3.6.1's `llmexport.py` writes them (docs/mnn.md §2): the same keys in the same
 //! order, serialised like Python's `json.dump(…, ensure_ascii=False, indent=4)`.
 
 use anyhow::Result;

@@ -1,4 +1,4 @@
-//! The MiniMind decoder as an MNN graph: the plain graph of shared/docs/mnn.md §4 (elementwise
+//! The MiniMind decoder as an MNN graph: the plain graph of docs/mnn.md §4 (elementwise
 //! RoPE, one fused `Attention` per layer owning its KV cache, every Linear a 1×1 quantized
 //! `Convolution` pointing into `llm.mnn.weight`), with the runtime's I/O contract (§2d):
 //!

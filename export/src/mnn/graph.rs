@@ -1,7 +1,7 @@
 //! The graph IR: an in-memory `MNN.Net` — a tensor table, ops with typed parameters in
 //! execution order, and the output names. [`super::decoder_graph`] builds it,
 //! [`super::net_json`] and [`super::net_flatbuffer`] serialize it (and the latter reads it
-//! back). Only the ops of the plain MiniMind graph are modelled (shared/docs/mnn.md §4,
+//! back). Only the ops of the plain MiniMind graph are modelled (docs/mnn.md §4,
 //! "minimal op set"); an op read from another file that falls outside them is kept as
 //! [`OpParam::Opaque`] (type id and name only), which the writers refuse.
 

@@ -1,5 +1,5 @@
 //! MNN: the model directory MNN's LLM runtime loads (`MNN.llm.create(dir/config.json)`),
-//! written natively — no torch, ONNX or MNNConvert (shared/docs/mnn.md).
+//! written natively — no torch, ONNX or MNNConvert (docs/mnn.md).
 //!
 //! | file | module | status |
 //! |---|---|---|
@@ -7,7 +7,7 @@
 //! | `llm.mnn.weight` | [`weights`] | records, offsets and quantization as llmexport 3.6.1 |
 //! | `config.json`, `llm_config.json` | [`config`] | llmexport's keys, values and formatting |
 //! | `embeddings_bf16.bin` (untied only) | [`weights::embeddings_bf16`] | |
-//! | `llm.mnn` (FlatBuffer `MNN.Net`) | [`decoder_graph`] → [`graph`] → [`net_flatbuffer`] | plain graph (mnn.md §4); loads and runs in pymnn 3.6.1 (tests/mnn_export.rs) |
+//! | `llm.mnn` (FlatBuffer `MNN.Net`) | [`decoder_graph`] → [`graph`] → [`net_flatbuffer`] | plain graph (docs/mnn.md §4); loads and runs in pymnn 3.6.1 (tests/mnn_export.rs) |
 //! | `llm.mnn.json` (`--emit-json`, not needed at run time) | [`net_json`] | MNN's JSON form; `MNNConvert -f JSON` turns it into the same graph |
 //!
 //! [`export_dir`] writes the whole directory atomically. [`inspect`] reads one back for
@@ -35,7 +35,7 @@
 //!   per-head `q_norm`/`k_norm` over `head_dim`) is a `LayerNorm{axis:[-1], epsilon:
 //!   rms_norm_eps, group:1, useRMSNorm:true, external:[offset, 4·len, 4·len]}`.
 //! * lm_head is the last Linear, its output reshaped to `[1,-1,vocab]` and named `logits`
-//!   (after a `StridedSlice` by `logits_index` and the final norm, mnn.md §4).
+//!   (after a `StridedSlice` by `logits_index` and the final norm, docs/mnn.md §4).
 //! * Tied models: `llm_config.json` gets `tie_embeddings` from
 //!   [`weights::DecoderWeights::tie_embeddings`] and the runtime reads embedding rows out of
 //!   lm_head's record (it needs lm_head's alpha right after its values — the record layout

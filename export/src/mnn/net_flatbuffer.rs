@@ -1,6 +1,6 @@
 //! The graph as a FlatBuffer `MNN.Net` — the `llm.mnn` MNN's runtime loads — written with the
 //! `flatbuffers` crate's builder and read back with [`FbTable`]. No generated code: the field
-//! slots below are the positions of the fields in MNN 3.6.1's schema (shared/docs/mnn.md §6;
+//! slots below are the positions of the fields in MNN 3.6.1's schema (docs/mnn.md §6;
 //! a union takes two slots, `<name>_type` then `<name>`). Every field the graph sets is
 //! written explicitly, defaults included, as MNN's own converter does.
 //!

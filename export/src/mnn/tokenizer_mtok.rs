@@ -1,5 +1,5 @@
 //! `tokenizer.mtok`: MNN's binary "PIPELINE" tokenizer (type 4), written from the HF tokenizer
-//! files the way MNN 3.6.1's `llmexport.py` writes it (shared/docs/mnn.md §3a).
+//! files the way MNN 3.6.1's `llmexport.py` writes it (docs/mnn.md §3a).
 //!
 //! Layout: three text lines (`430 4`, `<n_special> <n_stop> <n_prefix>`, the ids), then a
 //! little-endian binary body: normalizer, pre-tokenizer, model (BPE / WordPiece / Unigram),

@@ -1,5 +1,5 @@
 //! `llm.mnn.weight`: block-quantized Linear records and fp32 RMSNorm records, concatenated
-//! in graph order with no header and no padding (shared/docs/mnn.md §5), as MNN 3.6.1's
+//! in graph order with no header and no padding (docs/mnn.md §5), as MNN 3.6.1's
 //! `llmexport.py` writes them.
 //!
 //! # Quantization (asymmetric, per row and block of `block` consecutive inputs)
@@ -11,7 +11,7 @@
 //!   `zero = min − scale·(−offset)` (= `min + offset·scale`); all in f32, round half to even.
 //!   A constant block has `scale = 0` and 0/0 for every `q`; torch turns that NaN into the
 //!   byte 0, and so does this writer (the value is irrelevant: `w = zero`).
-//! * HQQ (`--hqq`, mnn.md §5e): `s = (1/(max − min))·qmax` (torch's reciprocal-then-multiply
+//! * HQQ (`--hqq`, docs/mnn.md §5e): `s = (1/(max − min))·qmax` (torch's reciprocal-then-multiply
 //!   for a Python int on the left; 1 when `|max − min| ≤ 1e−4`, at most 2e4),
 //!   `z = round(−min·s)`, then up to 20 proximal steps that move only `z`:
 //!   `q = clamp(round(w·s + z), 0, qmax)`, `e = shrink(w − (q − z)/s)` with
@@ -1109,7 +1109,7 @@ mod tests {
         let hq = quantize(&w, rows, cols, &QuantOptions { hqq: true, ..Default::default() }).unwrap();
         let e_mm = mean_abs_err(&mm.dequantize(false), &w);
         let e_hq = mean_abs_err(&hq.dequantize(false), &w);
-        // MNN's port measures its error against the q-domain buffer (mnn.md §5e), so the loop
+        // MNN's port measures its error against the q-domain buffer (docs/mnn.md §5e), so the loop
         // usually stops after one step and does not minimise the real error: on Gaussian
         // weights it lands within a few percent of min/max, not below it.
         assert!(e_hq <= e_mm * 1.1, "hqq {e_hq} vs min/max {e_mm}");

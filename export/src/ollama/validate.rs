@@ -1,5 +1,5 @@
 //! `mm validate ollama`: what ollama would reject or silently get wrong in a Modelfile
-//! (research notes, templates_serving.md §4.4): the Modelfile syntax and instructions, FROM
+//! (docs/templates_serving.md §4.4): the Modelfile syntax and instructions, FROM
 //! (exists, is a GGUF that loads), PARAMETER names and types, the stops, the TEMPLATE (parses
 //! as Go text/template with ollama's functions, messages mode, tool and thinking tags as
 //! ollama infers them, no Go structs printed, no fields ollama lacks), and the TEMPLATE's
