@@ -278,9 +278,45 @@ pub fn expected_tensors(cfg: &MiniMindConfig) -> Vec<(String, Vec<usize>)> {
     expand(cfg, |s| s.in_checkpoint(cfg)).into_iter().map(|(s, l, e)| (fill(s.canonical, l, e), s.dims(cfg))).collect()
 }
 
-/// Which row and indices a canonical name is, if any.
+/// Which row and indices a canonical name is, if the config has such a tensor.
 pub fn parse(canonical: &str, cfg: &MiniMindConfig) -> Option<(&'static Spec, usize, usize)> {
-    expand(cfg, |s| s.in_checkpoint(cfg)).into_iter().find(|(s, l, e)| fill(s.canonical, *l, *e) == canonical)
+    TENSORS.iter().filter(|s| s.in_checkpoint(cfg)).find_map(|s| {
+        let (l, e) = match_pattern(s.canonical, canonical)?;
+        let in_range = match s.scope {
+            Scope::Model => true,
+            Scope::Layer => l < cfg.num_hidden_layers,
+            Scope::Expert | Scope::SharedExpert => l < cfg.num_hidden_layers && e < s.copies(cfg),
+        };
+        in_range.then_some((s, l, e))
+    })
+}
+
+/// The `{l}` and `{e}` values (0 where absent) that make `pattern` spell `name`.
+fn match_pattern(pattern: &str, name: &str) -> Option<(usize, usize)> {
+    let (mut l, mut e) = (0, 0);
+    let mut rest = name;
+    let mut pat = pattern;
+    loop {
+        match pat.find('{') {
+            None => return (rest == pat).then_some((l, e)),
+            Some(i) => {
+                rest = rest.strip_prefix(&pat[..i])?;
+                let close = pat[i..].find('}')? + i;
+                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                // One spelling per number: no empty or zero-padded indices.
+                if digits == 0 || (digits > 1 && rest.starts_with('0')) {
+                    return None;
+                }
+                let value: usize = rest[..digits].parse().ok()?;
+                match &pat[i..=close] {
+                    "{l}" => l = value,
+                    _ => e = value,
+                }
+                rest = &rest[digits..];
+                pat = &pat[close + 1..];
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -323,5 +359,13 @@ mod tests {
         ];
         assert_eq!(names, want);
         assert_eq!(parse(&format!("{p}.mlp.experts.1.down_proj.weight"), &moe).map(|(s, l, e)| (s.kind, l, e)), Some((Kind::ExpDown, 0, 1)));
+        // Every expected name parses back to itself; out-of-range and odd spellings do not.
+        for (n, _) in expected_tensors(&moe) {
+            let (s, l, e) = parse(&n, &moe).unwrap();
+            assert_eq!(fill(s.canonical, l, e), n);
+        }
+        for bad in ["model.layers.1.self_attn.q_proj.weight", "model.layers.0.mlp.experts.2.up_proj.weight", "model.layers.00.input_layernorm.weight", "model.layers..mlp.gate.weight", "lm_head.weight"] {
+            assert!(parse(bad, &moe).is_none(), "{bad}");
+        }
     }
 }

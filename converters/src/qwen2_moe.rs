@@ -20,28 +20,52 @@ use half::{bf16, f16};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::MiniMindConfig;
+use crate::naming::{self, Kind, Present, QwenRule, Spec, TENSORS};
 
 pub const ARCHITECTURE: &str = "Qwen2MoeForCausalLM";
 pub const MODEL_TYPE: &str = "qwen2_moe";
 
-const SHARED_CANONICAL: &str = ".mlp.shared_experts.0.";
-const SHARED_QWEN: &str = ".mlp.shared_expert.";
-const SHARED_GATE: &str = ".mlp.shared_expert_gate.weight";
+/// The Qwen2-MoE-only rows of the tensor table (zeros), each with the checkpoint row it is
+/// written after: the table row before it (q/k/v biases after `v_proj`, the shared-expert gate
+/// after the shared expert's `up_proj`).
+fn zero_rows() -> Vec<(Kind, &'static Spec)> {
+    let mut out = Vec::new();
+    let mut anchor = None;
+    for s in TENSORS {
+        match s.present {
+            Present::Qwen2MoeOnly => out.push((anchor.expect("a Qwen2-MoE row follows a checkpoint row"), s)),
+            _ => anchor = Some(s.kind),
+        }
+    }
+    out
+}
+
+/// The name pattern of a Qwen2-MoE-only (zero) row.
+fn zero_name(s: &Spec) -> &'static str {
+    match s.qwen2_moe {
+        Some(QwenRule::Zero(pattern)) => pattern,
+        _ => unreachable!("a Qwen2-MoE-only row is a zero tensor"),
+    }
+}
 
 /// The checkpoint's tensors under Qwen2-MoE names, with the zero gate, the doubled shared
-/// `down_proj` and the zero q/k/v biases added (same dtype as the weights).
+/// `down_proj` and the zero q/k/v biases added (same dtype as the weights); all from the
+/// tensor table's Qwen2-MoE column.
 pub fn to_hf_tensors(ckpt: &Checkpoint) -> Result<Vec<(String, Tensor)>> {
     let cfg = &ckpt.config;
     // The config writer refuses what has no Qwen2-MoE form (dense, n_shared != 1, YaRN).
     cfg.to_qwen2_moe_json("float32")?;
-    let h = cfg.hidden_size;
-    let kv = cfg.num_key_value_heads * cfg.head_dim();
+    let zeros = zero_rows();
     let mut out = Vec::with_capacity(ckpt.tensors().len() + 4 * cfg.num_hidden_layers);
     for (name, tensor) in ckpt.tensors() {
         let dtype = tensor.dtype();
-        if let Some((layer, rest)) = name.split_once(SHARED_CANONICAL) {
-            let qwen_name = format!("{layer}{SHARED_QWEN}{rest}");
-            let value = if rest == "down_proj.weight" {
+        let Some((spec, l, e)) = naming::parse(name, cfg) else {
+            out.push((name.clone(), tensor.clone()));
+            continue;
+        };
+        match spec.qwen2_moe {
+            Some(QwenRule::Rename(pattern)) => out.push((naming::fill(pattern, l, e), tensor.clone())),
+            Some(QwenRule::RenameDoubled(pattern)) => {
                 let (doubled, _) = scale(tensor, 2.0)?;
                 if !all_finite_where_finite(tensor, &doubled)? {
                     bail!(
@@ -49,22 +73,14 @@ pub fn to_hf_tensors(ckpt: &Checkpoint) -> Result<Vec<(String, Tensor)>> {
                          down_proj); export in f32 (--dtype f32)"
                     );
                 }
-                doubled
-            } else {
-                tensor.clone()
-            };
-            out.push((qwen_name, value));
-            if rest == "up_proj.weight" {
-                // After the layer's last shared-expert tensor (canonical order: gate, down,
-                // up; Checkpoint::new guarantees all three): the gate, sigmoid(0) = 0.5.
-                out.push((format!("{layer}{SHARED_GATE}"), Tensor::zeros((1, h), dtype, &Device::Cpu)?));
+                out.push((naming::fill(pattern, l, e), doubled));
             }
-            continue;
+            _ => out.push((name.clone(), tensor.clone())),
         }
-        out.push((name.clone(), tensor.clone()));
-        if let Some(layer) = name.strip_suffix(".self_attn.v_proj.weight") {
-            for (proj, rows) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv)] {
-                out.push((format!("{layer}.self_attn.{proj}.bias"), Tensor::zeros(rows, dtype, &Device::Cpu)?));
+        // After the last copy of a row, the zero tensors the table puts after it.
+        if e + 1 == spec.copies(cfg) {
+            for (_, z) in zeros.iter().filter(|(anchor, _)| *anchor == spec.kind) {
+                out.push((naming::fill(zero_name(z), l, 0), Tensor::zeros(z.dims(cfg), dtype, &Device::Cpu)?));
             }
         }
     }
@@ -82,68 +98,73 @@ pub struct FromHf {
 /// `down_proj` halved, gate and biases checked to be zero and dropped. Missing, extra and
 /// mis-shaped tensors are left for `Checkpoint::new` to report.
 pub fn from_hf_tensors(cfg: &MiniMindConfig, tensors: Vec<(String, Tensor)>) -> Result<FromHf> {
+    // Qwen2-MoE name → (row, layer, expert) for the renamed rows and the zero rows.
+    let mut by_name = std::collections::HashMap::new();
+    for l in 0..cfg.num_hidden_layers {
+        for s in TENSORS {
+            match s.qwen2_moe {
+                Some(QwenRule::Rename(p) | QwenRule::RenameDoubled(p)) if s.in_checkpoint(cfg) => {
+                    for e in 0..s.copies(cfg) {
+                        by_name.insert(naming::fill(p, l, e), (s, l, e));
+                    }
+                }
+                Some(QwenRule::Zero(p)) => {
+                    by_name.insert(naming::fill(p, l, 0), (s, l, 0));
+                }
+                _ => {}
+            }
+        }
+    }
     let mut out = FromHf::default();
     let mut gates_seen = vec![false; cfg.num_hidden_layers];
     for (name, tensor) in tensors {
-        if let Some(layer) = name.strip_suffix(SHARED_GATE) {
-            if !all_zero(&tensor)? {
-                bail!(
-                    "`{name}` is not zero: this Qwen2-MoE model gates its shared expert, which MiniMind's \
-                     MoE does not (a MiniMind export has a zero gate, sigmoid(0) = 0.5, and a doubled \
-                     shared down_proj); it is not a MiniMind model"
-                );
-            }
-            if tensor.dims() != [1, cfg.hidden_size] {
-                bail!("`{name}` has shape {:?}, the config needs [1, {}]", tensor.dims(), cfg.hidden_size);
-            }
-            if let Some(i) = layer_index(layer) {
-                if let Some(seen) = gates_seen.get_mut(i) {
-                    *seen = true;
+        let Some(&(spec, l, e)) = by_name.get(&name) else {
+            out.tensors.push((name, tensor));
+            continue;
+        };
+        match spec.qwen2_moe {
+            Some(QwenRule::Zero(_)) => {
+                let gate = spec.kind == Kind::ShexpGateInp;
+                if !all_zero(&tensor)? {
+                    if gate {
+                        bail!(
+                            "`{name}` is not zero: this Qwen2-MoE model gates its shared expert, which MiniMind's \
+                             MoE does not (a MiniMind export has a zero gate, sigmoid(0) = 0.5, and a doubled \
+                             shared down_proj); it is not a MiniMind model"
+                        );
+                    }
+                    bail!(
+                        "`{name}` is not zero: MiniMind attention has no biases, so a Qwen2-MoE model with \
+                         non-zero q/k/v biases is not a MiniMind model"
+                    );
+                }
+                if gate {
+                    let want = spec.dims(cfg);
+                    if tensor.dims() != want.as_slice() {
+                        bail!("`{name}` has shape {:?}, the config needs {want:?}", tensor.dims());
+                    }
+                    gates_seen[l] = true;
                 }
             }
-            continue;
-        }
-        if [".self_attn.q_proj.bias", ".self_attn.k_proj.bias", ".self_attn.v_proj.bias"]
-            .iter()
-            .any(|s| name.ends_with(s))
-        {
-            if !all_zero(&tensor)? {
-                bail!(
-                    "`{name}` is not zero: MiniMind attention has no biases, so a Qwen2-MoE model with \
-                     non-zero q/k/v biases is not a MiniMind model"
-                );
-            }
-            continue;
-        }
-        if let Some((layer, rest)) = name.split_once(SHARED_QWEN) {
-            let canonical = format!("{layer}{SHARED_CANONICAL}{rest}");
-            let value = if rest == "down_proj.weight" {
+            Some(QwenRule::RenameDoubled(_)) => {
                 let (halved, exact) = scale(&tensor, 0.5)?;
                 if !exact {
                     out.notes.push(format!(
                         "`{name}` has odd subnormal values that halving rounds (not a doubled MiniMind weight)"
                     ));
                 }
-                halved
-            } else {
-                tensor
-            };
-            out.tensors.push((canonical, value));
-            continue;
+                out.tensors.push((naming::fill(spec.canonical, l, e), halved));
+            }
+            _ => out.tensors.push((naming::fill(spec.canonical, l, e), tensor)),
         }
-        out.tensors.push((name, tensor));
     }
     if let Some(layer) = gates_seen.iter().position(|seen| !seen) {
         bail!(
-            "missing tensor `model.layers.{layer}.mlp.shared_expert_gate.weight`: without it transformers \
-             initialises the gate randomly and vLLM refuses to load"
+            "missing tensor `{}`: without it transformers initialises the gate randomly and vLLM refuses to load",
+            naming::fill(zero_name(naming::spec(Kind::ShexpGateInp)), layer, 0)
         );
     }
     Ok(out)
-}
-
-fn layer_index(prefix: &str) -> Option<usize> {
-    prefix.strip_prefix("model.layers.")?.parse().ok()
 }
 
 /// Whether every element is ±0.

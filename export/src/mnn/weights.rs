@@ -49,7 +49,7 @@ use candle_core::DType;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use mm_converters::naming::{EMBED, FINAL_NORM};
+use mm_converters::naming::{self, Kind, EMBED, FINAL_NORM};
 use mm_converters::quant::float::{f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
 use mm_converters::{Checkpoint, MiniMindConfig};
 
@@ -795,33 +795,50 @@ enum Spec {
     Linear { op: String, tensor: String, oc: usize, ic: usize, lm_head: bool },
 }
 
+/// llmexport's op name of a layer tensor: its module path with `/` for `.` (`model.layers.0.self_attn.q_proj.weight`
+/// → `/layers.0/self_attn/q_proj/Linear`).
+fn op_name(canonical: &str, op: &str) -> String {
+    let module = canonical.strip_prefix("model.").unwrap_or(canonical);
+    let module = module.strip_suffix(".weight").unwrap_or(module);
+    let (layer, path) = module.split_at(module.match_indices('.').nth(1).map_or(module.len(), |(i, _)| i));
+    format!("/{layer}/{}/{op}", path.trim_start_matches('.').replace('.', "/"))
+}
+
+/// The order of a layer's weights in the file: the order the graph uses them.
+const LAYER_ORDER: [Kind; 9] =
+    [Kind::AttnNorm, Kind::AttnQ, Kind::AttnK, Kind::AttnV, Kind::AttnOut, Kind::FfnNorm, Kind::FfnGate, Kind::FfnUp, Kind::FfnDown];
+
 fn specs(shape: &DecoderShape) -> Vec<Spec> {
     let (h, kv, ffn, d) = (shape.hidden, shape.kv_heads * shape.head_dim, shape.intermediate, shape.head_dim);
     let q_out = shape.heads * shape.head_dim;
-    let norm = |op: String, tensor: String, len| Spec::Norm { op, tensor, len };
-    let lin = |op: String, tensor: String, oc, ic| Spec::Linear { op, tensor, oc, ic, lm_head: false };
     let mut out = Vec::new();
     for i in 0..shape.layers {
-        let t = |s: &str| format!("model.layers.{i}.{s}.weight");
-        let n = |s: &str| format!("/layers.{i}/{s}/RMSNorm");
-        let l = |s: &str| format!("/layers.{i}/{s}/Linear");
-        out.push(norm(n("input_layernorm"), t("input_layernorm"), h));
-        out.push(lin(l("self_attn/q_proj"), t("self_attn.q_proj"), q_out, h));
-        if shape.qk_norm {
-            out.push(norm(n("self_attn/q_norm"), t("self_attn.q_norm"), d));
+        for kind in LAYER_ORDER {
+            let tensor = naming::name(kind, i, 0);
+            let (oc, ic) = match kind {
+                Kind::AttnQ => (q_out, h),
+                Kind::AttnK | Kind::AttnV => (kv, h),
+                Kind::AttnOut => (h, q_out),
+                Kind::FfnGate | Kind::FfnUp => (ffn, h),
+                Kind::FfnDown => (h, ffn),
+                _ => {
+                    out.push(Spec::Norm { op: op_name(&tensor, "RMSNorm"), tensor, len: h });
+                    continue;
+                }
+            };
+            out.push(Spec::Linear { op: op_name(&tensor, "Linear"), tensor, oc, ic, lm_head: false });
+            // MiniMind-3's per-head q/k norms follow their projections.
+            if shape.qk_norm && matches!(kind, Kind::AttnQ | Kind::AttnK) {
+                let which = if kind == Kind::AttnQ { "q_norm" } else { "k_norm" };
+                out.push(Spec::Norm {
+                    op: format!("/layers.{i}/self_attn/{which}/RMSNorm"),
+                    tensor: format!("model.layers.{i}.self_attn.{which}.weight"),
+                    len: d,
+                });
+            }
         }
-        out.push(lin(l("self_attn/k_proj"), t("self_attn.k_proj"), kv, h));
-        if shape.qk_norm {
-            out.push(norm(n("self_attn/k_norm"), t("self_attn.k_norm"), d));
-        }
-        out.push(lin(l("self_attn/v_proj"), t("self_attn.v_proj"), kv, h));
-        out.push(lin(l("self_attn/o_proj"), t("self_attn.o_proj"), h, q_out));
-        out.push(norm(n("post_attention_layernorm"), t("post_attention_layernorm"), h));
-        out.push(lin(l("mlp/gate_proj"), t("mlp.gate_proj"), ffn, h));
-        out.push(lin(l("mlp/up_proj"), t("mlp.up_proj"), ffn, h));
-        out.push(lin(l("mlp/down_proj"), t("mlp.down_proj"), h, ffn));
     }
-    out.push(norm("/norm/RMSNorm".into(), FINAL_NORM.into(), h));
+    out.push(Spec::Norm { op: "/norm/RMSNorm".into(), tensor: FINAL_NORM.into(), len: h });
     let head = if shape.tied { EMBED } else { mm_converters::naming::LM_HEAD };
     out.push(Spec::Linear {
         op: "/lm/lm_head/Linear".into(),
