@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::{de, Deserialize, Deserializer, Serialize};
+use serde_json::{json, Value};
 
 use crate::limits;
 
@@ -65,7 +65,7 @@ pub struct MiniMindConfig {
 
 /// Upstream's default FFN width: 8h/3 rounded up to a multiple of 64.
 pub fn default_intermediate_size(hidden_size: usize) -> usize {
-    let raw = hidden_size * 8 / 3;
+    let raw = hidden_size.saturating_mul(8) / 3;
     64 * raw.div_ceil(64)
 }
 
@@ -263,24 +263,22 @@ impl MiniMindConfig {
         Self::from_json(&value).with_context(|| format!("{}: unusable config", path.display()))
     }
 
-    /// Parses the JSON of an upstream MiniMind or HF Llama config.
+    /// Parses the JSON of an upstream MiniMind, HF Llama or HF Qwen2-MoE config.
     pub fn from_json(value: &Value) -> Result<Self> {
-        let obj = value.as_object().context("config is not a JSON object")?;
-        let cfg = match Self::flavor_of(obj)? {
-            ConfigFlavor::MiniMind => Self::from_minimind_fields(obj)?,
-            ConfigFlavor::Llama => Self::from_llama_fields(obj)?,
-            ConfigFlavor::Qwen2Moe => Self::from_qwen2_moe_fields(obj)?,
+        let cfg = match Self::flavor_of_json(value)? {
+            ConfigFlavor::MiniMind => typed::<MiniMindJson>(value)?.config(),
+            ConfigFlavor::Llama => typed::<LlamaJson>(value)?.config()?,
+            ConfigFlavor::Qwen2Moe => typed::<Qwen2MoeJson>(value)?.config()?,
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Which dialect a parsed `config.json` speaks.
+    /// Which dialect a parsed `config.json` speaks. Only `model_type`, `use_moe` and
+    /// `architectures` are looked at, leniently (a non-string `model_type` counts as absent):
+    /// the dialect's typed struct comes after.
     pub fn flavor_of_json(value: &Value) -> Result<ConfigFlavor> {
-        Self::flavor_of(value.as_object().context("config is not a JSON object")?)
-    }
-
-    fn flavor_of(obj: &Map<String, Value>) -> Result<ConfigFlavor> {
+        let obj = value.as_object().context("config is not a JSON object")?;
         match obj.get("model_type").and_then(Value::as_str) {
             Some("minimind") => Ok(ConfigFlavor::MiniMind),
             Some("llama") => Ok(ConfigFlavor::Llama),
@@ -297,145 +295,6 @@ impl MiniMindConfig {
                 }
             }
         }
-    }
-
-    fn from_minimind_fields(obj: &Map<String, Value>) -> Result<Self> {
-        let d = Self::default();
-        let f = Fields(obj);
-        let hidden_size = f.usize("hidden_size", d.hidden_size)?;
-        let mut cfg = Self {
-            hidden_size,
-            num_hidden_layers: f.usize("num_hidden_layers", d.num_hidden_layers)?,
-            num_attention_heads: f.usize("num_attention_heads", d.num_attention_heads)?,
-            num_key_value_heads: f.usize("num_key_value_heads", d.num_key_value_heads)?,
-            vocab_size: f.usize("vocab_size", d.vocab_size)?,
-            intermediate_size: f.usize("intermediate_size", default_intermediate_size(hidden_size))?,
-            rms_norm_eps: f.f64("rms_norm_eps", d.rms_norm_eps)?,
-            rope_theta: f.f64("rope_theta", d.rope_theta)?,
-            max_position_embeddings: f.usize("max_position_embeddings", d.max_position_embeddings)?,
-            inference_rope_scaling: false,
-            rope_scaling: None,
-            dropout: f.f64("dropout", d.dropout)?,
-            bos_token_id: f.usize("bos_token_id", d.bos_token_id as usize)? as u32,
-            eos_token_id: f.usize("eos_token_id", d.eos_token_id as usize)? as u32,
-            hidden_act: f.string("hidden_act", &d.hidden_act)?,
-            flash_attn: f.bool("flash_attn", d.flash_attn)?,
-            tie_word_embeddings: f.bool("tie_word_embeddings", true)?,
-            use_moe: f.bool("use_moe", d.use_moe)?,
-            num_experts_per_tok: f.usize("num_experts_per_tok", d.num_experts_per_tok)?,
-            n_routed_experts: f.usize("n_routed_experts", d.n_routed_experts)?,
-            n_shared_experts: f.usize("n_shared_experts", d.n_shared_experts)?,
-            scoring_func: f.string("scoring_func", &d.scoring_func)?,
-            aux_loss_alpha: f.f64("aux_loss_alpha", d.aux_loss_alpha)?,
-            seq_aux: f.bool("seq_aux", d.seq_aux)?,
-            norm_topk_prob: f.bool("norm_topk_prob", d.norm_topk_prob)?,
-        };
-        // Upstream derives rope_scaling from the flag alone; a file's own copy is informational.
-        cfg.set_inference_rope_scaling(f.bool("inference_rope_scaling", false)?);
-        Ok(cfg)
-    }
-
-    fn from_llama_fields(obj: &Map<String, Value>) -> Result<Self> {
-        let f = Fields(obj);
-        let hidden_size = f.required_usize("hidden_size")?;
-        let num_attention_heads = f.required_usize("num_attention_heads")?;
-        let rope_theta = plain_rope_theta(obj, "Llama")?;
-        for flag in ["attention_bias", "mlp_bias"] {
-            if f.bool(flag, false)? {
-                bail!("{flag}: true is not supported (MiniMind has no biases)");
-            }
-        }
-        if let Some(head_dim) = obj.get("head_dim").filter(|v| !v.is_null()) {
-            let head_dim = head_dim.as_u64().context("head_dim is not an integer")? as usize;
-            if num_attention_heads == 0 || head_dim * num_attention_heads != hidden_size {
-                bail!(
-                    "head_dim {head_dim} × {num_attention_heads} heads != hidden_size {hidden_size} \
-                     (MiniMind needs head_dim = hidden_size / num_attention_heads)"
-                );
-            }
-        }
-        Ok(Self {
-            hidden_size,
-            num_hidden_layers: f.required_usize("num_hidden_layers")?,
-            num_attention_heads,
-            num_key_value_heads: f.usize("num_key_value_heads", num_attention_heads)?,
-            vocab_size: f.required_usize("vocab_size")?,
-            intermediate_size: f.required_usize("intermediate_size")?,
-            rms_norm_eps: f.f64("rms_norm_eps", 1e-6)?,
-            rope_theta,
-            max_position_embeddings: f.usize("max_position_embeddings", 2048)?,
-            inference_rope_scaling: false,
-            rope_scaling: None,
-            dropout: f.f64("attention_dropout", 0.0)?,
-            bos_token_id: f.usize("bos_token_id", 1)? as u32,
-            eos_token_id: f.usize("eos_token_id", 2)? as u32,
-            hidden_act: f.string("hidden_act", "silu")?,
-            flash_attn: true,
-            tie_word_embeddings: f.bool("tie_word_embeddings", false)?,
-            use_moe: false,
-            ..Self::default()
-        })
-    }
-
-    /// A `Qwen2MoeForCausalLM` config as `qwen2_moe` writes it: every routed layer sparse, one
-    /// shared expert as wide as the routed ones, no sliding window, plain RoPE.
-    fn from_qwen2_moe_fields(obj: &Map<String, Value>) -> Result<Self> {
-        let f = Fields(obj);
-        let hidden_size = f.required_usize("hidden_size")?;
-        let num_attention_heads = f.required_usize("num_attention_heads")?;
-        let rope_theta = plain_rope_theta(obj, "Qwen2-MoE")?;
-        let moe_width = f.required_usize("moe_intermediate_size")?;
-        let shared_width = f.required_usize("shared_expert_intermediate_size")?;
-        if shared_width != moe_width {
-            bail!(
-                "shared_expert_intermediate_size {shared_width} != moe_intermediate_size {moe_width}: \
-                 MiniMind's shared expert is as wide as its routed experts"
-            );
-        }
-        let step = f.usize("decoder_sparse_step", 1)?;
-        if step != 1 {
-            bail!("decoder_sparse_step {step}: MiniMind MoE has experts in every layer (needs 1)");
-        }
-        match obj.get("mlp_only_layers") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
-            Some(other) => bail!("mlp_only_layers {other}: MiniMind MoE has experts in every layer (needs [])"),
-        }
-        if f.bool("use_sliding_window", false)? {
-            bail!("use_sliding_window: true is not supported (MiniMind attends to the whole context)");
-        }
-        if let Some(head_dim) = obj.get("head_dim").filter(|v| !v.is_null()) {
-            let head_dim = head_dim.as_u64().context("head_dim is not an integer")? as usize;
-            if num_attention_heads == 0 || head_dim * num_attention_heads != hidden_size {
-                bail!("head_dim {head_dim} × {num_attention_heads} heads != hidden_size {hidden_size}");
-            }
-        }
-        let d = Self::default();
-        Ok(Self {
-            hidden_size,
-            num_hidden_layers: f.required_usize("num_hidden_layers")?,
-            num_attention_heads,
-            num_key_value_heads: f.usize("num_key_value_heads", num_attention_heads)?,
-            vocab_size: f.required_usize("vocab_size")?,
-            intermediate_size: moe_width,
-            rms_norm_eps: f.f64("rms_norm_eps", 1e-6)?,
-            rope_theta,
-            max_position_embeddings: f.usize("max_position_embeddings", 32768)?,
-            inference_rope_scaling: false,
-            rope_scaling: None,
-            dropout: f.f64("attention_dropout", 0.0)?,
-            bos_token_id: f.usize("bos_token_id", d.bos_token_id as usize)? as u32,
-            eos_token_id: f.usize("eos_token_id", d.eos_token_id as usize)? as u32,
-            hidden_act: f.string("hidden_act", "silu")?,
-            tie_word_embeddings: f.bool("tie_word_embeddings", false)?,
-            use_moe: true,
-            num_experts_per_tok: f.required_usize("num_experts_per_tok")?,
-            n_routed_experts: f.required_usize("num_experts")?,
-            n_shared_experts: 1,
-            norm_topk_prob: f.bool("norm_topk_prob", false)?,
-            aux_loss_alpha: f.f64("router_aux_loss_coef", d.aux_loss_alpha)?,
-            ..d
-        })
     }
 
     /// The `config.json` of the exact `Qwen2MoeForCausalLM` form of a MiniMind MoE model
@@ -592,71 +451,346 @@ impl MiniMindConfig {
     }
 }
 
-/// `rope_theta` of an HF config (top level, or in transformers 5's `rope_parameters`),
-/// refusing any rope scaling: MiniMind's exportable form uses plain RoPE.
-fn plain_rope_theta(obj: &Map<String, Value>, what: &str) -> Result<f64> {
-    let f = Fields(obj);
-    let rope_theta = match obj.get("rope_parameters") {
-        Some(Value::Object(p)) => {
-            if let Some(kind) = p.get("rope_type").and_then(Value::as_str) {
-                if kind != "default" {
-                    bail!("{what} rope_type `{kind}` is not supported (MiniMind uses plain RoPE)");
-                }
-            }
-            Fields(p).f64("rope_theta", 10000.0)?
-        }
-        _ => f.f64("rope_theta", 10000.0)?,
-    };
-    if !matches!(obj.get("rope_scaling"), None | Some(Value::Null)) {
-        bail!("{what} rope_scaling is not supported (MiniMind uses plain RoPE)");
-    }
-    Ok(rope_theta)
+// ---------------------------------------------------------------------------------------------
+// The `config.json` dialects, one typed struct each. Unknown keys are ignored, `null` reads as
+// absent (HF writes `"pad_token_id": null` and the like), and a value of the wrong type is an
+// error naming its path: `rope_parameters.rope_theta: expected a number, found a string`.
+
+/// Deserializes a dialect struct, naming the path of the field that does not fit.
+fn typed<'a, T: Deserialize<'a>>(value: &'a Value) -> Result<T> {
+    Ok(serde_path_to_error::deserialize(value)?)
 }
 
-/// Typed access to JSON fields with defaults; errors name the field.
-struct Fields<'a>(&'a Map<String, Value>);
+/// The JSON types of config fields. An integer field takes only a non-negative integer (`2.0`
+/// is refused); a number field takes an integer too (`"rope_theta": 10000`).
+trait Scalar: Sized {
+    const EXPECTED: &'static str;
+    fn from_json(v: &Value) -> Option<Self>;
+}
 
-impl Fields<'_> {
-    fn present(&self, key: &str) -> Option<&Value> {
-        self.0.get(key).filter(|v| !v.is_null())
+impl Scalar for usize {
+    const EXPECTED: &'static str = "a non-negative integer";
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_u64().and_then(|n| usize::try_from(n).ok())
     }
+}
 
-    fn usize(&self, key: &str, default: usize) -> Result<usize> {
-        match self.present(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .map(|n| n as usize)
-                .with_context(|| format!("`{key}` must be a non-negative integer, got {v}")),
-        }
+impl Scalar for f64 {
+    const EXPECTED: &'static str = "a number";
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_f64()
     }
+}
 
-    fn required_usize(&self, key: &str) -> Result<usize> {
-        match self.present(key) {
-            None => bail!("missing `{key}`"),
-            Some(_) => self.usize(key, 0),
-        }
+impl Scalar for bool {
+    const EXPECTED: &'static str = "true or false";
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_bool()
     }
+}
 
-    fn f64(&self, key: &str, default: f64) -> Result<f64> {
-        match self.present(key) {
-            None => Ok(default),
-            Some(v) => v.as_f64().with_context(|| format!("`{key}` must be a number, got {v}")),
-        }
+impl Scalar for String {
+    const EXPECTED: &'static str = "a string";
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_str().map(str::to_owned)
     }
+}
 
-    fn bool(&self, key: &str, default: bool) -> Result<bool> {
-        match self.present(key) {
-            None => Ok(default),
-            Some(v) => v.as_bool().with_context(|| format!("`{key}` must be true or false, got {v}")),
-        }
+/// `expected a number, found a string`; serde_path_to_error puts the field's path in front.
+fn scalar<T: Scalar, E: de::Error>(v: &Value) -> Result<T, E> {
+    T::from_json(v).ok_or_else(|| {
+        let found = match v {
+            Value::Null => "null".to_string(),
+            Value::Bool(_) => "a boolean".into(),
+            Value::Number(n) => n.to_string(),
+            Value::String(_) => "a string".into(),
+            Value::Array(_) => "an array".into(),
+            Value::Object(_) => "an object".into(),
+        };
+        E::custom(format_args!("expected {}, found {found}", T::EXPECTED))
+    })
+}
+
+/// An optional field: absent and `null` both mean the dialect's default.
+struct Opt<T>(Option<T>);
+
+impl<T> Opt<T> {
+    fn or(self, default: T) -> T {
+        self.0.unwrap_or(default)
     }
+}
 
-    fn string(&self, key: &str, default: &str) -> Result<String> {
-        match self.present(key) {
-            None => Ok(default.to_string()),
-            Some(v) => v.as_str().map(str::to_string).with_context(|| format!("`{key}` must be a string, got {v}")),
+impl<'de, T: Scalar> Deserialize<'de> for Opt<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // serde hands a missing field to `deserialize_option` as none, like a `null`.
+        Option::<Value>::deserialize(d)?.map(|v| scalar(&v)).transpose().map(Opt)
+    }
+}
+
+/// A required field: absent is serde's `missing field`, `null` is a value of the wrong type.
+struct Req<T>(T);
+
+impl<'de, T: Scalar> Deserialize<'de> for Req<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        scalar(&Value::deserialize(d)?).map(Req)
+    }
+}
+
+/// A nested object (`rope_parameters`), as `Option<Obj<T>>`. Only a JSON object will do: the
+/// derived `Deserialize` alone would also read an array positionally.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Visit<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
         }
+        d.deserialize_map(Visit(std::marker::PhantomData)).map(Obj)
+    }
+}
+
+/// Upstream MiniMind's `config.json` (`MiniMindConfig.to_dict()`), every field defaulting like
+/// upstream's constructor. Its `rope_scaling` is not read: upstream derives it from
+/// `inference_rope_scaling` alone.
+#[derive(Deserialize)]
+struct MiniMindJson {
+    hidden_size: Opt<usize>,
+    num_hidden_layers: Opt<usize>,
+    num_attention_heads: Opt<usize>,
+    num_key_value_heads: Opt<usize>,
+    vocab_size: Opt<usize>,
+    intermediate_size: Opt<usize>,
+    rms_norm_eps: Opt<f64>,
+    rope_theta: Opt<f64>,
+    max_position_embeddings: Opt<usize>,
+    inference_rope_scaling: Opt<bool>,
+    dropout: Opt<f64>,
+    bos_token_id: Opt<usize>,
+    eos_token_id: Opt<usize>,
+    hidden_act: Opt<String>,
+    flash_attn: Opt<bool>,
+    tie_word_embeddings: Opt<bool>,
+    use_moe: Opt<bool>,
+    num_experts_per_tok: Opt<usize>,
+    n_routed_experts: Opt<usize>,
+    n_shared_experts: Opt<usize>,
+    scoring_func: Opt<String>,
+    aux_loss_alpha: Opt<f64>,
+    seq_aux: Opt<bool>,
+    norm_topk_prob: Opt<bool>,
+}
+
+impl MiniMindJson {
+    fn config(self) -> MiniMindConfig {
+        let d = MiniMindConfig::default();
+        let hidden_size = self.hidden_size.or(d.hidden_size);
+        let mut cfg = MiniMindConfig {
+            hidden_size,
+            num_hidden_layers: self.num_hidden_layers.or(d.num_hidden_layers),
+            num_attention_heads: self.num_attention_heads.or(d.num_attention_heads),
+            num_key_value_heads: self.num_key_value_heads.or(d.num_key_value_heads),
+            vocab_size: self.vocab_size.or(d.vocab_size),
+            intermediate_size: self.intermediate_size.or(default_intermediate_size(hidden_size)),
+            rms_norm_eps: self.rms_norm_eps.or(d.rms_norm_eps),
+            rope_theta: self.rope_theta.or(d.rope_theta),
+            max_position_embeddings: self.max_position_embeddings.or(d.max_position_embeddings),
+            dropout: self.dropout.or(d.dropout),
+            bos_token_id: self.bos_token_id.or(d.bos_token_id as usize) as u32,
+            eos_token_id: self.eos_token_id.or(d.eos_token_id as usize) as u32,
+            hidden_act: self.hidden_act.or(d.hidden_act),
+            flash_attn: self.flash_attn.or(d.flash_attn),
+            tie_word_embeddings: self.tie_word_embeddings.or(d.tie_word_embeddings),
+            use_moe: self.use_moe.or(d.use_moe),
+            num_experts_per_tok: self.num_experts_per_tok.or(d.num_experts_per_tok),
+            n_routed_experts: self.n_routed_experts.or(d.n_routed_experts),
+            n_shared_experts: self.n_shared_experts.or(d.n_shared_experts),
+            scoring_func: self.scoring_func.or(d.scoring_func),
+            aux_loss_alpha: self.aux_loss_alpha.or(d.aux_loss_alpha),
+            seq_aux: self.seq_aux.or(d.seq_aux),
+            norm_topk_prob: self.norm_topk_prob.or(d.norm_topk_prob),
+            ..MiniMindConfig::default()
+        };
+        cfg.set_inference_rope_scaling(self.inference_rope_scaling.or(false));
+        cfg
+    }
+}
+
+/// HF `LlamaForCausalLM`'s `config.json` (transformers 4 and 5), in the shape MiniMind has:
+/// no biases, `head_dim` = hidden_size / heads, plain RoPE. Defaults are transformers'.
+#[derive(Deserialize)]
+struct LlamaJson {
+    hidden_size: Req<usize>,
+    num_hidden_layers: Req<usize>,
+    num_attention_heads: Req<usize>,
+    num_key_value_heads: Opt<usize>,
+    head_dim: Opt<usize>,
+    vocab_size: Req<usize>,
+    intermediate_size: Req<usize>,
+    rms_norm_eps: Opt<f64>,
+    max_position_embeddings: Opt<usize>,
+    attention_dropout: Opt<f64>,
+    bos_token_id: Opt<usize>,
+    eos_token_id: Opt<usize>,
+    hidden_act: Opt<String>,
+    tie_word_embeddings: Opt<bool>,
+    attention_bias: Opt<bool>,
+    mlp_bias: Opt<bool>,
+    rope_theta: Opt<f64>,
+    rope_parameters: Option<Obj<RopeParameters>>,
+    rope_scaling: Option<Value>,
+}
+
+impl LlamaJson {
+    fn config(self) -> Result<MiniMindConfig> {
+        let (hidden_size, num_attention_heads) = (self.hidden_size.0, self.num_attention_heads.0);
+        let rope_theta = plain_rope_theta(self.rope_theta, self.rope_parameters, self.rope_scaling, "Llama")?;
+        for (flag, on) in [("attention_bias", self.attention_bias), ("mlp_bias", self.mlp_bias)] {
+            if on.or(false) {
+                bail!("{flag}: true is not supported (MiniMind has no biases)");
+            }
+        }
+        check_head_dim(self.head_dim, hidden_size, num_attention_heads)?;
+        let d = MiniMindConfig::default();
+        Ok(MiniMindConfig {
+            hidden_size,
+            num_hidden_layers: self.num_hidden_layers.0,
+            num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads.or(num_attention_heads),
+            vocab_size: self.vocab_size.0,
+            intermediate_size: self.intermediate_size.0,
+            rms_norm_eps: self.rms_norm_eps.or(1e-6),
+            rope_theta,
+            max_position_embeddings: self.max_position_embeddings.or(2048),
+            dropout: self.attention_dropout.or(0.0),
+            bos_token_id: self.bos_token_id.or(d.bos_token_id as usize) as u32,
+            eos_token_id: self.eos_token_id.or(d.eos_token_id as usize) as u32,
+            hidden_act: self.hidden_act.or("silu".into()),
+            tie_word_embeddings: self.tie_word_embeddings.or(false),
+            ..d
+        })
+    }
+}
+
+/// HF `Qwen2MoeForCausalLM`'s `config.json` as `qwen2_moe` writes it: every layer sparse, one
+/// shared expert as wide as the routed ones, no sliding window, plain RoPE.
+#[derive(Deserialize)]
+struct Qwen2MoeJson {
+    hidden_size: Req<usize>,
+    num_hidden_layers: Req<usize>,
+    num_attention_heads: Req<usize>,
+    num_key_value_heads: Opt<usize>,
+    head_dim: Opt<usize>,
+    vocab_size: Req<usize>,
+    moe_intermediate_size: Req<usize>,
+    shared_expert_intermediate_size: Req<usize>,
+    num_experts: Req<usize>,
+    num_experts_per_tok: Req<usize>,
+    norm_topk_prob: Opt<bool>,
+    router_aux_loss_coef: Opt<f64>,
+    decoder_sparse_step: Opt<usize>,
+    mlp_only_layers: Option<Value>,
+    use_sliding_window: Opt<bool>,
+    rms_norm_eps: Opt<f64>,
+    max_position_embeddings: Opt<usize>,
+    attention_dropout: Opt<f64>,
+    bos_token_id: Opt<usize>,
+    eos_token_id: Opt<usize>,
+    hidden_act: Opt<String>,
+    tie_word_embeddings: Opt<bool>,
+    rope_theta: Opt<f64>,
+    rope_parameters: Option<Obj<RopeParameters>>,
+    rope_scaling: Option<Value>,
+}
+
+impl Qwen2MoeJson {
+    fn config(self) -> Result<MiniMindConfig> {
+        let (hidden_size, num_attention_heads) = (self.hidden_size.0, self.num_attention_heads.0);
+        let rope_theta = plain_rope_theta(self.rope_theta, self.rope_parameters, self.rope_scaling, "Qwen2-MoE")?;
+        let (moe_width, shared_width) = (self.moe_intermediate_size.0, self.shared_expert_intermediate_size.0);
+        if shared_width != moe_width {
+            bail!(
+                "shared_expert_intermediate_size {shared_width} != moe_intermediate_size {moe_width}: \
+                 MiniMind's shared expert is as wide as its routed experts"
+            );
+        }
+        let step = self.decoder_sparse_step.or(1);
+        if step != 1 {
+            bail!("decoder_sparse_step {step}: MiniMind MoE has experts in every layer (needs 1)");
+        }
+        if let Some(layers) = self.mlp_only_layers.filter(|l| l.as_array().is_none_or(|a| !a.is_empty())) {
+            bail!("mlp_only_layers {layers}: MiniMind MoE has experts in every layer (needs [])");
+        }
+        if self.use_sliding_window.or(false) {
+            bail!("use_sliding_window: true is not supported (MiniMind attends to the whole context)");
+        }
+        check_head_dim(self.head_dim, hidden_size, num_attention_heads)?;
+        let d = MiniMindConfig::default();
+        Ok(MiniMindConfig {
+            hidden_size,
+            num_hidden_layers: self.num_hidden_layers.0,
+            num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads.or(num_attention_heads),
+            vocab_size: self.vocab_size.0,
+            intermediate_size: moe_width,
+            rms_norm_eps: self.rms_norm_eps.or(1e-6),
+            rope_theta,
+            max_position_embeddings: self.max_position_embeddings.or(32768),
+            dropout: self.attention_dropout.or(0.0),
+            bos_token_id: self.bos_token_id.or(d.bos_token_id as usize) as u32,
+            eos_token_id: self.eos_token_id.or(d.eos_token_id as usize) as u32,
+            hidden_act: self.hidden_act.or("silu".into()),
+            tie_word_embeddings: self.tie_word_embeddings.or(false),
+            use_moe: true,
+            num_experts_per_tok: self.num_experts_per_tok.0,
+            n_routed_experts: self.num_experts.0,
+            n_shared_experts: 1,
+            norm_topk_prob: self.norm_topk_prob.or(false),
+            aux_loss_alpha: self.router_aux_loss_coef.or(d.aux_loss_alpha),
+            ..d
+        })
+    }
+}
+
+/// transformers 5's `rope_parameters` (4.x writes `rope_theta` at the top level).
+#[derive(Deserialize)]
+struct RopeParameters {
+    rope_type: Opt<String>,
+    rope_theta: Opt<f64>,
+}
+
+/// `rope_theta` of an HF config (in `rope_parameters` when there is one, else at the top
+/// level), refusing any rope scaling: MiniMind's exportable form uses plain RoPE.
+fn plain_rope_theta(top: Opt<f64>, params: Option<Obj<RopeParameters>>, scaling: Option<Value>, what: &str) -> Result<f64> {
+    let theta = match params {
+        Some(Obj(p)) => {
+            if let Some(kind) = p.rope_type.0.filter(|k| k != "default") {
+                bail!("{what} rope_type `{kind}` is not supported (MiniMind uses plain RoPE)");
+            }
+            p.rope_theta
+        }
+        None => top,
+    };
+    if scaling.is_some() {
+        bail!("{what} rope_scaling is not supported (MiniMind uses plain RoPE)");
+    }
+    Ok(theta.or(10000.0))
+}
+
+/// MiniMind's head_dim is hidden_size / num_attention_heads; an HF config may state it.
+fn check_head_dim(head_dim: Opt<usize>, hidden_size: usize, heads: usize) -> Result<()> {
+    match head_dim.0 {
+        Some(hd) if heads == 0 || hd.checked_mul(heads) != Some(hidden_size) => bail!(
+            "head_dim {hd} × {heads} heads != hidden_size {hidden_size} \
+             (MiniMind needs head_dim = hidden_size / num_attention_heads)"
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -786,5 +920,83 @@ mod tests {
         v["hidden_size"] = json!("big");
         let err = format!("{:#}", MiniMindConfig::from_json(&v).unwrap_err());
         assert!(err.contains("hidden_size"), "{err}");
+    }
+
+    /// `config.json` of the dense fixture's `hf-llama` and `hf-minimind` exports, as
+    /// transformers 5.17 saved them (shared/fixtures/minimind2/dense/weights.tar.xz).
+    const HF_LLAMA: &str = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "bos_token_id": 1, "dtype": "float16", "eos_token_id": 2, "head_dim": 64,
+        "hidden_act": "silu", "hidden_size": 256, "initializer_range": 0.02, "intermediate_size": 704,
+        "max_position_embeddings": 4096, "mlp_bias": false, "model_type": "llama", "num_attention_heads": 4,
+        "num_hidden_layers": 2, "num_key_value_heads": 2, "pad_token_id": null, "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05, "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+        "tie_word_embeddings": true, "transformers_version": "5.17.0", "use_cache": true, "vocab_size": 6400}"#;
+    const HF_MINIMIND: &str = r#"{"architectures": ["MiniMindForCausalLM"], "auto_map": {"AutoConfig":
+        "model_minimind.MiniMindConfig", "AutoModelForCausalLM": "model_minimind.MiniMindForCausalLM"},
+        "aux_loss_alpha": 0.1, "bos_token_id": 1, "dropout": 0.0, "dtype": "float16", "eos_token_id": 2,
+        "flash_attn": true, "hidden_act": "silu", "hidden_size": 256, "inference_rope_scaling": false,
+        "intermediate_size": 704, "max_position_embeddings": 4096, "model_type": "minimind", "n_routed_experts": 4,
+        "n_shared_experts": 1, "norm_topk_prob": true, "num_attention_heads": 4, "num_experts_per_tok": 2,
+        "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_parameters": null,
+        "rope_theta": 1000000.0, "scoring_func": "softmax", "seq_aux": true, "transformers_version": "5.17.0",
+        "use_moe": false, "vocab_size": 6400}"#;
+
+    fn fixture_shape() -> MiniMindConfig {
+        MiniMindConfig { num_attention_heads: 4, max_position_embeddings: 4096, ..MiniMindConfig::with_hidden(256, 2) }
+    }
+
+    #[test]
+    fn each_dialect_reads_a_real_config() {
+        let dense = fixture_shape();
+        for text in [HF_MINIMIND, HF_LLAMA] {
+            assert_eq!(MiniMindConfig::from_json(&serde_json::from_str(text).unwrap()).unwrap(), dense);
+        }
+        // transformers 4 writes rope_theta at the top level (an integer is a number too).
+        let mut t4: Value = serde_json::from_str(HF_LLAMA).unwrap();
+        t4.as_object_mut().unwrap().remove("rope_parameters");
+        t4["rope_theta"] = json!(1_000_000);
+        t4["rope_scaling"] = Value::Null;
+        assert_eq!(MiniMindConfig::from_json(&t4).unwrap(), dense);
+        // Qwen2-MoE as mm writes it, then with transformers 5's rope_parameters.
+        let moe = MiniMindConfig { use_moe: true, ..dense };
+        let mut qwen = moe.to_qwen2_moe_json("float16").unwrap();
+        assert_eq!(MiniMindConfig::from_json(&qwen).unwrap(), moe);
+        qwen.as_object_mut().unwrap().remove("rope_theta");
+        qwen["rope_parameters"] = json!({"rope_theta": 1e6, "rope_type": "default"});
+        assert_eq!(MiniMindConfig::from_json(&qwen).unwrap(), moe);
+    }
+
+    #[test]
+    fn wrong_types_name_the_path_the_expectation_and_the_value() {
+        let dense = fixture_shape();
+        let (minimind, llama) = (dense.to_minimind_json("float16"), dense.to_llama_json("float16").unwrap());
+        let qwen = MiniMindConfig { use_moe: true, ..dense }.to_qwen2_moe_json("float16").unwrap();
+        let cases = [
+            (&minimind, "rope_theta", json!("1e6"), "rope_theta: expected a number, found a string"),
+            (&minimind, "num_hidden_layers", json!(2.0), "num_hidden_layers: expected a non-negative integer, found 2.0"),
+            (&llama, "rope_parameters.rope_theta", json!("1e6"), "rope_parameters.rope_theta: expected a number, found a string"),
+            (&llama, "tie_word_embeddings", json!(1), "tie_word_embeddings: expected true or false, found 1"),
+            (&qwen, "num_experts", json!(-4), "num_experts: expected a non-negative integer, found -4"),
+            (&qwen, "hidden_size", Value::Null, "hidden_size: expected a non-negative integer, found null"),
+            (&qwen, "rope_parameters", json!([1e6]), "rope_parameters: invalid type: sequence, expected an object"),
+        ];
+        for (base, path, bad, message) in cases {
+            let mut v = base.clone();
+            *path.split('.').fold(&mut v, |slot, key| &mut slot[key]) = bad;
+            assert_eq!(MiniMindConfig::from_json(&v).unwrap_err().to_string(), message);
+        }
+        let mut v = qwen.clone();
+        v.as_object_mut().unwrap().remove("num_experts");
+        assert_eq!(MiniMindConfig::from_json(&v).unwrap_err().to_string(), "missing field `num_experts`");
+    }
+
+    #[test]
+    fn from_file_puts_the_file_in_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, HF_LLAMA.replace("\"rope_theta\": 1000000.0", "\"rope_theta\": \"1e6\"")).unwrap();
+        let err = format!("{:#}", MiniMindConfig::from_file(&path).unwrap_err());
+        let want = format!("{}: unusable config: rope_parameters.rope_theta: expected a number, found a string", path.display());
+        assert_eq!(err, want);
     }
 }
