@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::config::MiniMindConfig;
 use crate::gguf::file::{MetaValue, Metadata};
+use crate::gguf::keys::{self, llm};
 use crate::naming::{self, Dim, GgufRule, Scope, Spec, TENSORS};
 
 pub const ARCH_DENSE: &str = "llama";
@@ -170,32 +171,32 @@ pub fn size_label(total: u64, shared: u64, per_expert: u64, n_expert: usize) -> 
 /// placed where the converter puts it.
 pub fn write_hparams(md: &mut Metadata, cfg: &MiniMindConfig, name: &str, size: &str, file_type: u32) {
     let arch = arch_of(cfg);
-    let key = |k: &str| format!("{arch}.{k}");
+    let key = |k: &str| keys::arch_key(arch, k);
     let u32v = |v: usize| MetaValue::U32(v as u32);
-    md.set("general.architecture", MetaValue::String(arch.into()));
-    md.set("general.type", MetaValue::String("model".into()));
-    md.set("general.name", MetaValue::String(name.into()));
-    md.set("general.size_label", MetaValue::String(size.into()));
-    md.set(&key("block_count"), u32v(cfg.num_hidden_layers));
-    md.set(&key("context_length"), u32v(cfg.max_position_embeddings));
-    md.set(&key("embedding_length"), u32v(cfg.hidden_size));
-    md.set(&key("feed_forward_length"), u32v(cfg.intermediate_size));
-    md.set(&key("attention.head_count"), u32v(cfg.num_attention_heads));
-    md.set(&key("attention.head_count_kv"), u32v(cfg.num_key_value_heads));
-    md.set(&key("rope.freq_base"), MetaValue::F32(cfg.rope_theta as f32));
-    md.set(&key("attention.layer_norm_rms_epsilon"), MetaValue::F32(cfg.rms_norm_eps as f32));
-    md.set(&key("attention.key_length"), u32v(cfg.head_dim()));
-    md.set(&key("attention.value_length"), u32v(cfg.head_dim()));
-    md.set("general.file_type", MetaValue::U32(file_type));
-    md.set(&key("vocab_size"), u32v(cfg.vocab_size));
-    md.set(&key("rope.dimension_count"), u32v(cfg.head_dim()));
+    md.set(keys::general::ARCHITECTURE, MetaValue::String(arch.into()));
+    md.set(keys::general::TYPE, MetaValue::String("model".into()));
+    md.set(keys::general::NAME, MetaValue::String(name.into()));
+    md.set(keys::general::SIZE_LABEL, MetaValue::String(size.into()));
+    md.set(&key(llm::BLOCK_COUNT), u32v(cfg.num_hidden_layers));
+    md.set(&key(llm::CONTEXT_LENGTH), u32v(cfg.max_position_embeddings));
+    md.set(&key(llm::EMBEDDING_LENGTH), u32v(cfg.hidden_size));
+    md.set(&key(llm::FEED_FORWARD_LENGTH), u32v(cfg.intermediate_size));
+    md.set(&key(llm::HEAD_COUNT), u32v(cfg.num_attention_heads));
+    md.set(&key(llm::HEAD_COUNT_KV), u32v(cfg.num_key_value_heads));
+    md.set(&key(llm::ROPE_FREQ_BASE), MetaValue::F32(cfg.rope_theta as f32));
+    md.set(&key(llm::RMS_EPSILON), MetaValue::F32(cfg.rms_norm_eps as f32));
+    md.set(&key(llm::KEY_LENGTH), u32v(cfg.head_dim()));
+    md.set(&key(llm::VALUE_LENGTH), u32v(cfg.head_dim()));
+    md.set(keys::general::FILE_TYPE, MetaValue::U32(file_type));
+    md.set(&key(llm::VOCAB_SIZE), u32v(cfg.vocab_size));
+    md.set(&key(llm::ROPE_DIMENSION_COUNT), u32v(cfg.head_dim()));
     if cfg.use_moe {
-        md.set(&key("expert_count"), u32v(cfg.n_routed_experts));
-        md.set(&key("expert_used_count"), u32v(cfg.num_experts_per_tok));
-        md.set(&key("expert_feed_forward_length"), u32v(cfg.intermediate_size));
-        md.set(&key("expert_shared_feed_forward_length"), u32v(cfg.intermediate_size * cfg.n_shared_experts));
-        md.set(&key("interleave_moe_layer_step"), u32v(1));
-        md.set(&key("leading_dense_block_count"), u32v(0));
+        md.set(&key(llm::EXPERT_COUNT), u32v(cfg.n_routed_experts));
+        md.set(&key(llm::EXPERT_USED_COUNT), u32v(cfg.num_experts_per_tok));
+        md.set(&key(llm::EXPERT_FEED_FORWARD_LENGTH), u32v(cfg.intermediate_size));
+        md.set(&key(llm::EXPERT_SHARED_FEED_FORWARD_LENGTH), u32v(cfg.intermediate_size * cfg.n_shared_experts));
+        md.set(&key(llm::INTERLEAVE_MOE_LAYER_STEP), u32v(1));
+        md.set(&key(llm::LEADING_DENSE_BLOCK_COUNT), u32v(0));
     }
 }
 
@@ -207,14 +208,14 @@ fn f32_as_decimal(v: f32) -> f64 {
 /// The config a GGUF describes (`vocab` rows and tie come from the tensors).
 pub fn read_hparams(md: &Metadata, source: &str, vocab_rows: usize, tied: bool) -> Result<MiniMindConfig> {
     let arch = md
-        .get("general.architecture")
+        .get(keys::general::ARCHITECTURE)
         .and_then(MetaValue::as_str)
         .with_context(|| format!("{source}: general.architecture is missing"))?;
     ensure!(
         arch == ARCH_DENSE || arch == ARCH_MOE,
         "{source}: architecture '{arch}' is not a MiniMind layout (mm reads '{ARCH_DENSE}' and '{ARCH_MOE}')"
     );
-    let get = |k: &str| md.get(&format!("{arch}.{k}"));
+    let get = |k: &str| md.get(&keys::arch_key(arch, k));
     let int = |k: &str| -> Result<usize> {
         get(k).and_then(MetaValue::as_u64).map(|v| v as usize).with_context(|| format!("{source}: {arch}.{k} is missing or not an integer"))
     };
@@ -225,44 +226,44 @@ pub fn read_hparams(md: &Metadata, source: &str, vocab_rows: usize, tied: bool) 
             Some(v) => v.as_f64().with_context(|| format!("{source}: {arch}.{k} is not a number")),
         }
     };
-    if let Some(kind) = get("rope.scaling.type").and_then(MetaValue::as_str) {
-        ensure!(kind == "none" || kind == "linear" && float("rope.scaling.factor", 1.0)? == 1.0,
+    if let Some(kind) = get(llm::ROPE_SCALING_TYPE).and_then(MetaValue::as_str) {
+        ensure!(kind == "none" || kind == "linear" && float(llm::ROPE_SCALING_FACTOR, 1.0)? == 1.0,
             "{source}: rope scaling '{kind}' has no MiniMind equivalent");
     }
-    let hidden = int("embedding_length")?;
-    let layers = int("block_count")?;
-    let heads = int("attention.head_count")?;
+    let hidden = int(llm::EMBEDDING_LENGTH)?;
+    let layers = int(llm::BLOCK_COUNT)?;
+    let heads = int(llm::HEAD_COUNT)?;
     let mut cfg = MiniMindConfig::with_hidden(hidden, layers);
     cfg.num_attention_heads = heads;
-    cfg.num_key_value_heads = match get("attention.head_count_kv") {
+    cfg.num_key_value_heads = match get(llm::HEAD_COUNT_KV) {
         Some(v) => v.as_u64().context("head_count_kv is not an integer")? as usize,
         None => heads,
     };
     cfg.vocab_size = vocab_rows;
-    cfg.intermediate_size = int("feed_forward_length")?;
-    cfg.max_position_embeddings = int("context_length")?;
-    cfg.rope_theta = float("rope.freq_base", 10000.0)?;
-    cfg.rms_norm_eps = float("attention.layer_norm_rms_epsilon", 1e-5)?;
+    cfg.intermediate_size = int(llm::FEED_FORWARD_LENGTH)?;
+    cfg.max_position_embeddings = int(llm::CONTEXT_LENGTH)?;
+    cfg.rope_theta = float(llm::ROPE_FREQ_BASE, 10000.0)?;
+    cfg.rms_norm_eps = float(llm::RMS_EPSILON, 1e-5)?;
     cfg.tie_word_embeddings = tied;
     cfg.inference_rope_scaling = false;
     cfg.rope_scaling = None;
     if arch == ARCH_MOE {
         cfg.use_moe = true;
-        cfg.n_routed_experts = int("expert_count")?;
-        cfg.num_experts_per_tok = int("expert_used_count")?;
-        cfg.intermediate_size = int("expert_feed_forward_length")?;
-        let shared = get("expert_shared_feed_forward_length").and_then(MetaValue::as_u64).unwrap_or(0) as usize;
+        cfg.n_routed_experts = int(llm::EXPERT_COUNT)?;
+        cfg.num_experts_per_tok = int(llm::EXPERT_USED_COUNT)?;
+        cfg.intermediate_size = int(llm::EXPERT_FEED_FORWARD_LENGTH)?;
+        let shared = get(llm::EXPERT_SHARED_FEED_FORWARD_LENGTH).and_then(MetaValue::as_u64).unwrap_or(0) as usize;
         ensure!(
             shared.is_multiple_of(cfg.intermediate_size),
             "{source}: shared expert width {shared} is not a multiple of the expert width {}",
             cfg.intermediate_size
         );
         cfg.n_shared_experts = shared.checked_div(cfg.intermediate_size).unwrap_or(0);
-        ensure!(int("leading_dense_block_count").unwrap_or(0) == 0, "{source}: leading dense blocks are not MiniMind");
-        ensure!(int("interleave_moe_layer_step").unwrap_or(1) == 1, "{source}: interleaved dense blocks are not MiniMind");
+        ensure!(int(llm::LEADING_DENSE_BLOCK_COUNT).unwrap_or(0) == 0, "{source}: leading dense blocks are not MiniMind");
+        ensure!(int(llm::INTERLEAVE_MOE_LAYER_STEP).unwrap_or(1) == 1, "{source}: interleaved dense blocks are not MiniMind");
     }
     cfg.validate().with_context(|| format!("{source}: the hyperparameters do not make a valid model"))?;
-    if let Some(rot) = get("rope.dimension_count").and_then(MetaValue::as_u64) {
+    if let Some(rot) = get(llm::ROPE_DIMENSION_COUNT).and_then(MetaValue::as_u64) {
         ensure!(rot as usize == cfg.head_dim(), "{source}: partial rope (dimension_count {rot}) is not MiniMind");
     }
     Ok(cfg)

@@ -12,6 +12,7 @@ use crate::checkpoint::{Checkpoint, Provenance};
 use crate::config::MiniMindConfig;
 use crate::gguf::architecture::{self, GgufTensor, TensorSource};
 use crate::gguf::file::{GgufFile, GgufWriter, MetaValue, Metadata, TensorInfo};
+use crate::gguf::keys::general;
 use crate::gguf::mixture::{self, ModelFacts, QuantScheme};
 use crate::gguf::vocab::GgufVocab;
 use crate::quant::{self, GgmlType};
@@ -153,14 +154,14 @@ fn layout(ckpt: &Checkpoint, options: &GgufOptions) -> Result<(Metadata, Vec<(Gg
 
     let mut md = Metadata::new();
     architecture::write_hparams(&mut md, cfg, &options.name, &label, options.scheme.file_type());
-    md.set("general.quantization_version", MetaValue::U32(QUANTIZATION_VERSION));
+    md.set(general::QUANTIZATION_VERSION, MetaValue::U32(QUANTIZATION_VERSION));
     let vocab = GgufVocab::from_tokenizer(&ckpt.tokenizer, cfg.vocab_size)
         .context("the checkpoint's tokenizer cannot be written as GGUF metadata")?;
     vocab.write_metadata(&mut md);
     if options.scheme.is_quantized() {
         // llama-quantize copies the KVs, then re-sets these two, which moves them last.
-        md.set_last("general.quantization_version", MetaValue::U32(QUANTIZATION_VERSION));
-        md.set_last("general.file_type", MetaValue::U32(options.scheme.file_type()));
+        md.set_last(general::QUANTIZATION_VERSION, MetaValue::U32(QUANTIZATION_VERSION));
+        md.set_last(general::FILE_TYPE, MetaValue::U32(options.scheme.file_type()));
     }
     Ok((md, typed, warnings))
 }

@@ -15,7 +15,7 @@ use crate::quant::GgmlType;
 pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const VERSION: u32 = 3;
 pub const DEFAULT_ALIGNMENT: u64 = 32;
-pub const ALIGNMENT_KEY: &str = "general.alignment";
+pub const ALIGNMENT_KEY: &str = crate::gguf::keys::general::ALIGNMENT;
 /// `GGML_MAX_NAME` is 64 including the NUL.
 pub const MAX_TENSOR_NAME_BYTES: usize = 63;
 const MAX_DIMS: usize = 4;

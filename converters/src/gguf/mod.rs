@@ -2,6 +2,7 @@
 //! `llama` / `ernie4_5-moe` architectures, tokenizer metadata and llama-quantize's type mixtures.
 
 pub mod file;
+pub mod keys;
 pub mod mixture;
 pub mod architecture;
 pub mod checkpoint;

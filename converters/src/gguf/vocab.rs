@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::checkpoint::TokenizerFiles;
 use crate::gguf::file::{MetaValue, Metadata};
+use crate::gguf::keys::{general, tokenizer};
 
 /// `llama_token_type`.
 pub const TOKEN_NORMAL: i32 = 1;
@@ -142,35 +143,35 @@ impl GgufVocab {
 
     /// Appends the `tokenizer.*` keys in the order llama.cpp's converter writes them.
     pub fn write_metadata(&self, md: &mut Metadata) {
-        md.set("tokenizer.ggml.add_space_prefix", MetaValue::Bool(self.add_space_prefix));
-        md.set("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
-        md.set("tokenizer.ggml.pre", MetaValue::String("gpt-2".into()));
-        md.set("tokenizer.ggml.tokens", MetaValue::string_array(self.tokens.iter().cloned()));
-        md.set("tokenizer.ggml.token_type", MetaValue::i32_array(self.token_types.iter().copied()));
-        md.set("tokenizer.ggml.merges", MetaValue::string_array(self.merges.iter().cloned()));
+        md.set(tokenizer::ADD_SPACE_PREFIX, MetaValue::Bool(self.add_space_prefix));
+        md.set(tokenizer::MODEL, MetaValue::String("gpt2".into()));
+        md.set(tokenizer::PRE, MetaValue::String("gpt-2".into()));
+        md.set(tokenizer::TOKENS, MetaValue::string_array(self.tokens.iter().cloned()));
+        md.set(tokenizer::TOKEN_TYPE, MetaValue::i32_array(self.token_types.iter().copied()));
+        md.set(tokenizer::MERGES, MetaValue::string_array(self.merges.iter().cloned()));
         for (key, id) in [
-            ("tokenizer.ggml.bos_token_id", self.bos),
-            ("tokenizer.ggml.eos_token_id", self.eos),
-            ("tokenizer.ggml.unknown_token_id", self.unk),
-            ("tokenizer.ggml.padding_token_id", self.pad),
+            (tokenizer::BOS_ID, self.bos),
+            (tokenizer::EOS_ID, self.eos),
+            (tokenizer::UNK_ID, self.unk),
+            (tokenizer::PAD_ID, self.pad),
         ] {
             if let Some(id) = id {
                 md.set(key, MetaValue::U32(id));
             }
         }
-        for (key, flag) in [("tokenizer.ggml.add_bos_token", self.add_bos), ("tokenizer.ggml.add_eos_token", self.add_eos)] {
+        for (key, flag) in [(tokenizer::ADD_BOS, self.add_bos), (tokenizer::ADD_EOS, self.add_eos)] {
             if let Some(flag) = flag {
                 md.set(key, MetaValue::Bool(flag));
             }
         }
         if let Some(template) = &self.chat_template {
-            md.set("tokenizer.chat_template", MetaValue::String(template.clone()));
+            md.set(tokenizer::CHAT_TEMPLATE, MetaValue::String(template.clone()));
         }
     }
 
     /// Reads the vocabulary back from GGUF metadata (`source` names the file in errors).
     pub fn from_metadata(md: &Metadata, source: &str) -> Result<Self> {
-        let model = md.get("tokenizer.ggml.model").and_then(MetaValue::as_str);
+        let model = md.get(tokenizer::MODEL).and_then(MetaValue::as_str);
         ensure!(model == Some("gpt2"), "{source}: tokenizer.ggml.model is {model:?}; mm reads byte-level BPE ('gpt2') only");
         let strings = |key: &str| -> Result<Vec<String>> {
             let items = md.get(key).and_then(MetaValue::as_array).with_context(|| format!("{source}: {key} is missing"))?;
@@ -179,13 +180,13 @@ impl GgufVocab {
                 .map(|v| v.as_str().map(str::to_string).with_context(|| format!("{source}: {key} holds a non-string")))
                 .collect()
         };
-        let tokens = strings("tokenizer.ggml.tokens")?;
+        let tokens = strings(tokenizer::TOKENS)?;
         ensure!(!tokens.is_empty(), "{source}: tokenizer.ggml.tokens is empty: the file has no vocabulary (vocab_size 0)");
-        let merges = match md.get("tokenizer.ggml.merges") {
-            Some(_) => strings("tokenizer.ggml.merges")?,
+        let merges = match md.get(tokenizer::MERGES) {
+            Some(_) => strings(tokenizer::MERGES)?,
             None => Vec::new(),
         };
-        let token_types = match md.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array) {
+        let token_types = match md.get(tokenizer::TOKEN_TYPE).and_then(MetaValue::as_array) {
             Some(items) => items
                 .iter()
                 .map(|v| match v {
@@ -207,14 +208,14 @@ impl GgufVocab {
             }
         };
         Ok(Self {
-            bos: id("tokenizer.ggml.bos_token_id")?,
-            eos: id("tokenizer.ggml.eos_token_id")?,
-            unk: id("tokenizer.ggml.unknown_token_id")?,
-            pad: id("tokenizer.ggml.padding_token_id")?,
-            add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool),
-            add_eos: md.get("tokenizer.ggml.add_eos_token").and_then(MetaValue::as_bool),
-            add_space_prefix: md.get("tokenizer.ggml.add_space_prefix").and_then(MetaValue::as_bool).unwrap_or(false),
-            chat_template: md.get("tokenizer.chat_template").and_then(MetaValue::as_str).map(str::to_string),
+            bos: id(tokenizer::BOS_ID)?,
+            eos: id(tokenizer::EOS_ID)?,
+            unk: id(tokenizer::UNK_ID)?,
+            pad: id(tokenizer::PAD_ID)?,
+            add_bos: md.get(tokenizer::ADD_BOS).and_then(MetaValue::as_bool),
+            add_eos: md.get(tokenizer::ADD_EOS).and_then(MetaValue::as_bool),
+            add_space_prefix: md.get(tokenizer::ADD_SPACE_PREFIX).and_then(MetaValue::as_bool).unwrap_or(false),
+            chat_template: md.get(tokenizer::CHAT_TEMPLATE).and_then(MetaValue::as_str).map(str::to_string),
             tokens,
             token_types,
             merges,
@@ -231,7 +232,7 @@ impl GgufVocab {
             "{source}: tokenizer.ggml.tokens has {} tokens but token_embd.weight has {rows} rows (one per token)",
             self.tokens.len()
         );
-        if let Some(arch) = md.get("general.architecture").and_then(MetaValue::as_str) {
+        if let Some(arch) = md.get(general::ARCHITECTURE).and_then(MetaValue::as_str) {
             let key = format!("{arch}.vocab_size");
             if let Some(v) = md.get(&key) {
                 let n = v.as_u64().with_context(|| format!("{source}: {key} is not an integer"))?;

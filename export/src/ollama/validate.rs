@@ -374,7 +374,7 @@ fn check_from(r: &mut Report, commands: &[Command], base: &Path) -> Option<Strin
     match GgufFile::open(&path) {
         Ok(file) => {
             let template =
-                file.metadata.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string);
+                file.metadata.get(mm_converters::gguf::keys::tokenizer::CHAT_TEMPLATE).and_then(|v| v.as_str()).map(str::to_string);
             if file.metadata.get("tokenizer.ggml.model").is_none() {
                 r.warn("gguf_no_tokenizer", Some(from.line), "the GGUF has no tokenizer; ollama cannot run it");
             }
@@ -883,5 +883,5 @@ pub fn compare_case(tmpl: &Template, case: &ChatCase, jinja: &dyn JinjaRenderer)
 /// The jinja chat template stored in a GGUF.
 pub fn gguf_chat_template(path: &Path) -> Result<Option<String>> {
     let file = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(file.metadata.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_string))
+    Ok(file.metadata.get(mm_converters::gguf::keys::tokenizer::CHAT_TEMPLATE).and_then(|v| v.as_str()).map(str::to_string))
 }
