@@ -187,17 +187,26 @@ pub fn tensors_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
     Ok(tensor_bytes(a)? == tensor_bytes(b)?)
 }
 
-/// The little-endian bytes of a tensor in row-major order.
+/// The little-endian bytes of a tensor in row-major order (safetensors and `.pth` storages).
 pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    let t = t.contiguous()?.flatten_all()?;
+    fn le<T, const N: usize>(values: Vec<T>, to_le: fn(T) -> [u8; N]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(values.len() * N);
+        for v in values {
+            out.extend_from_slice(&to_le(v));
+        }
+        out
+    }
+    let flat = t.contiguous()?.flatten_all()?;
     Ok(match t.dtype() {
-        DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F64 => t.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::I64 => t.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::U32 => t.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::U8 => t.to_vec1::<u8>()?,
+        DType::F32 => le(flat.to_vec1::<f32>()?, f32::to_le_bytes),
+        DType::F16 => le(flat.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
+        DType::BF16 => le(flat.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
+        DType::F64 => le(flat.to_vec1::<f64>()?, f64::to_le_bytes),
+        DType::I64 => le(flat.to_vec1::<i64>()?, i64::to_le_bytes),
+        DType::I32 => le(flat.to_vec1::<i32>()?, i32::to_le_bytes),
+        DType::I16 => le(flat.to_vec1::<i16>()?, i16::to_le_bytes),
+        DType::U32 => le(flat.to_vec1::<u32>()?, u32::to_le_bytes),
+        DType::U8 => flat.to_vec1::<u8>()?,
         other => bail!("no byte view for dtype {other:?}"),
     })
 }

@@ -26,6 +26,7 @@ use candle_core::{DType, Device, Tensor};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
+use crate::checkpoint::tensor_bytes;
 use crate::atomic::write_file_atomically;
 use crate::output_guard::FileKind;
 use pickle_reader::TensorView;
@@ -349,29 +350,6 @@ fn archive_prefix_for(path: &Path) -> String {
     } else {
         clean
     }
-}
-
-/// The tensor's elements in row-major order as little-endian bytes.
-fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    fn le<T, const N: usize>(values: Vec<T>, to_le: fn(T) -> [u8; N]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(values.len() * N);
-        for v in values {
-            out.extend_from_slice(&to_le(v));
-        }
-        out
-    }
-    let flat = t.flatten_all()?;
-    Ok(match t.dtype() {
-        DType::F32 => le(flat.to_vec1::<f32>()?, f32::to_le_bytes),
-        DType::F16 => le(flat.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
-        DType::BF16 => le(flat.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
-        DType::F64 => le(flat.to_vec1::<f64>()?, f64::to_le_bytes),
-        DType::I64 => le(flat.to_vec1::<i64>()?, i64::to_le_bytes),
-        DType::I32 => le(flat.to_vec1::<i32>()?, i32::to_le_bytes),
-        DType::I16 => le(flat.to_vec1::<i16>()?, i16::to_le_bytes),
-        DType::U8 => flat.to_vec1::<u8>()?,
-        other => bail!("dtype {other:?} cannot be written to .pth"),
-    })
 }
 
 #[cfg(test)]
