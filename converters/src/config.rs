@@ -266,9 +266,9 @@ impl MiniMindConfig {
     /// Parses the JSON of an upstream MiniMind, HF Llama or HF Qwen2-MoE config.
     pub fn from_json(value: &Value) -> Result<Self> {
         let cfg = match Self::flavor_of_json(value)? {
-            ConfigFlavor::MiniMind => typed::<MiniMindJson>(value)?.config(),
-            ConfigFlavor::Llama => typed::<LlamaJson>(value)?.config()?,
-            ConfigFlavor::Qwen2Moe => typed::<Qwen2MoeJson>(value)?.config()?,
+            ConfigFlavor::MiniMind => deserialize_json::<MiniMindJson>(value)?.config(),
+            ConfigFlavor::Llama => deserialize_json::<LlamaJson>(value)?.config()?,
+            ConfigFlavor::Qwen2Moe => deserialize_json::<Qwen2MoeJson>(value)?.config()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -456,8 +456,9 @@ impl MiniMindConfig {
 // absent (HF writes `"pad_token_id": null` and the like), and a value of the wrong type is an
 // error naming its path: `rope_parameters.rope_theta: expected a number, found a string`.
 
-/// Deserializes a dialect struct, naming the path of the field that does not fit.
-fn typed<'a, T: Deserialize<'a>>(value: &'a Value) -> Result<T> {
+/// Deserializes `T` from parsed JSON, naming the path of the value that does not fit. The
+/// dialects below use it, and so does ollama's request reader in mm-export.
+pub fn deserialize_json<'a, T: Deserialize<'a>>(value: &'a Value) -> Result<T> {
     Ok(serde_path_to_error::deserialize(value)?)
 }
 

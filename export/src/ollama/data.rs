@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
+use mm_converters::config::deserialize_json;
+use serde::{de, Deserialize, Deserializer};
 use serde_json::{json, Map, Value as Json};
 
 use crate::go_template::value::{self as gv, Field, GoType, Value, STRING_SLICE};
@@ -77,23 +79,111 @@ fn obj<'a>(v: &'a Json, what: &str) -> Result<&'a Map<String, Json>> {
     v.as_object().with_context(|| format!("{what}: expected a JSON object"))
 }
 
-fn string_field(o: &Map<String, Json>, key: &str, what: &str) -> Result<String> {
-    match o.get(key) {
-        None | Some(Json::Null) => Ok(String::new()),
-        Some(Json::String(s)) => Ok(s.clone()),
-        Some(other) => bail!("{what}.{key}: expected a string, got {other}"),
-    }
+// The request body as ollama's Go types decode it (api/types.go): unknown keys are dropped,
+// `null` is the zero value, and a value of the wrong type is an error naming its path
+// (`messages[1].role: invalid type: integer `5`, expected a string`).
+
+#[derive(Deserialize)]
+struct RequestJson {
+    messages: Option<Vec<MessageJson>>,
+    tools: Option<Vec<ToolJson>>,
+    think: Option<Json>,
 }
 
-fn strings(v: Option<&Json>, what: &str) -> Result<Option<Vec<String>>> {
-    match v {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::Array(a)) => a
-            .iter()
-            .map(|x| x.as_str().map(str::to_string).with_context(|| format!("{what}: expected strings")))
-            .collect::<Result<Vec<_>>>()
-            .map(Some),
-        Some(other) => bail!("{what}: expected an array of strings, got {other}"),
+#[derive(Deserialize)]
+struct MessageJson {
+    role: Option<String>,
+    content: Option<String>,
+    thinking: Option<String>,
+    tool_calls: Option<Vec<ToolCallJson>>,
+    tool_name: Option<String>,
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallJson {
+    id: Option<String>,
+    function: Option<ToolCallFunctionJson>,
+}
+
+#[derive(Deserialize, Default)]
+struct ToolCallFunctionJson {
+    index: Option<i64>,
+    name: Option<String>,
+    arguments: Option<Map<String, Json>>,
+}
+
+#[derive(Deserialize)]
+struct ToolJson {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    #[serde(default)]
+    items: Json,
+    function: Option<ToolFunctionJson>,
+}
+
+#[derive(Deserialize, Default)]
+struct ToolFunctionJson {
+    name: Option<String>,
+    description: Option<String>,
+    parameters: Option<ParametersJson>,
+}
+
+#[derive(Deserialize, Default)]
+struct ParametersJson {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    #[serde(rename = "$defs", default)]
+    defs: Json,
+    #[serde(default)]
+    items: Json,
+    required: Option<Vec<String>>,
+    properties: Option<PropertiesJson>,
+}
+
+#[derive(Deserialize)]
+struct PropertyJson {
+    #[serde(rename = "anyOf")]
+    any_of: Option<Vec<PropertyJson>>,
+    #[serde(rename = "type")]
+    ty: Option<PropertyTypeJson>,
+    #[serde(default)]
+    items: Json,
+    description: Option<String>,
+    #[serde(rename = "enum")]
+    enum_values: Option<Vec<Json>>,
+    properties: Option<PropertiesJson>,
+    required: Option<Vec<String>>,
+}
+
+/// ollama's `PropertyType`: one type name or several.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "expected a string or an array of strings")]
+enum PropertyTypeJson {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A JSON object of properties, in input order (see [`Parameters::properties`]).
+struct PropertiesJson(Vec<(String, Property)>);
+
+impl<'de> Deserialize<'de> for PropertiesJson {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> de::Visitor<'de> for Visit {
+            type Value = PropertiesJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of properties")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<PropertiesJson, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, p)) = map.next_entry::<String, PropertyJson>()? {
+                    out.push((name, p.into()));
+                }
+                Ok(PropertiesJson(out))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -101,53 +191,16 @@ impl Request {
     /// Decodes an ollama `/api/chat` request body (`messages`, `tools`, `think`) the way
     /// ollama's Go types do: unknown keys are dropped, wrong types are errors.
     pub fn decode(body: &Json) -> Result<Self> {
-        let o = obj(body, "request")?;
-        let mut messages = Vec::new();
-        for (i, m) in o.get("messages").and_then(Json::as_array).map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
-            let what = format!("messages[{i}]");
-            let mo = obj(m, &what)?;
-            let mut msg = Message {
-                role: string_field(mo, "role", &what)?.to_lowercase(),
-                content: string_field(mo, "content", &what)?,
-                thinking: string_field(mo, "thinking", &what)?,
-                tool_name: string_field(mo, "tool_name", &what)?,
-                tool_call_id: string_field(mo, "tool_call_id", &what)?,
-                ..Message::default()
-            };
-            for (j, tc) in mo.get("tool_calls").and_then(Json::as_array).map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
-                let what = format!("{what}.tool_calls[{j}]");
-                let tco = obj(tc, &what)?;
-                let f = tco.get("function").map(|f| obj(f, &format!("{what}.function"))).transpose()?;
-                let empty = Map::new();
-                let f = f.unwrap_or(&empty);
-                let arguments = match f.get("arguments") {
-                    None | Some(Json::Null) => None,
-                    Some(Json::Object(a)) => Some(a.clone()),
-                    Some(other) => bail!("{what}.function.arguments: expected an object, got {other}"),
-                };
-                msg.tool_calls.push(ToolCall {
-                    id: string_field(tco, "id", &what)?,
-                    index: f.get("index").and_then(Json::as_i64).unwrap_or(0),
-                    name: string_field(f, "name", &what)?,
-                    arguments,
-                });
-            }
-            messages.push(msg);
+        obj(body, "request")?; // (serde would also read a JSON array, field by field)
+        let body: RequestJson = deserialize_json(body)?;
+        if let Some(t) = body.think.as_ref().filter(|t| !(t.is_boolean() || t.is_string())) {
+            bail!("think: expected a bool or a level string, got {t}");
         }
-        let tools = match o.get("tools") {
-            None | Some(Json::Null) => None,
-            Some(Json::Array(a)) => {
-                Some(a.iter().enumerate().map(|(i, t)| decode_tool(t, &format!("tools[{i}]"))).collect::<Result<_>>()?)
-            }
-            Some(other) => bail!("tools: expected an array, got {other}"),
-        };
-        let think = o.get("think").filter(|t| !t.is_null()).cloned();
-        if let Some(t) = &think {
-            if !(t.is_boolean() || t.is_string()) {
-                bail!("think: expected a bool or a level string, got {t}");
-            }
-        }
-        Ok(Self { messages, tools, think })
+        Ok(Self {
+            messages: body.messages.unwrap_or_default().into_iter().map(Message::from).collect(),
+            tools: body.tools.map(|t| t.into_iter().map(Tool::from).collect()),
+            think: body.think,
+        })
     }
 
     /// ollama's `collate`: consecutive messages of one role (except `tool`) become one, their
@@ -184,74 +237,64 @@ impl Request {
     }
 }
 
-fn decode_tool(t: &Json, what: &str) -> Result<Tool> {
-    let o = obj(t, what)?;
-    let empty = Map::new();
-    let f = match o.get("function") {
-        None | Some(Json::Null) => &empty,
-        Some(f) => obj(f, &format!("{what}.function"))?,
-    };
-    let p = match f.get("parameters") {
-        None | Some(Json::Null) => &empty,
-        Some(p) => obj(p, &format!("{what}.function.parameters"))?,
-    };
-    let pwhat = format!("{what}.function.parameters");
-    Ok(Tool {
-        ty: string_field(o, "type", what)?,
-        items: o.get("items").cloned().unwrap_or(Json::Null),
-        name: string_field(f, "name", &format!("{what}.function"))?,
-        description: string_field(f, "description", &format!("{what}.function"))?,
-        parameters: Parameters {
-            ty: string_field(p, "type", &pwhat)?,
-            defs: p.get("$defs").cloned().unwrap_or(Json::Null),
-            items: p.get("items").cloned().unwrap_or(Json::Null),
-            required: strings(p.get("required"), &format!("{pwhat}.required"))?,
-            properties: decode_properties(p.get("properties"), &format!("{pwhat}.properties"))?,
-        },
-    })
-}
-
-fn decode_properties(v: Option<&Json>, what: &str) -> Result<Option<Vec<(String, Property)>>> {
-    match v {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::Object(o)) => o
-            .iter()
-            .map(|(k, p)| Ok((k.clone(), decode_property(p, &format!("{what}.{k}"))?)))
-            .collect::<Result<Vec<_>>>()
-            .map(Some),
-        Some(other) => bail!("{what}: expected an object, got {other}"),
+impl From<MessageJson> for Message {
+    fn from(m: MessageJson) -> Self {
+        let tool_calls = m.tool_calls.unwrap_or_default().into_iter().map(|tc| {
+            let f = tc.function.unwrap_or_default();
+            ToolCall {
+                id: tc.id.unwrap_or_default(),
+                index: f.index.unwrap_or(0),
+                name: f.name.unwrap_or_default(),
+                arguments: f.arguments,
+            }
+        });
+        Self {
+            role: m.role.unwrap_or_default().to_lowercase(),
+            content: m.content.unwrap_or_default(),
+            thinking: m.thinking.unwrap_or_default(),
+            tool_calls: tool_calls.collect(),
+            tool_name: m.tool_name.unwrap_or_default(),
+            tool_call_id: m.tool_call_id.unwrap_or_default(),
+        }
     }
 }
 
-fn decode_property(v: &Json, what: &str) -> Result<Property> {
-    let o = obj(v, what)?;
-    let ty = match o.get("type") {
-        None | Some(Json::Null) => Vec::new(),
-        Some(Json::String(s)) => vec![s.clone()],
-        Some(a @ Json::Array(_)) => strings(Some(a), &format!("{what}.type"))?.unwrap_or_default(),
-        Some(other) => bail!("{what}.type: expected a string or an array of strings, got {other}"),
-    };
-    let any_of = match o.get("anyOf") {
-        None | Some(Json::Null) => Vec::new(),
-        Some(Json::Array(a)) => {
-            a.iter().enumerate().map(|(i, p)| decode_property(p, &format!("{what}.anyOf[{i}]"))).collect::<Result<_>>()?
+impl From<ToolJson> for Tool {
+    fn from(t: ToolJson) -> Self {
+        let f = t.function.unwrap_or_default();
+        let p = f.parameters.unwrap_or_default();
+        Self {
+            ty: t.ty.unwrap_or_default(),
+            items: t.items,
+            name: f.name.unwrap_or_default(),
+            description: f.description.unwrap_or_default(),
+            parameters: Parameters {
+                ty: p.ty.unwrap_or_default(),
+                defs: p.defs,
+                items: p.items,
+                required: p.required,
+                properties: p.properties.map(|p| p.0),
+            },
         }
-        Some(other) => bail!("{what}.anyOf: expected an array, got {other}"),
-    };
-    let enum_values = match o.get("enum") {
-        None | Some(Json::Null) => Vec::new(),
-        Some(Json::Array(a)) => a.clone(),
-        Some(other) => bail!("{what}.enum: expected an array, got {other}"),
-    };
-    Ok(Property {
-        any_of,
-        ty,
-        items: o.get("items").cloned().unwrap_or(Json::Null),
-        description: string_field(o, "description", what)?,
-        enum_values,
-        properties: decode_properties(o.get("properties"), &format!("{what}.properties"))?,
-        required: strings(o.get("required"), &format!("{what}.required"))?.unwrap_or_default(),
-    })
+    }
+}
+
+impl From<PropertyJson> for Property {
+    fn from(p: PropertyJson) -> Self {
+        Self {
+            any_of: p.any_of.unwrap_or_default().into_iter().map(Property::from).collect(),
+            ty: match p.ty {
+                None => Vec::new(),
+                Some(PropertyTypeJson::One(name)) => vec![name],
+                Some(PropertyTypeJson::Many(names)) => names,
+            },
+            items: p.items,
+            description: p.description.unwrap_or_default(),
+            enum_values: p.enum_values.unwrap_or_default(),
+            properties: p.properties.map(|p| p.0),
+            required: p.required.unwrap_or_default(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -804,5 +847,42 @@ impl Request {
             )
         });
         (Json::Array(messages), tools)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_keeps_what_ollama_keeps_and_names_the_path_of_a_wrong_type() {
+        let body = json!({
+            "model": "dropped",
+            "messages": [{"role": "User", "content": "hi", "images": null},
+                         {"role": "assistant", "content": null, "tool_calls": [{"function": null}, {"id": "c1",
+                          "function": {"index": 1, "name": "f", "arguments": {"b": 1, "a": [2]}}}]}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                       "required": ["z"], "properties": {"z": {"type": ["string", "null"]}, "a": {"anyOf": [{"type": "integer"}]}}}}}],
+            "think": "high"
+        });
+        let req = Request::decode(&body).unwrap();
+        assert_eq!((req.messages[0].role.as_str(), req.messages[1].content.as_str()), ("user", ""));
+        let calls = &req.messages[1].tool_calls;
+        assert_eq!((calls[0].index, calls[0].arguments.is_none(), calls[1].index, calls[1].id.as_str()), (0, true, 1, "c1"));
+        let props = req.tools.as_ref().unwrap()[0].parameters.properties.as_ref().unwrap();
+        assert_eq!(props.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["z", "a"]);
+        assert_eq!((props[0].1.ty.len(), props[1].1.any_of[0].ty[0].as_str()), (2, "integer"));
+        let bad = |pointer: &str, value: Json| {
+            let mut b = body.clone();
+            *b.pointer_mut(pointer).unwrap() = value;
+            format!("{:#}", Request::decode(&b).unwrap_err())
+        };
+        assert_eq!(bad("/messages/0/role", json!(5)), "messages[0].role: invalid type: integer `5`, expected a string");
+        assert_eq!(
+            bad("/tools/0/function/parameters/properties/z/type", json!(3)),
+            "tools[0].function.parameters.properties.z.type: expected a string or an array of strings"
+        );
+        assert!(bad("/messages/1/tool_calls/1/function/index", json!(1.5)).starts_with("messages[1].tool_calls[1].function.index: "));
+        assert!(bad("/think", json!(1)).starts_with("think: expected a bool or a level string"));
     }
 }
