@@ -18,8 +18,8 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 "$PYTHON" benches/grpo_torch_cuda.py dataset/samples/rlaif_sample.jsonl "$work/reason_512.pth" --steps "$STEPS" --max-gen-len "$GEN"
 "$MM" train grpo --data dataset/samples/rlaif_sample.jsonl --from "$work/reason_512.pth" --reward rule:reasoning \
   --batch-size 2 --num-generations 8 --max-gen-len "$GEN" --max-steps $((STEPS + 1)) --dtype f32 --device cuda \
-  --save-every 1000 --out "$work/mm" --quiet
-"$PYTHON" - "$work/mm/grpo_512.metrics.jsonl" "$STEPS" <<'PY'
+  --save-every 1000 --out "$work/out" --quiet
+"$PYTHON" - "$work/out/grpo_512.metrics.jsonl" "$STEPS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 steps = int(sys.argv[2])

@@ -366,7 +366,7 @@ impl MiniMind {
         };
         let bias = if path == AttentionPath::FusedCausal { None } else { attention_bias(t, past, padding, self.device())? };
         let ids = input_ids.flatten_all()?;
-        let mut x = if super::fused_kernels(self.device()) && ids.dtype() == candle_core::DType::U32 {
+        let mut x = if super::fused_for(&self.embed_tokens) && ids.dtype() == candle_core::DType::U32 {
             crate::fused::embedding(&self.embed_tokens, &ids)?
         } else {
             self.embed_tokens.embedding(&ids)?
@@ -525,7 +525,7 @@ impl MiniMind {
         }
         let (cos, sin) = (Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?);
         let ids = Tensor::new(tokens, self.device())?;
-        let mut x = if super::fused_kernels(self.device()) {
+        let mut x = if super::fused_for(&self.embed_tokens) {
             crate::fused::embedding(&self.embed_tokens, &ids)?
         } else {
             self.embed_tokens.embedding(&ids)?

@@ -21,7 +21,7 @@ impl FeedForward {
     /// ([`Linear::forward_batch_invariant`]), for batched decoding.
     pub fn forward_with(&self, x: &Tensor, invariant: bool) -> Result<Tensor> {
         let lin = |l: &Linear, x: &Tensor| if invariant { l.forward_batch_invariant(x) } else { l.forward(x) };
-        if super::fused_kernels(x.device()) {
+        if super::fused_for(x) {
             let hidden = crate::fused::swiglu(&lin(&self.gate_proj, x)?, &lin(&self.up_proj, x)?)?;
             return lin(&self.down_proj, &hidden);
         }

@@ -22,3 +22,9 @@ pub fn fused_kernels(device: &candle_core::Device) -> bool {
     static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     device.is_cuda() && !*DISABLED.get_or_init(|| std::env::var_os("MM_NO_FUSED").is_some())
 }
+
+/// [`fused_kernels`] for a tensor: the fused kernels take f32 and bf16, so an f16 model (`--dtype
+/// f16` on CUDA) runs candle's ops.
+pub fn fused_for(t: &candle_core::Tensor) -> bool {
+    t.dtype() != candle_core::DType::F16 && fused_kernels(t.device())
+}

@@ -16,7 +16,7 @@ impl RmsNorm {
     /// Differentiable form (candle's fused rms_norm has no backward); on CUDA mm's fused
     /// kernel, which has one.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if super::fused_kernels(x.device()) {
+        if super::fused_for(x) {
             return crate::fused::rms_norm(x, &self.weight, self.eps);
         }
         let dtype = x.dtype();
