@@ -18,17 +18,44 @@ pub struct LoadedModel {
     pub checkpoint_summary: String,
 }
 
+/// How to load a model file (what `--lora`, `--dtype`, `--device`, `--rope-scaling` and
+/// `--dequantize` say).
+#[derive(Clone)]
+pub struct LoadOptions<'a> {
+    pub hints: PthHints,
+    pub lora: Option<&'a Path>,
+    pub dtype: DType,
+    pub device: Device,
+    /// Upstream's YaRN extrapolation (`inference_rope_scaling`).
+    pub rope_scaling: bool,
+    /// Dequantize a GGUF to dense tensors instead of running it as stored.
+    pub dequantize: bool,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        Self { hints: PthHints::default(), lora: None, dtype: DType::F32, device: Device::Cpu, rope_scaling: false, dequantize: false }
+    }
+}
+
 impl LoadedModel {
     /// Reads any supported format, optionally applies a LoRA on the fly, and builds the
-    /// tokenizer (the built-in MiniMind2 one when the checkpoint carries none). A GGUF with
-    /// quantized tensors runs them as they are (see [`Self::from_gguf`]).
-    pub fn load(path: &Path, hints: &PthHints, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {
-        // On the CPU every GGUF runs as stored (blocks or f16/bf16 matrices) in the engine.
-        if is_gguf_path(path) && (device.is_cpu() || gguf_holds_quantized(path)?) {
-            return Self::from_gguf(&GgufModelFile::read(path)?, lora, dtype, device);
+    /// tokenizer (the built-in MiniMind2 one when the checkpoint carries none). A quantized
+    /// GGUF runs its blocks as they are, and on the CPU an F16/BF16 GGUF runs as stored too
+    /// (see [`Self::from_gguf`]), unless `dequantize`.
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        if !opts.dequantize && is_gguf_path(path) && (opts.device.is_cpu() || gguf_holds_quantized(path)?) {
+            let mut file = GgufModelFile::read(path)?;
+            if opts.rope_scaling {
+                file.config.set_inference_rope_scaling(true);
+            }
+            return Self::from_gguf(&file, opts.lora, opts.dtype, &opts.device);
         }
-        let ckpt = read_checkpoint(path, hints)?;
-        Self::from_checkpoint(&ckpt, lora, dtype, device)
+        let mut ckpt = read_checkpoint(path, &opts.hints)?;
+        if opts.rope_scaling {
+            ckpt.config.set_inference_rope_scaling(true);
+        }
+        Self::from_checkpoint(&ckpt, opts.lora, opts.dtype, &opts.device)
     }
 
     pub fn from_checkpoint(ckpt: &Checkpoint, lora: Option<&Path>, dtype: DType, device: &Device) -> Result<Self> {

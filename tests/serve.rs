@@ -254,7 +254,7 @@ fn completions_echo_logprobs_are_the_models_own() {
     assert_eq!(lp["tokens"].as_array().unwrap().len(), ids.len() + 1);
     assert_eq!(lp["text_offset"].as_array().unwrap().len(), ids.len() + 1);
     // The same figures from mm's own forward pass.
-    let loaded = mm::loaded::LoadedModel::load(&s.model, &Default::default(), None, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let loaded = mm::loaded::LoadedModel::load(&s.model, &Default::default()).unwrap();
     let mut cache = mm::model::KvCache::new(&loaded.model.config);
     let logits: Vec<Vec<f32>> = loaded.model.forward_all_logits(&ids, &mut cache).unwrap().to_vec2().unwrap();
     let mut worst = 0f64;

@@ -33,8 +33,8 @@ use mm::converters::pth::checkpoint::PthHints;
 use mm::chat::{ChatTemplate, Tokenizer};
 use mm::converters::{MiniMindConfig, TokenizerFiles};
 use mm::generate::SamplingParams;
-use mm::loaded::LoadedModel;
-use mm::model::{gguf_holds_quantized, is_gguf_path, GgufModelFile};
+use mm::loaded::{LoadOptions, LoadedModel};
+use mm::model::is_gguf_path;
 
 #[derive(Parser)]
 #[command(name = "mm", version, about = "MiniMind toolchain: models, conversion, generation")]
@@ -172,20 +172,15 @@ impl ModelArgs {
 
     fn load(&self) -> Result<LoadedModel> {
         set_threads(self.threads);
-        let dtype = parse_dtype(&self.dtype)?;
-        let device = device_arg(&self.device)?;
-        if !self.dequantize && is_gguf_path(&self.model) && gguf_holds_quantized(&self.model)? {
-            let mut file = GgufModelFile::read(&self.model)?;
-            if self.rope_scaling {
-                file.config.set_inference_rope_scaling(true);
-            }
-            return LoadedModel::from_gguf(&file, self.lora.as_deref(), dtype, &device);
-        }
-        let mut ckpt = mm::converters::read_checkpoint(&self.model, &self.hints.to_hints()?)?;
-        if self.rope_scaling {
-            ckpt.config.set_inference_rope_scaling(true);
-        }
-        LoadedModel::from_checkpoint(&ckpt, self.lora.as_deref(), dtype, &device)
+        let opts = LoadOptions {
+            hints: self.hints.to_hints()?,
+            lora: self.lora.as_deref(),
+            dtype: parse_dtype(&self.dtype)?,
+            device: device_arg(&self.device)?,
+            rope_scaling: self.rope_scaling,
+            dequantize: self.dequantize,
+        };
+        LoadedModel::load(&self.model, &opts)
     }
 }
 
