@@ -27,6 +27,7 @@ mod grad_norm;
 pub mod reference;
 mod rms_norm;
 mod rope;
+pub mod selftest;
 mod swiglu;
 
 pub use adamw::{adamw_step_, AdamWStep};
