@@ -58,6 +58,7 @@ pub mod graph;
 pub mod inspect;
 pub mod net_flatbuffer;
 pub mod net_json;
+pub mod quantize;
 pub mod tokenizer_mtok;
 pub mod weights;
 
