@@ -988,7 +988,7 @@ fn pad(out: &mut String, spec: &Spec, body: &str, numeric: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::{ChatTemplate, RenderRequest};
+    use crate::{ChatTemplate, RenderRequest};
     use serde_json::Value as Json;
 
     fn rw(s: &str) -> String {

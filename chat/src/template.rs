@@ -774,7 +774,7 @@ mod tests {
     fn shareable_across_threads() {
         fn assert_send_sync<T: Send + Sync + Clone>() {}
         assert_send_sync::<ChatTemplate>();
-        assert_send_sync::<crate::chat::Tokenizer>();
+        assert_send_sync::<crate::Tokenizer>();
     }
 
     #[test]
