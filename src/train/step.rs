@@ -69,7 +69,4 @@ pub fn clip_coefficient_on_device(grads: &[Option<Tensor>], max_norm: f64) -> Re
     Ok((total, coef.to_device(&device)?))
 }
 
-/// torch's `min(1, max_norm / (total + 1e-6))` from the f64 norm, as an f32 scalar.
-pub fn clip_coefficient(total: &Tensor, max_norm: f64) -> Result<Tensor> {
-    Ok(total.affine(1.0, 1e-6)?.recip()?.affine(max_norm, 0.0)?.minimum(1.0)?.to_dtype(DType::F32)?)
-}
+pub use crate::fused::clip_coefficient;

@@ -4,16 +4,16 @@ mod attention;
 pub mod cpu;
 pub mod gguf;
 pub mod init;
-pub(crate) mod linear;
-pub(crate) mod minimind;
-pub(crate) mod mlp;
-pub(crate) mod norm;
+pub mod linear;
+pub mod minimind;
+pub mod mlp;
+pub mod norm;
 pub mod rope;
 
 pub use gguf::{gguf_holds_quantized, is_gguf_path, GgufModelFile, GgufWeight};
 pub use cpu::Logits;
 pub use minimind::{KvCache, MiniMind, Mode, ModelOutput};
-pub(crate) use minimind::WeightSource;
+pub use minimind::WeightSource;
 
 /// Whether tensors on `device` run through mm's fused CUDA kernels (`crate::fused`): on CUDA,
 /// unless `MM_NO_FUSED` is set (to measure or debug against candle's composite ops). The CPU

@@ -70,7 +70,7 @@ impl Constants {
 /// place (any tensor sharing their storage sees the change, as with `Var::set`). All four are
 /// f32 of one shape on one device; param and the moments must be contiguous and distinct.
 /// `grad_scale` is an f32 scalar tensor on the same device that multiplies the gradient first
-/// (`crate::train::step::clip_coefficient`).
+/// ([`super::clip_coefficient`]).
 pub fn adamw_step_(
     param: &Tensor,
     exp_avg: &Tensor,

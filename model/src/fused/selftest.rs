@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::fused::compare::{compare, random, Tol};
 use crate::fused::{self, reference, AdamWStep};
-use crate::train::step::clip_coefficient;
+use crate::fused::clip_coefficient;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -58,11 +58,11 @@ impl KvCache {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct Block {
-    pub(crate) input_layernorm: RmsNorm,
-    pub(crate) self_attn: Attention,
-    pub(crate) post_attention_layernorm: RmsNorm,
-    pub(crate) mlp: Mlp,
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
 }
 
 /// Output of a forward pass: logits [b, t, vocab] and, in training mode for MoE models,
@@ -75,10 +75,10 @@ pub struct ModelOutput {
 #[derive(Debug, Clone)]
 pub struct MiniMind {
     pub config: MiniMindConfig,
-    pub(crate) embed_tokens: Tensor,
-    pub(crate) layers: Vec<Block>,
-    pub(crate) norm: RmsNorm,
-    pub(crate) lm_head: Linear,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    pub lm_head: Linear,
     rope: RopeTables,
     /// Whether inference on the CPU runs through `super::cpu::CpuEngine`: for models read
     /// from a checkpoint or GGUF, whose weights stay as read. (A training model's variables
@@ -90,7 +90,7 @@ pub struct MiniMind {
 
 /// Where the model's tensors come from: a `VarBuilder` (any checkpoint, training) or the
 /// blocks of a quantized GGUF (`super::gguf`). One construction path serves both.
-pub(crate) trait WeightSource {
+pub trait WeightSource {
     /// A dense tensor (norms, embedding, router) in the compute dtype.
     fn tensor(&self, shape: &[usize], name: &str) -> Result<Tensor>;
     /// The linear layer of `{name}.weight`, [out, in].
@@ -155,7 +155,7 @@ impl MiniMind {
         Self::build(cfg, &vb)
     }
 
-    pub(crate) fn build(cfg: &MiniMindConfig, src: &impl WeightSource) -> Result<Self> {
+    pub fn build(cfg: &MiniMindConfig, src: &impl WeightSource) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::wrap)?;
         let embed_tokens = table_tensor(src, cfg, Kind::TokenEmbd, 0, 0)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);

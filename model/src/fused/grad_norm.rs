@@ -1,7 +1,7 @@
 //! The global gradient norm and upstream's clip coefficient, kept on the device:
 //! `clip_grad_norm_` needs `Σ‖g‖²` over every gradient, and reading it back each step would
 //! stall the stream. [`sum_of_squares`] adds each tensor's squares into one f32 on the device
-//! (one kernel per tensor on CUDA); `crate::train::step::clip_coefficient` turns its root into
+//! (one kernel per tensor on CUDA); [`clip_coefficient`] turns its root into
 //! `min(1, max_norm / (√total + 1e-6))`, which [`adamw_step_`](super::adamw_step_) takes as
 //! its `grad_scale`.
 
@@ -79,6 +79,12 @@ mod gpu {
         unsafe { b.launch(config(super::PARTIALS, 256, 0)?) }.w()?;
         Ok(())
     }
+}
+
+/// torch's `min(1, max_norm / (total + 1e-6))` from the f64 norm, as an f32 scalar (the
+/// gradient-clipping coefficient AdamW multiplies in).
+pub fn clip_coefficient(total: &Tensor, max_norm: f64) -> candle_core::Result<Tensor> {
+    total.affine(1.0, 1e-6)?.recip()?.affine(max_norm, 0.0)?.minimum(1.0)?.to_dtype(candle_core::DType::F32)
 }
 
 #[cfg(test)]

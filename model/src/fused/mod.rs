@@ -35,7 +35,7 @@ pub use causal_softmax::causal_softmax;
 pub use cross_entropy::cross_entropy;
 pub use embedding::embedding;
 pub use float::FusedFloat;
-pub use grad_norm::sum_of_squares;
+pub use grad_norm::{clip_coefficient, sum_of_squares};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use swiglu::swiglu;
