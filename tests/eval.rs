@@ -219,3 +219,35 @@ fn result_file_is_written_whole_and_foreign_files_are_kept() {
     assert!(!out.status.success());
     assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "keep me");
 }
+
+/// `--lora` on the fly: the perplexity of the fixture's first prompt (as a pretrain line) with
+/// upstream's LoRA equals the one computed from PyTorch's logits of that prompt with the LoRA
+/// applied (`dense/lora_logits.safetensors`).
+#[test]
+fn perplexity_with_lora_equals_upstream_pytorch() {
+    let Some(shared) = shared_or_skip("perplexity_with_lora_equals_upstream_pytorch") else { return };
+    let inputs = read_json(&shared.join("fixtures/minimind2/inputs.json"));
+    let prompt = &inputs["prompts"][0];
+    let ids = ids(&prompt["input_ids"]);
+    let logits = reference(&shared.join("fixtures/minimind2/dense/lora_logits.safetensors"))["prompt0_zh.logits"].to_vec2::<f32>().unwrap();
+    let want: f64 = (1..ids.len())
+        .map(|p| {
+            let row = &logits[p - 1];
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            lse - row[ids[p] as usize] as f64
+        })
+        .sum();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prompt.jsonl");
+    std::fs::write(&data, format!("{}\n", serde_json::json!({"text": prompt["rendered"]}))).unwrap();
+    let model = weights_dir(&shared, "dense").join("model.pth");
+    let lora = shared.join("fixtures/minimind2/dense/lora.pth");
+    let v = eval_json(&model, &["--heads", "4", "--lora", lora.to_str().unwrap(), "--task", "ppl", "--data", data.to_str().unwrap()], &[]);
+    assert_eq!(v["per_text"][0]["ids"].as_array().unwrap().len(), ids.len(), "the rendered prompt tokenizes to the fixture's ids");
+    let got = v["nll"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-5 * want, "nll with LoRA {got} vs PyTorch's {want}");
+    // Without the LoRA it differs (the adapter is really applied).
+    let base = eval_json(&model, &["--heads", "4", "--task", "ppl", "--data", data.to_str().unwrap()], &[]);
+    assert!((base["nll"].as_f64().unwrap() - want).abs() > 1e-3);
+}
