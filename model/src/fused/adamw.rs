@@ -1,5 +1,5 @@
 //! One AdamW step of a parameter and its moment estimates, in place, exactly as
-//! src/train/adamw.rs (torch's single-tensor AdamW) computes it:
+//! train/src/adamw.rs (torch's single-tensor AdamW) computes it:
 //!
 //! ```text
 //! g = grad · grad_scale                      (when given: the clip coefficient, on the device)
@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Each line rounds as candle's composite form does (constants rounded from f64 to f32 as its
-//! `affine` does), so the CPU path is bit-identical to src/train/adamw.rs. On CUDA it is one
+//! `affine` does), so the CPU path is bit-identical to train/src/adamw.rs. On CUDA it is one
 //! kernel per parameter that reads p, m, v, g once and writes p, m, v once; the gradient scale
 //! stays on the device, so clipping needs no host sync.
 

@@ -7,7 +7,7 @@
 //! (`(softmax − onehot) · upstream grad`), all in f32 per row. The loss is f32 whatever the
 //! logits' dtype; the gradient is in the logits' dtype, rounded once.
 //!
-//! (This started as the CPU-only kernel of src/train/fused_ce.rs, whose f32 numerics it keeps.)
+//! (This started as the CPU-only kernel of train/src/fused_ce.rs, whose f32 numerics it keeps.)
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};

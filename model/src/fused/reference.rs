@@ -1,5 +1,5 @@
 //! The composite candle formulations each fused op replaces, written out here (not borrowed
-//! from src/model or src/train, which call the fused ops) so that tests and
+//! from model/src/model or train/src, which call the fused ops) so that tests and
 //! `mm selftest-fused` compare against an independent form and can time it.
 
 use candle_core::{DType, Result, Tensor, D};
@@ -52,13 +52,13 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     candle_nn::ops::silu(gate)? * up
 }
 
-/// src/train/loss.rs's composed form: `−log_softmax(logits in f32)[target]` per row.
+/// train/src/loss.rs's composed form: `−log_softmax(logits in f32)[target]` per row.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     log_probs.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
 }
 
-/// src/train/adamw.rs's update of one parameter: returns (param, exp_avg, exp_avg_sq) after
+/// train/src/adamw.rs's update of one parameter: returns (param, exp_avg, exp_avg_sq) after
 /// one step with gradient `g` (already scaled by any clip coefficient).
 pub fn adamw_step(
     p: &Tensor,

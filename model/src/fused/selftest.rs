@@ -350,7 +350,7 @@ fn time_case(case: &Case, dev: &Device, reps: usize) -> Result<[f64; 4]> {
 
 /// The optimizer step over MiniMind2-small-shaped gradients: fused (device-side norm, clip
 /// coefficient, one kernel per parameter) against the composite (per-tensor norm read back as
-/// src/train/step.rs does, scaled gradients, src/train/adamw.rs's update and `Var::set`).
+/// train/src/step.rs does, scaled gradients, train/src/adamw.rs's update and `Var::set`).
 fn time_adamw(dev: &Device, reps: usize) -> Result<[f64; 2]> {
     let shapes = minimind_param_shapes();
     let make = |seed: u64, scale: f32| -> candle_core::Result<Vec<Tensor>> {
