@@ -322,6 +322,15 @@ impl ChatTemplate {
         self.sources.iter().map(|(n, _)| n.as_str()).collect()
     }
 
+    /// A conversation (`messages`, optional `tools`) rendered as the upstream datasets render
+    /// their lines: `apply_chat_template(messages, tools=tools, tokenize=False,
+    /// add_generation_prompt=…)`.
+    pub fn render_messages(&self, messages: &Json, tools: Option<&Json>, add_generation_prompt: bool) -> Result<String> {
+        let mut req = RenderRequest::new(messages.clone()).with_generation_prompt(add_generation_prompt);
+        req.tools = tools.cloned();
+        self.render(&req)
+    }
+
     /// Renders a conversation to the prompt text.
     pub fn render(&self, req: &RenderRequest) -> Result<String> {
         if req.add_generation_prompt && req.continue_final_message {

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use mm_chat::{ChatTemplate, RenderRequest, Tokenizer};
+use mm_chat::{ChatTemplate, Tokenizer};
 use mm_dataset::TextEncoder;
 
 pub struct EvalEncoder<'a> {
@@ -37,9 +37,7 @@ impl TextEncoder for EvalEncoder<'_> {
 
     fn render_chat(&self, messages: &Value, tools: Option<&Value>, add_generation_prompt: bool) -> Result<String> {
         let template = self.template.context("the model has no chat template (conversations need one)")?;
-        let mut req = RenderRequest::new(messages.clone()).with_generation_prompt(add_generation_prompt);
-        req.tools = tools.cloned();
-        template.render(&req)
+        template.render_messages(messages, tools, add_generation_prompt)
     }
 
     fn pad_id(&self) -> u32 {

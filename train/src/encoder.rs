@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use mm_chat::{ChatTemplate, RenderRequest, Tokenizer};
+use mm_chat::{ChatTemplate, Tokenizer};
 use mm_converters::TokenizerFiles;
 use mm_dataset::TextEncoder;
 
@@ -37,9 +37,7 @@ impl TextEncoder for ChatEncoder {
     }
 
     fn render_chat(&self, messages: &Value, tools: Option<&Value>, add_generation_prompt: bool) -> Result<String> {
-        let mut req = RenderRequest::new(messages.clone()).with_generation_prompt(add_generation_prompt);
-        req.tools = tools.cloned();
-        self.template.render(&req)
+        self.template.render_messages(messages, tools, add_generation_prompt)
     }
 
     fn pad_id(&self) -> u32 {
