@@ -12,6 +12,7 @@ use mm::converters::output_guard::check_not_an_input;
 use mm::converters::read_checkpoint;
 use mm::train::encoder::ChatEncoder;
 use mm::train::reward_model::hf::{self, RewardCheckpoint};
+use mm::train::reward_model::resume::Checkpointing;
 use mm::train::reward_model::train::{accuracy, binomial_tail, init_score, score_pairs, PairFile, PairScore, RewardTrainOptions};
 use mm::train::reward_model::remote::PoolingClient;
 use mm::train::reward_model::scorer::{ModelScorer, RemoteScorer};
@@ -138,6 +139,12 @@ pub struct TrainRewardArgs {
     /// Stop after this many steps.
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Save the resume state (`<out>_resume/`) every N steps, and after every epoch.
+    #[arg(long, default_value_t = 100)]
+    save_every: u64,
+    /// Continue the run saved in `<out>_resume/` (same data and options).
+    #[arg(long)]
+    resume: bool,
     /// Skip (and count) malformed data lines instead of stopping at the first.
     #[arg(long)]
     skip_bad_lines: bool,
@@ -168,11 +175,19 @@ pub fn run_train(a: TrainRewardArgs) -> Result<()> {
         progress: !a.quiet,
         max_steps: a.max_steps,
         skip_bad_lines: a.skip_bad_lines,
+        checkpoint: None,
     };
     opts.validate()?;
     let start = starting_point(&a.from, &a.hints)?;
     let out = a.out.clone().unwrap_or_else(|| Path::new("out").join(format!("reward_{}", start.trunk.config.hidden_size)));
     check_not_an_input(&out, &[&a.from, &a.data])?;
+    let name = out.file_name().map_or_else(|| "reward".into(), |n| n.to_string_lossy().into_owned());
+    let resume_dir = out.with_file_name(format!("{name}_resume"));
+    check_not_an_input(&resume_dir, &[&a.from, &a.data])?;
+    let opts = RewardTrainOptions {
+        checkpoint: Some(Checkpointing { dir: resume_dir, every: a.save_every, resume: a.resume }),
+        ..opts
+    };
     let model = TrainableModel::from_checkpoint(&start.trunk, &device)?;
     let score = Var::from_tensor(&match &start.score {
         Some(s) => s.to_device(&device)?,

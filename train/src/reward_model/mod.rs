@@ -15,6 +15,7 @@
 pub mod hf;
 pub mod model;
 pub mod remote;
+pub mod resume;
 pub mod scorer;
 pub mod train;
 

@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::model::{encode_conversation, pooled_scores};
 use mm_chat::{ChatTemplate, Tokenizer};
 use mm_model::model::{MiniMind, Mode};
+use super::resume::{self, Checkpointing, Position, RunKey};
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::encoder::ChatEncoder;
 use crate::loss::log_sigmoid;
@@ -49,6 +50,8 @@ pub struct RewardTrainOptions {
     /// Stop after this many steps.
     pub max_steps: Option<u64>,
     pub skip_bad_lines: bool,
+    /// Periodic saves and `--resume` (none: nothing is saved until the end).
+    pub checkpoint: Option<Checkpointing>,
 }
 
 impl RewardTrainOptions {
@@ -253,13 +256,32 @@ pub fn train(
     let mut last_line = Instant::now();
     let started = Instant::now();
 
-    let mut losses = Vec::new();
-    let mut epoch_accuracy = Vec::new();
-    let mut step = 0u64;
-    'epochs: for epoch in 0..opts.epochs {
+    let run = RunKey {
+        epochs: opts.epochs,
+        batch_size: opts.batch_size,
+        learning_rate: opts.learning_rate,
+        max_seq_len: opts.max_seq_len,
+        held_out: opts.held_out,
+        seed: opts.seed,
+        pairs: pairs.len(),
+    };
+    let mut at = match &opts.checkpoint {
+        Some(c) if c.resume => resume::restore(&c.dir, model, score, &mut optimizer, &run)?,
+        _ => Position { run: run.clone(), ..Position::default() },
+    };
+    bar.set_position(at.step);
+    let save = |at: &Position, optimizer: &AdamW| -> Result<()> {
+        match &opts.checkpoint {
+            Some(c) => resume::save(&c.dir, model, score, optimizer, at),
+            None => Ok(()),
+        }
+    };
+    let (first_epoch, first_batch, first_step) = (at.epoch, at.next_batch, at.step);
+    'epochs: for epoch in first_epoch..opts.epochs {
         let order = epoch_order(train_idx.len(), opts.seed, epoch, true);
-        for (s, chunk) in order.chunks(opts.batch_size).enumerate() {
-            if opts.max_steps.is_some_and(|m| step >= m) {
+        let skip = if epoch == first_epoch { first_batch } else { 0 };
+        for (s, chunk) in order.chunks(opts.batch_size).enumerate().skip(skip) {
+            if opts.max_steps.is_some_and(|m| at.step >= m) {
                 break 'epochs;
             }
             let lr = upstream_lr(epoch * steps_per_epoch + s as u64 + 1, total, opts.learning_rate);
@@ -278,20 +300,25 @@ pub fn train(
             let grads = gradients(&loss, &vars)?;
             let (_, clip) = clip_coefficient_on_device(&grads, opts.grad_clip)?;
             optimizer.step_scaled(&vars, &grads, lr, Some(&clip))?;
-            step += 1;
+            at.step += 1;
+            let step = at.step;
             let loss_value = f64::from(loss.to_scalar::<f32>()?);
             if !loss_value.is_finite() {
-                bail!("loss became {loss_value} at step {step}; stopping (nothing was saved). The learning rate ({:e}) is probably too high", opts.learning_rate);
+                bail!("loss became {loss_value} at step {step}; stopping (the last save, if any, is intact). The learning rate ({:e}) is probably too high", opts.learning_rate);
             }
             let batch_acc = margin.gt(0f64)?.to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>()?;
-            losses.push((step, loss_value));
+            at.losses.push((step, loss_value));
+            (at.epoch, at.next_batch, at.optimizer_step) = (epoch, s + 1, optimizer.step);
+            if opts.checkpoint.as_ref().is_some_and(|c| step.is_multiple_of(c.every.max(1))) {
+                save(&at, &optimizer)?;
+            }
             bar.set_position(step);
             let line = format!(
                 "epoch {}/{} step {}/{steps_per_epoch} loss {loss_value:.6} batch acc {batch_acc:.2} lr {lr:.3e} {:.1} pairs/s",
                 epoch + 1,
                 opts.epochs,
                 s + 1,
-                (step as usize * opts.batch_size) as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                ((step - first_step) as usize * opts.batch_size) as f64 / started.elapsed().as_secs_f64().max(1e-9)
             );
             bar.set_message(format!("loss {loss_value:.4} lr {lr:.3e}"));
             let due = step.is_multiple_of(opts.log_interval.max(1)) || s as u64 + 1 == steps_per_epoch;
@@ -304,7 +331,7 @@ pub fn train(
         }
         if !held_idx.is_empty() {
             let acc = held_out_accuracy(model, score, pad, pairs, &held_idx, tokenizer, template, opts)?;
-            epoch_accuracy.push(acc);
+            at.epoch_accuracy.push(acc);
             let line = format!("epoch {}/{}: held-out accuracy {acc:.3} ({} pairs)", epoch + 1, opts.epochs, held_idx.len());
             if !bar.is_hidden() {
                 bar.println(line);
@@ -312,7 +339,11 @@ pub fn train(
                 eprintln!("reward: {line}");
             }
         }
+        (at.epoch, at.next_batch) = (epoch + 1, 0);
+        save(&at, &optimizer)?;
     }
+    // A --max-steps stop mid-epoch: what was trained is saved too.
+    save(&at, &optimizer)?;
     bar.finish_and_clear();
     let held_out = if held_idx.is_empty() {
         Vec::new()
@@ -320,7 +351,7 @@ pub fn train(
         let frozen = frozen_trunk(model)?;
         score_pairs(&frozen, &score.as_tensor().detach(), pad, pairs, &held_idx, tokenizer, template, opts.max_seq_len, opts.batch_size)?
     };
-    Ok(RewardTrainReport { steps: step, train_pairs: train_idx.len(), losses, epoch_accuracy, held_out })
+    Ok(RewardTrainReport { steps: at.step, train_pairs: train_idx.len(), losses: at.losses, epoch_accuracy: at.epoch_accuracy, held_out })
 }
 
 /// The current weights as a model outside the training graph.
