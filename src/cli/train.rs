@@ -520,7 +520,11 @@ fn starting_checkpoint(c: &CommonArgs, from_required: bool) -> Result<Checkpoint
 
 /// The model and, with `--resume`, the saved run it continues.
 fn model_and_resume(c: &CommonArgs, opts: &mut TrainOptions, from_required: bool) -> Result<(TrainableModel, Option<Resume>)> {
-    let device = super::device_arg(&c.device)?;
+    // Under torchrun/Slurm, `--device cuda` means this node's GPU LOCAL_RANK.
+    let device = match mm::train::rendezvous::from_env(|k| std::env::var(k).ok())? {
+        Some(l) if c.device.trim().eq_ignore_ascii_case("cuda") && l.world > 1 => super::device_arg(&format!("cuda:{}", l.local_rank))?,
+        _ => super::device_arg(&c.device)?,
+    };
     if c.resume {
         // The stem depends on the model shape, which the resume directory itself records.
         let probe = starting_checkpoint(c, from_required).ok();

@@ -3,7 +3,8 @@
 //!
 //! `mm train <stage> --gpus N` starts N copies of itself ([`launch`]); copy `r` trains on
 //! `cuda:r` and learns its place from the environment (`MM_DIST_RANK`, `MM_DIST_WORLD`,
-//! `MM_DIST_NCCL_ID`, read by [`current`]). Every step each rank reads its share of the
+//! `MM_DIST_NCCL_ID`, read by [`current`]). A process started by torchrun or Slurm instead
+//! reads their variables and gets the NCCL id from rank 0 over TCP ([`crate::rendezvous`]). Every step each rank reads its share of the
 //! global batch (`mm_dataset::Loader::shard`) (`--batch-size` rows per GPU, so the global batch is `N × batch`) and
 //! weights its loss by its share of the global batch's loss tokens, so the summed gradient
 //! is the gradient of the global batch's mean loss: the same mathematics as one GPU fed the
@@ -43,10 +44,11 @@ pub fn current() -> Option<&'static DataParallel> {
     CURRENT.get().and_then(Option::as_ref)
 }
 
-/// The rank and world size the launcher gave this process, if any.
+/// The rank and world size the launcher gave this process, if any: `mm … --gpus N`'s own
+/// variables, else torchrun's or Slurm's (see [`crate::rendezvous`]).
 pub fn env_role() -> Result<Option<(usize, usize)>> {
     let (Ok(rank), Ok(world)) = (std::env::var(ENV_RANK), std::env::var(ENV_WORLD)) else {
-        return Ok(None);
+        return Ok(crate::rendezvous::from_env(|k| std::env::var(k).ok())?.map(|l| (l.rank, l.world)));
     };
     let rank: usize = rank.parse().with_context(|| format!("{ENV_RANK}={rank:?} is not a number"))?;
     let world: usize = world.parse().with_context(|| format!("{ENV_WORLD}={world:?} is not a number"))?;
@@ -63,7 +65,15 @@ fn from_env(device: &candle_core::Device) -> Result<Option<DataParallel>> {
     }
     #[cfg(feature = "nccl")]
     {
-        let id = std::env::var(ENV_NCCL_ID).with_context(|| format!("{ENV_NCCL_ID} is not set"))?;
+        let id = match std::env::var(ENV_NCCL_ID) {
+            Ok(id) => id,
+            // Started by torchrun or Slurm: rank 0 makes the id and hands it out at the master.
+            Err(_) => {
+                let launch = crate::rendezvous::from_env(|k| std::env::var(k).ok())?.with_context(|| format!("{ENV_NCCL_ID} is not set"))?;
+                let own = if rank == 0 { Some(nccl::new_id()?) } else { None };
+                launch.exchange(own.as_deref(), rendezvous_timeout()?)?
+            }
+        };
         let comm = nccl::Communicator::join(device, rank, world, &id)?;
         Ok(Some(DataParallel { rank, world, comm }))
     }
@@ -72,6 +82,16 @@ fn from_env(device: &candle_core::Device) -> Result<Option<DataParallel>> {
         let _ = device;
         bail!("rank {rank} of {world}: this mm was built without NCCL (scripts/build-cuda.sh builds it with)")
     }
+}
+
+/// How long ranks wait for each other at the master (`MM_RENDEZVOUS_TIMEOUT` seconds, default 300).
+#[cfg(feature = "nccl")]
+fn rendezvous_timeout() -> Result<std::time::Duration> {
+    let secs = match std::env::var("MM_RENDEZVOUS_TIMEOUT") {
+        Ok(v) => v.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("MM_RENDEZVOUS_TIMEOUT={v:?} is not a number of seconds"))?,
+        Err(_) => 300,
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 impl DataParallel {

@@ -14,6 +14,7 @@ pub mod objective;
 pub mod params;
 pub mod plot;
 pub mod reason;
+pub mod rendezvous;
 pub mod resume;
 pub mod rlaif;
 pub mod reward_model;
