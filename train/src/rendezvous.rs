@@ -7,7 +7,8 @@
 //! torchrun sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`; under Slurm
 //! (`srun`) `SLURM_PROCID`, `SLURM_NTASKS` and `SLURM_LOCALID` give the rank, world and local
 //! rank, and `MASTER_ADDR` (with `MASTER_PORT`, default 29500) must be exported by the batch
-//! script, as for torchrun under Slurm.
+//! script, as for torchrun under Slurm. Under torchrun, whose agent may already listen on
+//! `MASTER_PORT`, mm's rank 0 listens on `MASTER_PORT + 1`; `MM_RENDEZVOUS_PORT` overrides both.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -60,9 +61,14 @@ pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchEnv
     let master_addr = var("MASTER_ADDR").filter(|a| !a.trim().is_empty()).with_context(|| {
         format!("{launcher}: MASTER_ADDR is not set (the host rank 0 runs on; export it in the batch script)")
     })?;
-    let master_port = match var("MASTER_PORT") {
-        None => DEFAULT_MASTER_PORT,
-        Some(p) => p.trim().parse().map_err(|_| anyhow::anyhow!("MASTER_PORT={p:?} is not a port number"))?,
+    let port = |key: &str, v: String| -> Result<u16> { v.trim().parse().map_err(|_| anyhow::anyhow!("{key}={v:?} is not a port number")) };
+    let master_port = match (var("MM_RENDEZVOUS_PORT"), var("MASTER_PORT")) {
+        (Some(p), _) => port("MM_RENDEZVOUS_PORT", p)?,
+        // torchrun's agent may host its own store on MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE):
+        // mm's rank 0 listens on the next port.
+        (None, Some(p)) if launcher == "torchrun" => port("MASTER_PORT", p)?.checked_add(1).context("MASTER_PORT 65535 leaves no port for mm's rendezvous")?,
+        (None, Some(p)) => port("MASTER_PORT", p)?,
+        (None, None) => DEFAULT_MASTER_PORT,
     };
     Ok(Some(LaunchEnv { rank, world, local_rank: local, master_addr: master_addr.trim().to_string(), master_port, launcher }))
 }
@@ -208,7 +214,9 @@ mod tests {
     #[test]
     fn torchrun_and_slurm_variables() {
         let t = from_env(env(&[("RANK", "3"), ("WORLD_SIZE", "8"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "1234")])).unwrap().unwrap();
-        assert_eq!((t.rank, t.world, t.local_rank, t.master_addr.as_str(), t.master_port, t.launcher), (3, 8, 1, "node0", 1234, "torchrun"));
+        assert_eq!((t.rank, t.world, t.local_rank, t.master_addr.as_str(), t.master_port, t.launcher), (3, 8, 1, "node0", 1235, "torchrun"));
+        let o = from_env(env(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "n"), ("MASTER_PORT", "1234"), ("MM_RENDEZVOUS_PORT", "4000")])).unwrap().unwrap();
+        assert_eq!(o.master_port, 4000);
         let s = from_env(env(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "1"), ("MASTER_ADDR", "node1")])).unwrap().unwrap();
         assert_eq!((s.rank, s.world, s.local_rank, s.master_port, s.launcher), (5, 8, 1, DEFAULT_MASTER_PORT, "slurm"));
         assert!(from_env(env(&[])).unwrap().is_none());
