@@ -19,6 +19,17 @@ use anyhow::{bail, ensure, Context, Result};
 /// torchrun's default master port.
 pub const DEFAULT_MASTER_PORT: u16 = 29500;
 const HELLO: &str = "mm-rendezvous 1";
+/// The longest line either side reads (an NCCL id is 256 hex digits): a peer that sends more
+/// is not a rank.
+const MAX_LINE: u64 = 4096;
+
+/// One `\n`-terminated line of at most [`MAX_LINE`] bytes.
+fn read_line(stream: &TcpStream) -> Result<String> {
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(stream, MAX_LINE)).read_line(&mut line)?;
+    ensure!(line.ends_with('\n'), "no complete line within {MAX_LINE} bytes");
+    Ok(line)
+}
 
 /// This process's place in a multi-process launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,9 +138,7 @@ impl LaunchEnv {
     /// (whose sender gets the reason).
     fn greet(&self, stream: TcpStream, id: &str, joined: &[bool]) -> Result<Option<usize>> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
+        let line = read_line(&stream).unwrap_or_default();
         let mut writer = stream;
         let fields: Vec<&str> = line.trim().strip_prefix(HELLO).map(|r| r.split_whitespace().collect()).unwrap_or_default();
         let parsed = match fields.as_slice() {
@@ -178,10 +187,8 @@ impl LaunchEnv {
         };
         let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
         stream.set_read_timeout(Some(remaining))?;
-        let mut writer = stream.try_clone()?;
-        writer.write_all(format!("{HELLO} {} {}\n", self.rank, self.world).as_bytes())?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).with_context(|| format!("rank {}: no answer from the master at {}", self.rank, self.master()))?;
+        (&stream).write_all(format!("{HELLO} {} {}\n", self.rank, self.world).as_bytes())?;
+        let line = read_line(&stream).with_context(|| format!("rank {}: no answer from the master at {}", self.rank, self.master()))?;
         let line = line.trim_end();
         if let Some(id) = line.strip_prefix("ok ") {
             return Ok(id.to_string());
@@ -271,6 +278,14 @@ mod tests {
         assert_eq!(rank(1, 3, port).exchange(None, Duration::from_secs(5)).unwrap(), "id");
         let err = format!("{:#}", rank(1, 3, port).exchange(None, Duration::from_secs(5)).unwrap_err());
         assert!(err.contains("rank 1 arrived twice"), "{err}");
+        // An endless line is cut at MAX_LINE and refused (the answer may be lost to the reset
+        // of a socket closed with unread data), and the master goes on waiting for rank 2.
+        let mut flood = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = flood.write_all(&vec![b'x'; 64 << 10]);
+        let mut answer = String::new();
+        if BufReader::new(flood).read_line(&mut answer).is_ok() && !answer.is_empty() {
+            assert!(answer.starts_with("error not a rendezvous hello"), "{answer}");
+        }
         assert_eq!(rank(2, 3, port).exchange(None, Duration::from_secs(5)).unwrap(), "id");
         master.join().unwrap().unwrap();
     }

@@ -80,7 +80,8 @@ pub fn save(dir: &Path, model: &TrainableModel, score: &Var, optimizer: &AdamW, 
 /// Restores a saved state into the model, head and optimizer; returns where to continue.
 pub fn restore(dir: &Path, model: &TrainableModel, score: &Var, optimizer: &mut AdamW, run: &RunKey) -> Result<Position> {
     let path = dir.join(POSITION);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("--resume: cannot read {}", path.display()))?;
+    let text = mm_converters::limits::read_to_string(&path, mm_converters::limits::MAX_CONFIG_BYTES, "resume state")
+        .with_context(|| format!("--resume: cannot read {}", path.display()))?;
     let at: Position = serde_json::from_str(&text).with_context(|| format!("{}: not a reward run's state", path.display()))?;
     ensure!(
         &at.run == run,
