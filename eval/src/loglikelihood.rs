@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Result};
 
+use mm_model::logprob::token_logprob;
 use mm_model::model::{KvCache, Logits, MiniMind};
 
 /// One context and the continuations to score after it.
@@ -61,21 +62,6 @@ impl Prefix {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
-}
-
-/// `log_softmax(row)[token]` in f64, and whether `token` is the row's argmax (first maximum,
-/// as torch's `argmax`).
-pub fn token_logprob(row: &[f32], token: u32) -> (f64, bool) {
-    let mut max = f32::NEG_INFINITY;
-    let mut argmax = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > max {
-            max = x;
-            argmax = i;
-        }
-    }
-    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    (row[token as usize] as f64 - max as f64 - sum.ln(), argmax == token as usize)
 }
 
 /// Scores `requests`; contexts longer than the model allows lose tokens on the left (as

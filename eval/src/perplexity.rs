@@ -12,7 +12,7 @@ use mm_chat::Tokenizer;
 use mm_model::model::{KvCache, Logits, MiniMind};
 use mm_dataset::ScoredText;
 
-use super::loglikelihood::token_logprob;
+use mm_model::logprob::token_logprob;
 
 /// Where windows start and how long they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

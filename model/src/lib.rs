@@ -7,6 +7,7 @@ pub mod device;
 pub mod fused;
 pub mod generate;
 pub mod loaded;
+pub mod logprob;
 pub mod model;
 
 pub use mm_chat as chat;

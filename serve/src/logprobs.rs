@@ -3,13 +3,7 @@
 //! alternatives — which always include the argmax, since clients (lm-eval's `is_greedy`)
 //! compare against it.
 
-/// `log_softmax` of one row of logits, in f64 for the sum.
-pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let log_sum = sum.ln() as f32 + max;
-    logits.iter().map(|&x| x - log_sum).collect()
-}
+pub use mm_model::logprob::log_softmax;
 
 /// One token's log-probability and the `top` most likely tokens at its position.
 #[derive(Debug, Clone, PartialEq)]
