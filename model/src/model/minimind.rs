@@ -447,15 +447,7 @@ impl MiniMind {
         if ids.is_empty() {
             candle_core::bail!("forward_all_logits needs at least one token");
         }
-        if let Some(engine) = self.engine() {
-            if let Some(c) = cache.engine_cache(&engine) {
-                let logits = engine.forward(ids, &[ids.len()], &mut [c], Logits::All).map_err(candle_core::Error::wrap)?;
-                return Tensor::from_vec(logits, (ids.len(), engine.vocab()), self.device());
-            }
-        }
-        let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
-        let (rows, _) = self.forward_rows(&input, Some(cache), None, Mode::Inference)?;
-        self.logits(&rows)?.to_dtype(DType::F32)
+        self.forward_sequences(&[ids], &mut [cache], Logits::All)
     }
 
     /// Logits of several independent sequences in one pass: `seqs[i]` goes after `caches[i]`'s
@@ -478,11 +470,13 @@ impl MiniMind {
         }
         let mut parts = Vec::with_capacity(seqs.len());
         for (ids, cache) in seqs.iter().zip(caches.iter_mut()) {
-            let all = self.forward_all_logits(ids, cache)?;
-            parts.push(match which {
-                Logits::All => all,
-                Logits::LastOfEach => all.narrow(0, ids.len() - 1, 1)?,
-            });
+            let input = Tensor::new(*ids, self.device())?.unsqueeze(0)?;
+            let (rows, _) = self.forward_rows(&input, Some(cache), None, Mode::Inference)?;
+            let rows = match which {
+                Logits::All => rows,
+                Logits::LastOfEach => rows.narrow(0, ids.len() - 1, 1)?,
+            };
+            parts.push(self.logits(&rows)?.to_dtype(DType::F32)?);
         }
         Tensor::cat(&parts, 0)
     }
