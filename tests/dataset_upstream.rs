@@ -21,7 +21,7 @@ use mm_dataset::{
 type MmEncoder = mm::train::encoder::ChatEncoder;
 
 fn minimind2() -> MmEncoder {
-    MmEncoder::new(&TokenizerFiles::builtin_minimind2()).unwrap()
+    mm::train::encoder::chat_encoder(&TokenizerFiles::builtin_minimind2()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use common::skip;
 use mm::converters::{Checkpoint, MiniMindConfig, TokenizerFiles};
 use mm::model::init::random_checkpoint;
-use mm::train::encoder::ChatEncoder;
+use mm::train::encoder::chat_encoder;
 use mm::train::reward_model::hf::{self, RewardCheckpoint};
 use mm::train::reward_model::remote::PoolingClient;
 use mm::train::reward_model::scorer::{ModelScorer, RemoteScorer};
@@ -52,7 +52,7 @@ fn conversations() -> Vec<Value> {
 }
 
 fn pad_id() -> u32 {
-    ChatEncoder::new(&TokenizerFiles::builtin_minimind2()).unwrap().tokenizer.pad_id().unwrap()
+    chat_encoder(&TokenizerFiles::builtin_minimind2()).unwrap().tokenizer.pad_id().unwrap()
 }
 
 #[test]
@@ -135,8 +135,8 @@ fn learns_a_visible_preference() {
     let data = dir.path().join("pairs.jsonl");
     write_rule_pairs(&data);
     let ckpt = tiny(2);
-    let encoder = ChatEncoder::new(&ckpt.tokenizer).unwrap();
-    let pairs = PairFile::open(&data, ChatEncoder::new(&ckpt.tokenizer).unwrap(), 64, false).unwrap();
+    let encoder = chat_encoder(&ckpt.tokenizer).unwrap();
+    let pairs = PairFile::open(&data, chat_encoder(&ckpt.tokenizer).unwrap(), 64, false).unwrap();
     let model = TrainableModel::from_checkpoint(&ckpt, &Device::Cpu).unwrap();
     let score = Var::from_tensor(&init_score(64, 5, &Device::Cpu).unwrap()).unwrap();
     let opts = RewardTrainOptions {
@@ -154,7 +154,7 @@ fn learns_a_visible_preference() {
         checkpoint: None,
     };
     let report =
-        mm::train::reward_model::train::train(&model, &score, encoder.tokenizer.pad_id().unwrap(), &pairs, &encoder.tokenizer, &encoder.template, &opts)
+        mm::train::reward_model::train::train(&model, &score, encoder.tokenizer.pad_id().unwrap(), &pairs, &encoder.tokenizer, encoder.template().unwrap(), &opts)
             .unwrap();
     let n = report.held_out.len();
     let correct = report.held_out.iter().filter(|s| s.correct()).count();

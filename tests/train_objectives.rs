@@ -10,7 +10,7 @@ use mm::converters::{read_checkpoint, MiniMindConfig, TokenizerFiles};
 use mm::model::{MiniMind, Mode};
 use mm::train::distill::Distillation;
 use mm::train::dpo::{dpo_loss, logits_to_log_probs, Dpo};
-use mm::train::encoder::ChatEncoder;
+use mm::train::encoder::chat_encoder;
 use mm::train::objective::Objective;
 use mm::train::reason::{weighted_mask, ReasonSft, TAGS, TAG_WEIGHT};
 use mm::train::step::{clip_grad_norm, gradients};
@@ -220,7 +220,7 @@ fn distillation_matches_upstream_formula() {
 
 #[test]
 fn reason_weights_tag_targets_tenfold() {
-    let encoder = ChatEncoder::new(&TokenizerFiles::builtin_minimind2()).unwrap();
+    let encoder = chat_encoder(&TokenizerFiles::builtin_minimind2()).unwrap();
     let objective = ReasonSft::new(&encoder).unwrap();
     for tag in TAGS {
         let ids = encoder.encode(tag, true).unwrap();

@@ -8,6 +8,7 @@
 //! - [`cli`]: pure helpers for `mm template render` and `mm tokenize`.
 
 pub mod cli;
+pub mod encoder;
 pub mod output;
 pub mod percent_format;
 pub mod pyjson;
@@ -16,6 +17,7 @@ pub mod template;
 pub mod tokenizer;
 pub mod train_tokenizer;
 
+pub use encoder::ChatEncoder;
 pub use output::{parse_output, Delta, OutputStream, ParsedOutput, ToolCall, ToolCallError};
 pub use template::{ChatTemplate, RenderRequest};
 pub use tokenizer::{SpecialTokens, StreamDecoder, Tokenizer};

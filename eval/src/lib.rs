@@ -6,4 +6,3 @@ pub mod multiple_choice;
 pub mod perplexity;
 pub mod prompt;
 pub mod questions;
-pub mod text_encoder;

@@ -17,7 +17,7 @@ use mm::eval::multiple_choice::{evaluate, summarize};
 use mm::eval::perplexity::{score_texts, token_bytes, Windowing};
 use mm::eval::prompt::{Method, PromptStyle, CEVAL_DESCRIPTION};
 use mm::eval::questions;
-use mm::eval::text_encoder::EvalEncoder;
+use mm::chat::ChatEncoder;
 use mm_dataset::{EvalTexts, TextFormat};
 
 use super::ModelArgs;
@@ -130,7 +130,7 @@ fn bar(len: usize, quiet: bool, what: &str) -> ProgressBar {
 
 fn perplexity(a: &EvalArgs, loaded: &mm::loaded::LoadedModel, started: Instant) -> Result<(Value, String)> {
     let windowing = Windowing::new(a.max_seq_len, a.stride.unwrap_or(a.max_seq_len))?;
-    let encoder = EvalEncoder::new(&loaded.tokenizer, loaded.template.as_ref());
+    let encoder = ChatEncoder::lenient(loaded.tokenizer.clone(), loaded.template.clone());
     let texts = EvalTexts::open(&a.data, encoder)?;
     let bytes = token_bytes(&loaded.tokenizer);
     let progress = bar(texts.len(), a.quiet, "texts");

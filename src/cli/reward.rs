@@ -10,7 +10,7 @@ use serde_json::json;
 
 use mm::converters::output_guard::check_not_an_input;
 use mm::converters::read_checkpoint;
-use mm::train::encoder::ChatEncoder;
+use mm::train::encoder::chat_encoder;
 use mm::train::reward_model::hf::{self, RewardCheckpoint};
 use mm::train::reward_model::resume::Checkpointing;
 use mm::train::reward_model::train::{accuracy, binomial_tail, init_score, score_pairs, PairFile, PairScore, RewardTrainOptions};
@@ -55,7 +55,7 @@ pub fn run(a: RewardArgs) -> Result<()> {
     let rc = hf::read(&a.model)?;
     let rm = RewardModel::new(&rc.trunk, &rc.score, rc.pad_id, &device)?;
     let max_len = a.max_seq_len.unwrap_or(rm.context()).min(rm.context()).min(mm_dataset::MAX_LENGTH);
-    let pairs = PairFile::open(&a.data, ChatEncoder::new(&rc.trunk.tokenizer)?, max_len.max(2), a.skip_bad_lines)?;
+    let pairs = PairFile::open(&a.data, chat_encoder(&rc.trunk.tokenizer)?, max_len.max(2), a.skip_bad_lines)?;
     if pairs.is_empty() {
         bail!("{}: no pairs", a.data.display());
     }
@@ -193,9 +193,9 @@ pub fn run_train(a: TrainRewardArgs) -> Result<()> {
         Some(s) => s.to_device(&device)?,
         None => init_score(start.trunk.config.hidden_size, a.seed, &device)?,
     })?;
-    let encoder = ChatEncoder::new(&start.trunk.tokenizer)?;
+    let encoder = chat_encoder(&start.trunk.tokenizer)?;
     let pad = start.pad_id.unwrap_or(encoder.tokenizer.pad_id().context("the tokenizer has no pad_token (the score is read at the last token that is not the pad)")?);
-    let pairs = PairFile::open(&a.data, ChatEncoder::new(&start.trunk.tokenizer)?, a.max_seq_len, a.skip_bad_lines)?;
+    let pairs = PairFile::open(&a.data, chat_encoder(&start.trunk.tokenizer)?, a.max_seq_len, a.skip_bad_lines)?;
     if pairs.is_empty() {
         bail!("{}: no pairs", a.data.display());
     }
@@ -208,7 +208,7 @@ pub fn run_train(a: TrainRewardArgs) -> Result<()> {
             mm::device::describe(&device)
         );
     }
-    let report = mm::train::reward_model::train::train(&model, &score, pad, &pairs, &encoder.tokenizer, &encoder.template, &opts)?;
+    let report = mm::train::reward_model::train::train(&model, &score, pad, &pairs, &encoder.tokenizer, encoder.template()?, &opts)?;
     let trunk = model.to_checkpoint(DType::F32, mm::converters::Provenance::new("mm train reward", &out))?;
     let saved = RewardCheckpoint { trunk, score: score.as_tensor().to_device(&candle_core::Device::Cpu)?, pad_id: pad };
     hf::write(&saved, &out, DType::F32)?;

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use mm::converters::{read_checkpoint, Checkpoint, MiniMindConfig, TokenizerFiles};
 use mm::model::init::random_checkpoint;
-use mm::train::encoder::ChatEncoder;
+use mm::train::encoder::{chat_encoder, ChatEncoder};
 use mm::train::objective::LanguageModeling;
 use mm::train::rlaif::ppo::PpoConfig;
 use mm::train::rlaif::stage::{Algorithm, RlConfig, RlStage};
@@ -631,7 +631,7 @@ fn prepare(c: &CommonArgs, d: &StageDefaults, from_required: bool) -> Result<Pre
     opts.validate()?;
     let (model, resume) = model_and_resume(c, &mut opts, from_required)?;
     opts.validate()?;
-    let encoder = ChatEncoder::new(&model.tokenizer)?;
+    let encoder = chat_encoder(&model.tokenizer)?;
     let data_opts = DatasetOptions::new(c.max_seq_len.unwrap_or(d.max_seq_len)).skip_bad_lines(c.skip_bad_lines);
     check_batch_shape(opts.batch_size, data_opts.max_length, model.config.max_position_embeddings)?;
     let main_rank = mm::train::distributed::env_role()?.is_none_or(|(rank, _)| rank == 0);
