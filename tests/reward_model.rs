@@ -152,6 +152,7 @@ fn learns_a_visible_preference() {
         max_steps: None,
         skip_bad_lines: false,
         checkpoint: None,
+        metrics: None,
     };
     let report =
         mm::train::reward_model::train::train(&model, &score, encoder.tokenizer.pad_id().unwrap(), &pairs, &encoder.tokenizer, encoder.template().unwrap(), &opts)
@@ -193,6 +194,20 @@ fn cli_trains_and_scores_the_dpo_sample() {
         "--epochs", "3", "--lr", "2e-3", "--batch-size", "4", "--max-seq-len", "128", "--held-out", "0.25", "--quiet",
     ]);
     assert!(out.contains("held-out accuracy"), "{out}");
+    // A metrics line per step (21 train pairs / 4 = 6 steps × 3 epochs) and per epoch, and
+    // both curves.
+    let lines: Vec<Value> = std::fs::read_to_string(dir.path().join("rm.metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps = lines.iter().filter(|l| l["loss"].is_number() && l["batch_acc"].is_number()).count();
+    let epochs: Vec<f64> = lines.iter().filter_map(|l| l["held_out_acc"].as_f64()).collect();
+    assert_eq!((steps, epochs.len()), (18, 3), "{lines:?}");
+    assert!(epochs.iter().all(|a| (0.0..=1.0).contains(a)));
+    for png in ["rm.loss.png", "rm.accuracy.png"] {
+        assert!(std::fs::read(dir.path().join(png)).unwrap().starts_with(b"\x89PNG"), "{png}");
+    }
     let _ = std::io::stderr().write_all(format!("mm train reward on dpo_sample.jsonl:\n{out}").as_bytes());
     let (json_out, _) = run_mm(&["reward", rm.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"]);
     let v: Value = serde_json::from_str(&json_out).unwrap();

@@ -122,6 +122,9 @@ pub struct BatchInfo {
     /// With a [`Loader::shard`]: this rank's share of the global batch was empty (a short
     /// last batch), and the batch holds one stand-in row that must get weight 0.
     pub stand_in: bool,
+    /// With a [`Loader::shard`]: where this rank's rows start within the global batch (0
+    /// without one), so per-row randomness can follow the global row, not the rank.
+    pub first_row: usize,
 }
 
 /// Batches of a [`Dataset`] over epochs.
@@ -324,7 +327,7 @@ impl<D: Dataset> Loader<D> {
             if examples.is_empty() || (self.opts.drop_last && examples.len() < bs) {
                 continue; // the rest of the epoch was all bad lines, or a short batch is dropped
             }
-            let info = BatchInfo { epoch: start.epoch, step: self.step_in_epoch, start, end: self.pos, stand_in: false };
+            let info = BatchInfo { epoch: start.epoch, step: self.step_in_epoch, start, end: self.pos, stand_in: false, first_row: 0 };
             self.step_in_epoch += 1;
             self.batches += 1;
             return Ok(Some((info, self.dataset.collate(examples, lines))));
@@ -404,7 +407,7 @@ impl<D: Dataset> Loader<D> {
         }
         self.note_rows_without_loss(empty);
         self.pos.index = end as u64;
-        let info = BatchInfo { epoch: start.epoch, step: self.step_in_epoch, start, end: self.pos, stand_in };
+        let info = BatchInfo { epoch: start.epoch, step: self.step_in_epoch, start, end: self.pos, stand_in, first_row: offset };
         self.step_in_epoch += 1;
         self.batches += 1;
         Ok((info, self.dataset.collate(examples, lines)))

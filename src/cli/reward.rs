@@ -176,6 +176,7 @@ pub fn run_train(a: TrainRewardArgs) -> Result<()> {
         max_steps: a.max_steps,
         skip_bad_lines: a.skip_bad_lines,
         checkpoint: None,
+        metrics: None,
     };
     opts.validate()?;
     let start = starting_point(&a.from, &a.hints)?;
@@ -184,8 +185,11 @@ pub fn run_train(a: TrainRewardArgs) -> Result<()> {
     let name = out.file_name().map_or_else(|| "reward".into(), |n| n.to_string_lossy().into_owned());
     let resume_dir = out.with_file_name(format!("{name}_resume"));
     check_not_an_input(&resume_dir, &[&a.from, &a.data])?;
+    let metrics_path = out.with_file_name(format!("{name}.metrics.jsonl"));
+    check_not_an_input(&metrics_path, &[&a.from, &a.data])?;
     let opts = RewardTrainOptions {
         checkpoint: Some(Checkpointing { dir: resume_dir, every: a.save_every, resume: a.resume }),
+        metrics: Some(metrics_path.clone()),
         ..opts
     };
     let model = TrainableModel::from_checkpoint(&start.trunk, &device)?;
@@ -227,6 +231,18 @@ pub fn run_train(a: TrainRewardArgs) -> Result<()> {
         );
     }
     println!("reward model: {}", out.display());
+    println!("metrics: {}", metrics_path.display());
+    // The loss curve, and the held-out accuracy per epoch when there is a held-out part.
+    for (column, suffix) in [("loss", "loss"), ("held_out_acc", "accuracy")] {
+        if column == "held_out_acc" && report.held_out.is_empty() {
+            continue;
+        }
+        let png = out.with_file_name(format!("{name}.{suffix}.png"));
+        match mm::train::plot::write_metric_curve(&metrics_path, column, &png) {
+            Ok(_) => println!("curve:   {}", png.display()),
+            Err(e) => eprintln!("note: no {suffix} curve drawn: {e:#}"),
+        }
+    }
     Ok(())
 }
 

@@ -247,7 +247,8 @@ pub struct CommonArgs {
     quiet: bool,
     /// Data-parallel over this many GPUs of the host (cuda:0 … cuda:N-1), one process each,
     /// gradients summed with NCCL (upstream: `torchrun --nproc_per_node N`). --batch-size is
-    /// per GPU, as upstream's.
+    /// per GPU, as upstream's. With an explicit `--device cpu`: N CPU processes sharing the
+    /// cores, summing over TCP (as torch's gloo backend).
     #[arg(long, default_value_t = 1)]
     gpus: usize,
 }
@@ -376,16 +377,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Stage::Ppo(p) => p.rl.common.gpus,
         Stage::Reward(_) => 1,
     };
-    if gpus > 1 && matches!(a.stage, Stage::Spo(_) | Stage::Ppo(_)) {
-        bail!("--gpus {gpus}: SPO's value tracker and PPO's critic are not kept in step across GPUs; train them on one GPU (GRPO runs data parallel)");
-    }
     if gpus == 0 {
         bail!("--gpus 0: pass at least 1");
     }
-    // The launcher: start one copy of this command per GPU and wait for them.
+    // The launcher: start one copy of this command per GPU (or, with an explicit
+    // `--device cpu`, per CPU process) and wait for them.
     if gpus > 1 && mm::train::distributed::env_role()?.is_none() {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        return mm::train::distributed::launch(gpus, &args);
+        let cpu = args.windows(2).any(|w| w[0] == "--device" && w[1].trim().eq_ignore_ascii_case("cpu"))
+            || args.iter().any(|a| a.trim().eq_ignore_ascii_case("--device=cpu"));
+        return mm::train::distributed::launch(gpus, &args, cpu);
     }
     match a.stage {
         Stage::Pretrain(c) => run_lm(c, &PRETRAIN, false),

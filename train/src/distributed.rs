@@ -10,8 +10,13 @@
 //! is the gradient of the global batch's mean loss: the same mathematics as one GPU fed the
 //! global batch. All ranks then clip and step identically, so the weights stay equal
 //! without being broadcast. Rank 0 alone logs, draws progress and saves.
+//!
+//! On CPUs (`--device cpu --gpus N`, or torchrun/Slurm with `--device cpu`) the ranks are
+//! processes on this host or others and sum over TCP through rank 0 ([`crate::tcp_group`]),
+//! as torch's gloo backend would: the same loop, for CPU-only hosts and for testing the
+//! data-parallel mathematics without GPUs.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
 
 /// Environment variables a launched rank reads.
@@ -23,9 +28,19 @@ pub const ENV_NCCL_ID: &str = "MM_DIST_NCCL_ID";
 pub struct DataParallel {
     pub rank: usize,
     pub world: usize,
-    #[cfg(feature = "nccl")]
-    comm: nccl::Communicator,
+    backend: Backend,
 }
+
+/// How the ranks sum.
+enum Backend {
+    #[cfg(feature = "nccl")]
+    Nccl(nccl::Communicator),
+    Tcp(crate::tcp_group::TcpGroup),
+}
+
+/// The id rank 0 hands out in a CPU run (an NCCL id is 256 hex digits: ranks that disagree
+/// on the backend notice).
+const TCP_ID: &str = "tcp";
 
 static CURRENT: std::sync::OnceLock<Option<DataParallel>> = std::sync::OnceLock::new();
 
@@ -63,6 +78,14 @@ fn from_env(device: &candle_core::Device) -> Result<Option<DataParallel>> {
     if world == 1 {
         return Ok(None);
     }
+    if device.is_cpu() {
+        let launch = crate::rendezvous::from_env(|k| std::env::var(k).ok())?
+            .context("a CPU rank joins through torchrun's or Slurm's variables (RANK, WORLD_SIZE, MASTER_ADDR)")?;
+        let joined = launch.join((rank == 0).then_some(TCP_ID), rendezvous_timeout()?)?;
+        ensure!(joined.id == TCP_ID, "rank {rank} runs on the CPU but rank 0 does not (it handed out an NCCL id); give every rank the same --device");
+        let group = crate::tcp_group::TcpGroup::new(rank, world, joined.streams, step_timeout()?)?;
+        return Ok(Some(DataParallel { rank, world, backend: Backend::Tcp(group) }));
+    }
     #[cfg(feature = "nccl")]
     {
         let id = match std::env::var(ENV_NCCL_ID) {
@@ -71,25 +94,35 @@ fn from_env(device: &candle_core::Device) -> Result<Option<DataParallel>> {
             Err(_) => {
                 let launch = crate::rendezvous::from_env(|k| std::env::var(k).ok())?.with_context(|| format!("{ENV_NCCL_ID} is not set"))?;
                 let own = if rank == 0 { Some(nccl::new_id()?) } else { None };
-                launch.exchange(own.as_deref(), rendezvous_timeout()?)?
+                let id = launch.exchange(own.as_deref(), rendezvous_timeout()?)?;
+                ensure!(id != TCP_ID, "rank {rank} runs on a GPU but rank 0 runs on the CPU; give every rank the same --device");
+                id
             }
         };
         let comm = nccl::Communicator::join(device, rank, world, &id)?;
-        Ok(Some(DataParallel { rank, world, comm }))
+        Ok(Some(DataParallel { rank, world, backend: Backend::Nccl(comm) }))
     }
     #[cfg(not(feature = "nccl"))]
     {
-        let _ = device;
-        bail!("rank {rank} of {world}: this mm was built without NCCL (scripts/build-cuda.sh builds it with)")
+        bail!("rank {rank} of {world}: this mm was built without NCCL (scripts/build-cuda.sh builds it with); on CPUs pass --device cpu")
     }
 }
 
 /// How long ranks wait for each other at the master (`MM_RENDEZVOUS_TIMEOUT` seconds, default 300).
-#[cfg(feature = "nccl")]
 fn rendezvous_timeout() -> Result<std::time::Duration> {
-    let secs = match std::env::var("MM_RENDEZVOUS_TIMEOUT") {
-        Ok(v) => v.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("MM_RENDEZVOUS_TIMEOUT={v:?} is not a number of seconds"))?,
-        Err(_) => 300,
+    seconds("MM_RENDEZVOUS_TIMEOUT", 300)
+}
+
+/// How long a CPU rank waits for the others within a step (`MM_DIST_TIMEOUT` seconds,
+/// default 1800: a slow rank's whole step, not a network delay).
+fn step_timeout() -> Result<std::time::Duration> {
+    seconds("MM_DIST_TIMEOUT", 1800)
+}
+
+fn seconds(key: &str, default: u64) -> Result<std::time::Duration> {
+    let secs = match std::env::var(key) {
+        Ok(v) => v.trim().parse::<u64>().ok().filter(|&s| s > 0).ok_or_else(|| anyhow::anyhow!("{key}={v:?} is not a number of seconds"))?,
+        Err(_) => default,
     };
     Ok(std::time::Duration::from_secs(secs))
 }
@@ -99,17 +132,42 @@ impl DataParallel {
         self.rank == 0
     }
 
-    /// Σ over ranks, element-wise (f32 tensors on this rank's GPU).
+    /// Σ over ranks, element-wise (f32 tensors on this rank's device).
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "nccl")]
-        {
-            self.comm.all_reduce_sum(t)
+        match &self.backend {
+            #[cfg(feature = "nccl")]
+            Backend::Nccl(comm) => comm.all_reduce_sum(t),
+            Backend::Tcp(group) => {
+                let mut values = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                group.all_reduce_sum(&mut values)?;
+                Ok(Tensor::from_vec(values, t.shape(), t.device())?.to_dtype(t.dtype())?)
+            }
         }
-        #[cfg(not(feature = "nccl"))]
-        {
-            let _ = t;
-            unreachable!("a DataParallel exists only in an NCCL build")
+    }
+
+    /// The ranks' `[n_r]` vectors laid end to end in rank order (the global batch's rows,
+    /// since each rank holds a contiguous share), and where this rank's rows start. Two
+    /// sums: the counts, then each rank's rows placed in a zero vector (adding zeros is
+    /// exact, so every rank gets the very values a single process would hold).
+    pub fn all_gather_rows(&self, local: &Tensor) -> Result<(Tensor, usize)> {
+        let n = local.dims1()?;
+        let device = local.device();
+        let mut counts = vec![0f32; self.world];
+        counts[self.rank] = n as f32;
+        let counts: Vec<f32> = self.all_reduce_sum(&Tensor::from_vec(counts, self.world, device)?)?.to_vec1()?;
+        let counts: Vec<usize> = counts.iter().map(|&c| c as usize).collect();
+        let offset: usize = counts[..self.rank].iter().sum();
+        let total: usize = counts.iter().sum();
+        let mut parts = Vec::new();
+        let local = local.to_dtype(candle_core::DType::F32)?;
+        if offset > 0 {
+            parts.push(Tensor::zeros(offset, candle_core::DType::F32, device)?);
         }
+        parts.push(local);
+        if total > offset + n {
+            parts.push(Tensor::zeros(total - offset - n, candle_core::DType::F32, device)?);
+        }
+        Ok((self.all_reduce_sum(&Tensor::cat(&parts, 0)?)?, offset))
     }
 
     /// Sums every gradient over the ranks: one all-reduce over all of them laid end to end
@@ -130,69 +188,95 @@ impl DataParallel {
     }
 }
 
-/// Starts `world` copies of this program, one per GPU (`cuda:0` … `cuda:world-1`), with
-/// `args` minus any `--device`/`--gpus` flags, and waits for them. The first failure stops
-/// the others.
-pub fn launch(world: usize, args: &[String]) -> Result<()> {
+/// Starts `world` copies of this program, one per GPU (`cuda:0` … `cuda:world-1`) or, with
+/// `cpu`, `world` CPU processes sharing this host's cores (joined as torchrun's ranks would
+/// be, at 127.0.0.1), with `args` minus any `--device`/`--gpus` flags, and waits for them.
+/// The first failure stops the others.
+pub fn launch(world: usize, args: &[String], cpu: bool) -> Result<()> {
     #[cfg(not(feature = "nccl"))]
-    {
+    if !cpu {
         let _ = args;
-        bail!("--gpus {world}: this mm was built without NCCL; see scripts/build-cuda.sh");
+        bail!("--gpus {world}: this mm was built without NCCL; see scripts/build-cuda.sh (or pass --device cpu for CPU processes)");
     }
-    #[cfg(feature = "nccl")]
-    {
-        let id = nccl::new_id()?;
-        let exe = std::env::current_exe().context("locating the mm executable to start the ranks")?;
-        let mut rest = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if a == "--device" || a == "--gpus" {
-                it.next();
-            } else if !(a.starts_with("--device=") || a.starts_with("--gpus=")) {
-                rest.push(a.clone());
-            }
+    let exe = std::env::current_exe().context("locating the mm executable to start the ranks")?;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--device" || a == "--gpus" {
+            it.next();
+        } else if !(a.starts_with("--device=") || a.starts_with("--gpus=")) {
+            rest.push(a.clone());
         }
-        let mut children = Vec::new();
+    }
+    let command = |rank: usize| {
+        let mut c = std::process::Command::new(&exe);
+        c.args(&rest).env(ENV_RANK, rank.to_string()).env(ENV_WORLD, world.to_string());
+        c
+    };
+    let mut children = Vec::new();
+    if cpu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port for the ranks to meet")?
+            .port();
+        // Each rank gets its share of the cores (unless the user set the count).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| (cores / world).max(1).to_string());
         for rank in 0..world {
-            let child = std::process::Command::new(&exe)
-                .args(&rest)
-                .arg("--device")
-                .arg(format!("cuda:{rank}"))
-                .env(ENV_RANK, rank.to_string())
-                .env(ENV_WORLD, world.to_string())
-                .env(ENV_NCCL_ID, &id)
+            let child = command(rank)
+                .args(["--device", "cpu"])
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MM_RENDEZVOUS_PORT", port.to_string())
+                .env("RAYON_NUM_THREADS", &threads)
                 .spawn()
                 .with_context(|| format!("starting rank {rank}"))?;
             children.push(child);
         }
-        let mut failed = None;
-        loop {
-            let mut running = 0;
-            for (rank, c) in children.iter_mut().enumerate() {
-                match c.try_wait()? {
-                    Some(status) if !status.success() && failed.is_none() => failed = Some((rank, status)),
-                    Some(_) => {}
-                    None => running += 1,
-                }
+    } else {
+        #[cfg(feature = "nccl")]
+        {
+            let id = nccl::new_id()?;
+            for rank in 0..world {
+                let child = command(rank)
+                    .arg("--device")
+                    .arg(format!("cuda:{rank}"))
+                    .env(ENV_NCCL_ID, &id)
+                    .spawn()
+                    .with_context(|| format!("starting rank {rank}"))?;
+                children.push(child);
             }
-            if let Some((rank, status)) = failed {
-                for c in children.iter_mut() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-                bail!("rank {rank} failed ({status}); stopped the other ranks");
-            }
-            if running == 0 {
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+    let mut failed = None;
+    loop {
+        let mut running = 0;
+        for (rank, c) in children.iter_mut().enumerate() {
+            match c.try_wait()? {
+                Some(status) if !status.success() && failed.is_none() => failed = Some((rank, status)),
+                Some(_) => {}
+                None => running += 1,
+            }
+        }
+        if let Some((rank, status)) = failed {
+            for c in children.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            bail!("rank {rank} failed ({status}); stopped the other ranks");
+        }
+        if running == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
 #[cfg(feature = "nccl")]
 mod nccl {
-    use anyhow::{bail, Context, Result};
+    use anyhow::{bail, ensure, Context, Result};
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
     use candle_core::cuda_backend::CudaStorage;

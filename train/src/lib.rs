@@ -22,6 +22,7 @@ pub mod rewards;
 pub mod rollout;
 pub mod schedule;
 pub mod step;
+pub mod tcp_group;
 pub mod trainer;
 
 pub use adamw::{AdamW, AdamWConfig};

@@ -31,8 +31,9 @@ pub trait Objective {
     // critic and old actor) hook into the loop here; the defaults do nothing.
 
     /// Called before [`loss`](Self::loss) with the run's 0-based micro-step (the same on a
-    /// resumed run as on an uninterrupted one).
-    fn begin_step(&mut self, _micro_step: u64) -> Result<()> {
+    /// resumed run as on an uninterrupted one) and, data parallel, where this rank's rows
+    /// start in the global batch (0 otherwise).
+    fn begin_step(&mut self, _micro_step: u64, _first_row: usize) -> Result<()> {
         Ok(())
     }
 

@@ -31,6 +31,13 @@ fn read_line(stream: &TcpStream) -> Result<String> {
     Ok(line)
 }
 
+/// What [`LaunchEnv::join`] leaves: rank 0's id and the open connections.
+pub struct Joined {
+    pub id: String,
+    /// Rank 0: the streams of ranks 1..world in order; another rank: its stream to rank 0.
+    pub streams: Vec<TcpStream>,
+}
+
 /// This process's place in a multi-process launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchEnv {
@@ -92,26 +99,35 @@ impl LaunchEnv {
     /// Rank 0: listens at the master address, waits for every other rank's hello and gives
     /// each the id. Other ranks: connect (retrying until `timeout`) and receive the id.
     pub fn exchange(&self, id: Option<&str>, timeout: Duration) -> Result<String> {
+        Ok(self.join(id, timeout)?.id)
+    }
+
+    /// [`exchange`](Self::exchange), keeping the connections: rank 0 holds one stream per
+    /// other rank (in rank order), every other rank its stream to rank 0. The CPU backend of
+    /// data parallelism sums over them ([`crate::tcp_group`]).
+    pub fn join(&self, id: Option<&str>, timeout: Duration) -> Result<Joined> {
         if self.rank == 0 {
             let id = id.context("rank 0 must provide the id")?;
             ensure!(!id.contains('\n'), "the id must be one line");
-            self.serve(id, timeout)?;
-            Ok(id.to_string())
+            let streams = self.serve(id, timeout)?;
+            Ok(Joined { id: id.to_string(), streams })
         } else {
-            self.fetch(timeout)
+            let (id, stream) = self.fetch(timeout)?;
+            Ok(Joined { id, streams: vec![stream] })
         }
     }
 
-    fn serve(&self, id: &str, timeout: Duration) -> Result<()> {
+    fn serve(&self, id: &str, timeout: Duration) -> Result<Vec<TcpStream>> {
         let listener = TcpListener::bind(self.master())
             .with_context(|| format!("rank 0 cannot listen at MASTER_ADDR:MASTER_PORT = {} (is it this host's address, and the port free?)", self.master()))?;
         listener.set_nonblocking(true)?;
         let started = Instant::now();
-        let mut joined = vec![false; self.world];
-        joined[0] = true;
-        while joined.iter().any(|j| !j) {
+        let mut joined: Vec<Option<TcpStream>> = (0..self.world).map(|_| None).collect();
+        let mut arrived = vec![false; self.world];
+        arrived[0] = true;
+        while arrived.iter().any(|j| !j) {
             if started.elapsed() > timeout {
-                let missing: Vec<String> = joined.iter().enumerate().filter(|(_, j)| !**j).map(|(r, _)| r.to_string()).collect();
+                let missing: Vec<String> = arrived.iter().enumerate().filter(|(_, j)| !**j).map(|(r, _)| r.to_string()).collect();
                 bail!(
                     "rendezvous at {}: rank(s) {} of {} did not arrive within {:.0} s",
                     self.master(),
@@ -123,20 +139,21 @@ impl LaunchEnv {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     stream.set_nonblocking(false)?;
-                    if let Some(rank) = self.greet(stream, id, &joined).with_context(|| format!("rendezvous: a rank from {peer}"))? {
-                        joined[rank] = true;
+                    if let Some((rank, stream)) = self.greet(stream, id, &arrived).with_context(|| format!("rendezvous: a rank from {peer}"))? {
+                        arrived[rank] = true;
+                        joined[rank] = Some(stream);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => return Err(e).context("rendezvous: accepting a rank"),
             }
         }
-        Ok(())
+        Ok(joined.into_iter().flatten().collect())
     }
 
     /// Reads one hello and answers it; the rank that joined, or None for a rejected one
     /// (whose sender gets the reason).
-    fn greet(&self, stream: TcpStream, id: &str, joined: &[bool]) -> Result<Option<usize>> {
+    fn greet(&self, stream: TcpStream, id: &str, joined: &[bool]) -> Result<Option<(usize, TcpStream)>> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let line = read_line(&stream).unwrap_or_default();
         let mut writer = stream;
@@ -155,7 +172,7 @@ impl LaunchEnv {
         match reply {
             Ok(r) => {
                 writer.write_all(format!("ok {id}\n").as_bytes())?;
-                Ok(Some(r))
+                Ok(Some((r, writer)))
             }
             Err(reason) => {
                 let _ = writer.write_all(format!("error {reason}\n").as_bytes());
@@ -164,7 +181,7 @@ impl LaunchEnv {
         }
     }
 
-    fn fetch(&self, timeout: Duration) -> Result<String> {
+    fn fetch(&self, timeout: Duration) -> Result<(String, TcpStream)> {
         let started = Instant::now();
         let addrs: Vec<_> = self
             .master()
@@ -191,7 +208,7 @@ impl LaunchEnv {
         let line = read_line(&stream).with_context(|| format!("rank {}: no answer from the master at {}", self.rank, self.master()))?;
         let line = line.trim_end();
         if let Some(id) = line.strip_prefix("ok ") {
-            return Ok(id.to_string());
+            return Ok((id.to_string(), stream));
         }
         match line.strip_prefix("error ") {
             Some(reason) => bail!("rank {}: the master at {} refused it: {reason}", self.rank, self.master()),

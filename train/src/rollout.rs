@@ -159,6 +159,20 @@ pub fn sample_rollouts(
     params: &SamplingParams,
     eos: u32,
 ) -> Result<Rollouts> {
+    sample_rollouts_at(model, prompts, n_per_prompt, params, eos, 0)
+}
+
+/// [`sample_rollouts`] of prompts that sit from `first_prompt` on in a larger batch: the
+/// row seeds are those of that batch's rows, so a data-parallel rank samples exactly what
+/// one process given the whole batch would.
+pub fn sample_rollouts_at(
+    model: &MiniMind,
+    prompts: &[Vec<u32>],
+    n_per_prompt: usize,
+    params: &SamplingParams,
+    eos: u32,
+    first_prompt: usize,
+) -> Result<Rollouts> {
     ensure!(n_per_prompt > 0, "rollouts need at least one sample per prompt");
     ensure!(params.max_new_tokens > 0, "rollouts need max_new_tokens > 0");
     ensure!((eos as usize) < model.config.vocab_size, "eos id {eos} is outside the vocabulary ({})", model.config.vocab_size);
@@ -168,7 +182,7 @@ pub fn sample_rollouts(
     let mut live: Vec<Live> = Vec::with_capacity(done.len());
     for (i, prompt) in prompts.iter().enumerate() {
         let row_params = |j: usize| SamplingParams {
-            seed: row_seed(params.seed, i * n_per_prompt + j),
+            seed: row_seed(params.seed, (first_prompt + i) * n_per_prompt + j),
             stop_ids: vec![eos],
             ..params.clone()
         };

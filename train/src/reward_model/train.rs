@@ -52,6 +52,10 @@ pub struct RewardTrainOptions {
     pub skip_bad_lines: bool,
     /// Periodic saves and `--resume` (none: nothing is saved until the end).
     pub checkpoint: Option<Checkpointing>,
+    /// A JSON line per step (`step`, `epoch`, `loss`, `lr`, `batch_acc`, `pairs_per_s`,
+    /// `elapsed_s`) and per epoch (`step`, `epoch`, `held_out_acc`), as the trainer's
+    /// metrics files (a resumed run appends; readers drop the lines it supersedes).
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 impl RewardTrainOptions {
@@ -270,6 +274,7 @@ pub fn train(
         _ => Position { run: run.clone(), ..Position::default() },
     };
     bar.set_position(at.step);
+    let mut metrics = open_metrics(opts)?;
     let save = |at: &Position, optimizer: &AdamW| -> Result<()> {
         match &opts.checkpoint {
             Some(c) => resume::save(&c.dir, model, score, optimizer, at),
@@ -308,17 +313,24 @@ pub fn train(
             }
             let batch_acc = margin.gt(0f64)?.to_dtype(DType::F32)?.mean_all()?.to_scalar::<f32>()?;
             at.losses.push((step, loss_value));
+            let pairs_per_s = ((step - first_step) as usize * opts.batch_size) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            metric_line(
+                &mut metrics,
+                serde_json::json!({
+                    "step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "batch_acc": batch_acc,
+                    "pairs_per_s": pairs_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
+                }),
+            )?;
             (at.epoch, at.next_batch, at.optimizer_step) = (epoch, s + 1, optimizer.step);
             if opts.checkpoint.as_ref().is_some_and(|c| step.is_multiple_of(c.every.max(1))) {
                 save(&at, &optimizer)?;
             }
             bar.set_position(step);
             let line = format!(
-                "epoch {}/{} step {}/{steps_per_epoch} loss {loss_value:.6} batch acc {batch_acc:.2} lr {lr:.3e} {:.1} pairs/s",
+                "epoch {}/{} step {}/{steps_per_epoch} loss {loss_value:.6} batch acc {batch_acc:.2} lr {lr:.3e} {pairs_per_s:.1} pairs/s",
                 epoch + 1,
                 opts.epochs,
                 s + 1,
-                ((step - first_step) as usize * opts.batch_size) as f64 / started.elapsed().as_secs_f64().max(1e-9)
             );
             bar.set_message(format!("loss {loss_value:.4} lr {lr:.3e}"));
             let due = step.is_multiple_of(opts.log_interval.max(1)) || s as u64 + 1 == steps_per_epoch;
@@ -332,6 +344,7 @@ pub fn train(
         if !held_idx.is_empty() {
             let acc = held_out_accuracy(model, score, pad, pairs, &held_idx, tokenizer, template, opts)?;
             at.epoch_accuracy.push(acc);
+            metric_line(&mut metrics, serde_json::json!({ "step": at.step, "epoch": epoch, "held_out_acc": acc }))?;
             let line = format!("epoch {}/{}: held-out accuracy {acc:.3} ({} pairs)", epoch + 1, opts.epochs, held_idx.len());
             if !bar.is_hidden() {
                 bar.println(line);
@@ -352,6 +365,27 @@ pub fn train(
         score_pairs(&frozen, &score.as_tensor().detach(), pad, pairs, &held_idx, tokenizer, template, opts.max_seq_len, opts.batch_size)?
     };
     Ok(RewardTrainReport { steps: at.step, train_pairs: train_idx.len(), losses: at.losses, epoch_accuracy: at.epoch_accuracy, held_out })
+}
+
+/// The metrics file, opened for appending: a fresh run first removes an old one (only if it is
+/// a metrics file, never anything else at the path).
+fn open_metrics(opts: &RewardTrainOptions) -> Result<Option<std::fs::File>> {
+    let Some(path) = &opts.metrics else { return Ok(None) };
+    let resuming = opts.checkpoint.as_ref().is_some_and(|c| c.resume);
+    if !resuming && std::fs::symlink_metadata(path).is_ok() {
+        mm_converters::output_guard::check_file_target(path, mm_converters::output_guard::FileKind::JsonLines)?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Some(file))
+}
+
+/// One whole line per write, so a killed run leaves whole lines.
+fn metric_line(file: &mut Option<std::fs::File>, value: Value) -> Result<()> {
+    if let Some(f) = file {
+        std::io::Write::write_all(f, format!("{value}\n").as_bytes())?;
+    }
+    Ok(())
 }
 
 /// The current weights as a model outside the training graph.

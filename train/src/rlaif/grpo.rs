@@ -25,6 +25,18 @@ pub struct GroupAdvantages {
 /// Both stds are unbiased (N−1), as torch's `std()`; the second normalisation over the
 /// batch is upstream's and is kept.
 pub fn group_advantages(rewards: &Tensor, num_generations: usize) -> Result<GroupAdvantages> {
+    group_advantages_over(rewards, num_generations, None)
+}
+
+/// [`group_advantages`] of a data-parallel rank's rows: groups are whole on every rank, and
+/// the second normalisation runs over the global batch (all ranks' rows), so N ranks compute
+/// what one process given the whole batch would. (Upstream under DDP normalises each rank's
+/// rows alone.)
+pub fn group_advantages_over(
+    rewards: &Tensor,
+    num_generations: usize,
+    parallel: Option<&crate::distributed::DataParallel>,
+) -> Result<GroupAdvantages> {
     let n = rewards.dims1().context("rewards must be one value per generation")?;
     ensure!(num_generations >= 2, "GRPO needs at least 2 generations per prompt (the std of one is undefined)");
     ensure!(n % num_generations == 0, "{n} rewards are not whole groups of {num_generations}");
@@ -34,8 +46,12 @@ pub fn group_advantages(rewards: &Tensor, num_generations: usize) -> Result<Grou
     let mean_r = per_row(grouped_rewards.mean_keepdim(D::Minus1)?)?;
     let std_r = per_row(grouped_rewards.var_keepdim(D::Minus1)?.sqrt()?)?;
     let advantages_group = (&rewards - &mean_r)?.div(&(&std_r + 1e-4)?)?.clamp(-10f32, 10f32)?;
-    let mean_a = advantages_group.mean_keepdim(0)?;
-    let std_a = advantages_group.var_keepdim(0)?.sqrt()?;
+    let over = match parallel {
+        Some(p) => p.all_gather_rows(&advantages_group)?.0,
+        None => advantages_group.clone(),
+    };
+    let mean_a = over.mean_keepdim(0)?;
+    let std_a = over.var_keepdim(0)?.sqrt()?;
     let advantages = advantages_group.broadcast_sub(&mean_a)?.broadcast_div(&(std_a + 1e-8)?)?;
     Ok(GroupAdvantages { grouped_rewards, mean_r, std_r, advantages_group, advantages })
 }

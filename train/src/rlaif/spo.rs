@@ -87,13 +87,34 @@ impl ValueTracker {
     /// pass: `rewards` [B] are the **unclipped** totals (so a normalised reward can exceed 1),
     /// `logprobs` the detached policy log-probs and float mask, both [B, R].
     pub fn update(&mut self, rewards: &Tensor, logprobs: Option<(&Tensor, &Tensor)>) -> Result<TrackerUpdate> {
+        self.update_over(rewards, logprobs, None)
+    }
+
+    /// [`update`](Self::update) from a data-parallel rank's rows: the means are the global
+    /// batch's (the rewards gathered from every rank, the masked log-prob sums summed), so every
+    /// rank's tracker takes the same step, the one a single process given the whole batch
+    /// would. `normalized_rewards` stays this rank's rows.
+    pub fn update_over(
+        &mut self,
+        rewards: &Tensor,
+        logprobs: Option<(&Tensor, &Tensor)>,
+        parallel: Option<&crate::distributed::DataParallel>,
+    ) -> Result<TrackerUpdate> {
         let b = rewards.dims1().context("tracker rewards must be one value per row")?;
         let (rho, mean_logprob, kl) = match logprobs {
             Some((lp, mask)) => {
                 ensure!(lp.dims() == mask.dims(), "log-probs {:?} and mask {:?} differ in shape", lp.dims(), mask.dims());
                 ensure!(lp.dim(0)? == b, "log-probs have {} rows, rewards {b}", lp.dim(0)?);
                 let mask = mask.to_dtype(DType::F32)?;
-                let mean = (lp.detach() * &mask)?.sum_all()?.div(&mask.sum_all()?)?.to_scalar::<f32>()? as f64;
+                let (sum, count) = ((lp.detach() * &mask)?.sum_all()?, mask.sum_all()?);
+                let (sum, count) = match parallel {
+                    Some(p) => {
+                        let both = p.all_reduce_sum(&Tensor::stack(&[sum, count], 0)?)?;
+                        (both.get(0)?, both.get(1)?)
+                    }
+                    None => (sum, count),
+                };
+                let mean = sum.div(&count)?.to_scalar::<f32>()? as f64;
                 let kl = match (self.rho_mode, self.old_mean_logprob) {
                     (RhoMode::Kl, Some(old)) => Some((old - mean).abs()),
                     _ => None,
@@ -106,8 +127,13 @@ impl ValueTracker {
         };
         // (r + 3) / (2·3) in f32, dividing (not multiplying by 1/6) as torch does.
         let scale = Tensor::new(2.0 * SCALE as f32, rewards.device())?;
-        let normalized_rewards = (rewards.to_dtype(DType::F32)? + SCALE)?.broadcast_div(&scale)?;
-        let avg = normalized_rewards.mean_all()?.to_scalar::<f32>()? as f64;
+        let normalize = |r: &Tensor| -> Result<Tensor> { Ok((r.to_dtype(DType::F32)? + SCALE)?.broadcast_div(&scale)?) };
+        let normalized_rewards = normalize(rewards)?;
+        let avg = match parallel {
+            Some(p) => normalize(&p.all_gather_rows(rewards)?.0)?,
+            None => normalized_rewards.clone(),
+        };
+        let avg = avg.mean_all()?.to_scalar::<f32>()? as f64;
         self.alpha = rho * self.alpha + avg;
         self.beta = rho * self.beta + (1.0 - avg);
         Ok(TrackerUpdate { rho, mean_logprob, kl, normalized_rewards, avg_normalized_reward: avg })

@@ -22,7 +22,7 @@ use mm_dataset::RlaifBatch;
 use serde::{Deserialize, Serialize};
 
 use super::critic::Critic;
-use super::grpo::{group_advantages, grpo_loss};
+use super::grpo::{group_advantages_over, grpo_loss};
 use super::logprobs::{completion_log_probs, next_token_log_probs};
 use super::ppo::{fixed_first_labels, ppo_loss, ppo_masks, upstream_prompt_lengths, values_at, PpoConfig};
 use super::spo::{spo_advantages, spo_loss, ValueTracker};
@@ -33,7 +33,7 @@ use crate::adamw::{AdamW, AdamWConfig};
 use crate::objective::{LossParts, Objective, ObjectiveState, StepUpdate};
 use crate::params::TrainableModel;
 use crate::rewards::{RewardInput, Rewarder};
-use crate::rollout::{row_seed, sample_rollouts, upstream_params, Rollouts};
+use crate::rollout::{row_seed, sample_rollouts_at, upstream_params, Rollouts};
 use crate::step::clip_coefficient_on_device;
 
 /// Which RL algorithm a stage runs.
@@ -152,6 +152,8 @@ pub struct RlStage {
     /// Metric names of the reward sources (`reward/<name>`), made once.
     source_columns: Vec<&'static str>,
     step_seed: u64,
+    /// Data parallel: where this rank's prompts start in the global batch.
+    first_row: usize,
     tracker: Option<ValueTracker>,
     ppo: Option<PpoParts>,
 }
@@ -193,7 +195,7 @@ impl RlStage {
             }
             _ => None,
         };
-        Ok(Self { cfg, tokenizer, eos, pad, reference, rewarder, source_columns, step_seed: 0, tracker, ppo })
+        Ok(Self { cfg, tokenizer, eos, pad, reference, rewarder, source_columns, step_seed: 0, first_row: 0, tracker, ppo })
     }
 
     /// The prompts' ids: each rendered prompt encoded without special tokens, keeping its last
@@ -246,7 +248,7 @@ impl RlStage {
         let params = upstream_params(self.cfg.max_gen_len, self.step_seed);
         // A fresh copy: the batched decode's weight copies of the trainer's model were made
         // before the last optimizer steps changed its weights in place.
-        let rollouts = sample_rollouts(&model.with_fresh_caches(), &prompts, n, &params, self.eos)?;
+        let rollouts = sample_rollouts_at(&model.with_fresh_caches(), &prompts, n, &params, self.eos, self.first_row)?;
         let replies = self.decode(&rollouts)?;
         let (rewards, mut logged) = self.score(batch, &replies, &rollouts, device)?;
 
@@ -273,7 +275,7 @@ impl RlStage {
 
         let (loss, kl, advantages) = match self.cfg.algorithm {
             Algorithm::Grpo => {
-                let adv = group_advantages(&rewards_t, n)?.advantages;
+                let adv = group_advantages_over(&rewards_t, n, crate::distributed::current())?.advantages;
                 let out = grpo_loss(&lp, &ref_lp, &adv, &mask, self.cfg.beta, 1)?;
                 let kl = (out.per_token_kl.detach() * &mask)?.sum_all()?.div(&(mask.sum_all()? + 1e-8)?)?;
                 (out.loss, kl, adv)
@@ -283,7 +285,7 @@ impl RlStage {
                 let baselines = tracker.baselines(rows, device)?;
                 let adv = spo_advantages(&rewards_t, &baselines)?;
                 let out = spo_loss(&lp, &ref_lp, &adv.advantages, &mask, self.cfg.beta, 1)?;
-                let update = tracker.update(&rewards_t, Some((&lp.detach(), &mask)))?;
+                let update = tracker.update_over(&rewards_t, Some((&lp.detach(), &mask)), crate::distributed::current())?;
                 logged.push(("baseline", baselines.mean_all()?));
                 logged.push(("rho", scalar(update.rho, device)?));
                 (out.loss, out.kl, adv.advantages)
@@ -305,7 +307,7 @@ impl RlStage {
     fn ppo(&mut self, model: &MiniMind, batch: &RlaifBatch, device: &Device) -> Result<LossParts> {
         let prompts = self.encode_prompts(batch)?;
         let params = upstream_params(self.cfg.max_gen_len, self.step_seed);
-        let rollouts = sample_rollouts(&model.with_fresh_caches(), &prompts, 1, &params, self.eos)?;
+        let rollouts = sample_rollouts_at(&model.with_fresh_caches(), &prompts, 1, &params, self.eos, self.first_row)?;
         let (ids, p) = rollouts.left_padded_sequences(&prompts, self.pad)?;
         let rows = rollouts.rows.len();
         let t = p + rollouts.width();
@@ -367,8 +369,17 @@ fn mean(v: &[f32]) -> f64 {
     v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64
 }
 
-/// The unbiased std of a [n] tensor (0 for one value).
+/// The unbiased std of a [n] tensor (0 for one value); data parallel, of the global batch's
+/// rows (a weighted mean of the ranks' stds would not be it).
 fn std(t: &Tensor) -> Result<Tensor> {
+    let gathered;
+    let t = match crate::distributed::current() {
+        Some(p) => {
+            gathered = p.all_gather_rows(t)?.0;
+            &gathered
+        }
+        None => t,
+    };
     if t.dim(0)? < 2 {
         return Ok(t.zeros_like()?.sum_all()?);
     }
@@ -391,10 +402,11 @@ impl Objective for RlStage {
         batch.prompts.len()
     }
 
-    fn begin_step(&mut self, micro_step: u64) -> Result<()> {
-        // Each rank of a data-parallel run samples its own streams.
-        let rank = crate::distributed::current().map_or(0, |p| p.rank as u64);
-        self.step_seed = row_seed(row_seed(self.cfg.seed, rank as usize), micro_step as usize);
+    fn begin_step(&mut self, micro_step: u64, first_row: usize) -> Result<()> {
+        // The same step seed on every rank; each row's stream follows its place in the global
+        // batch (`sample_rollouts_at`), so N ranks sample what one process would.
+        self.step_seed = row_seed(row_seed(self.cfg.seed, 0), micro_step as usize);
+        self.first_row = first_row;
         Ok(())
     }
 
@@ -412,6 +424,11 @@ impl Objective for RlStage {
     fn after_step(&mut self, model: &TrainableModel, update: Option<&StepUpdate>, step_in_epoch: u64) -> Result<()> {
         let Some(parts) = &mut self.ppo else { return Ok(()) };
         if let Some(u) = update {
+            // Data parallel: the critic's gradients are summed over the ranks as the actor's
+            // (each rank's loss already carries its share of the global batch).
+            if let Some(p) = crate::distributed::current() {
+                p.all_reduce_grads(&mut parts.grads)?;
+            }
             // The critic's own clip and AdamW step, on the actor's schedule scaled to its lr.
             let (_, clip) = clip_coefficient_on_device(&parts.grads, self.cfg.grad_clip)?;
             let lr = u.lr * self.cfg.critic_lr / u.peak_lr;
@@ -431,12 +448,20 @@ impl Objective for RlStage {
     fn state(&self) -> Result<Option<ObjectiveState>> {
         let mut tensors = Vec::new();
         if let Some(parts) = &self.ppo {
+            // Mid-accumulation, the saved critic gradient is the sum over the ranks (every rank
+            // calls this; the main one writes), as the trainer saves the actor's.
+            let mut accum = parts.grads.clone();
+            if let Some(p) = crate::distributed::current() {
+                if accum.iter().any(Option::is_some) {
+                    p.all_reduce_grads(&mut accum)?;
+                }
+            }
             for ((name, var), i) in parts.names().into_iter().zip(parts.vars()).zip(0..) {
                 tensors.push((name.clone(), var.as_tensor().clone()));
                 tensors.push((format!("exp_avg.{name}"), parts.optimizer.exp_avg[i].clone()));
                 tensors.push((format!("exp_avg_sq.{name}"), parts.optimizer.exp_avg_sq[i].clone()));
                 // A half-accumulated critic gradient (the actor's is the trainer's).
-                if let Some(g) = &parts.grads[i] {
+                if let Some(g) = &accum[i] {
                     tensors.push((format!("accum.{name}"), g.clone()));
                 }
             }
@@ -476,7 +501,9 @@ impl Objective for RlStage {
                 var.set(&w.to_dtype(DType::F32)?.to_device(&device)?)?;
                 parts.optimizer.exp_avg[i] = find(&format!("exp_avg.{name}"))?.to_device(&device)?;
                 parts.optimizer.exp_avg_sq[i] = find(&format!("exp_avg_sq.{name}"))?.to_device(&device)?;
-                parts.grads[i] = find(&format!("accum.{name}")).ok().map(|g| g.to_device(&device)).transpose()?;
+                // A saved half-accumulation is the ranks' sum: the main rank carries it.
+                let main = crate::distributed::current().is_none_or(|p| p.is_main());
+                parts.grads[i] = if main { find(&format!("accum.{name}")).ok().map(|g| g.to_device(&device)).transpose()? } else { None };
             }
             parts.optimizer.step = saved.critic_optimizer_step.context("objective.json: the critic's optimizer step is missing")?;
             let old: Vec<(String, Tensor)> = parts
