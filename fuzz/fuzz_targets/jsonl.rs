@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mm::converters::TokenizerFiles;
-use mm::train::encoder::ChatEncoder;
+use mm::train::encoder::{chat_encoder, ChatEncoder};
 use mm_dataset::{Dataset, DatasetOptions, DpoDataset, PretrainDataset, RlaifDataset, SftDataset};
 use mm_fuzz::{one_thread, put, scratch_dir};
 
@@ -34,7 +34,7 @@ fn walk<D: Dataset>(ds: anyhow::Result<D>) {
 
 fuzz_target!(init: {
     one_thread();
-    let encoder = ChatEncoder::new(&TokenizerFiles::builtin_minimind2()).expect("built-in tokenizer");
+    let encoder = chat_encoder(&TokenizerFiles::builtin_minimind2()).expect("built-in tokenizer");
     assert!(ENCODER.set(encoder).is_ok());
 }, |data: &[u8]| {
     let path = put(&scratch_dir("jsonl"), "data.jsonl", data);
