@@ -174,3 +174,28 @@ fn resume_on_another_number_of_ranks() {
     train("grpo", &common, &split, 1, 4, &resumed);
     assert_same_steps("grpo: 2 steps on 2 ranks + 2 resumed on 1 vs 4 on 1", &metrics(&whole, "grpo_64"), &metrics(&split, "grpo_64"));
 }
+
+/// 5 prompts, a global batch of 4, 2 epochs: every other step is one row, so one of two ranks
+/// holds only a weight-0 stand-in. It must not count in the batch-wide figures (SPO's tracker,
+/// GRPO's normalisation, logged spreads), or the next steps would differ from one process's.
+#[test]
+fn a_stand_in_row_counts_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny(dir.path());
+    let text = std::fs::read_to_string(samples("rlaif_toy.jsonl")).unwrap();
+    let five = dir.path().join("five.jsonl");
+    std::fs::write(&five, text.lines().take(5).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let mut common = rl_flags(five.to_str().unwrap(), &model);
+    let at = common.iter().position(|a| *a == "--max-steps").unwrap();
+    common.drain(at..at + 2);
+    common.extend(["--epochs", "2"]);
+    for (stage, stem, extra) in [("spo", "spo_64", &[][..]), ("grpo", "grpo_64", &["--num-generations", "2"][..])] {
+        let one = dir.path().join(format!("{stage}-1"));
+        let two = dir.path().join(format!("{stage}-2"));
+        train(stage, &common, &one, 1, 4, extra);
+        train(stage, &common, &two, 2, 2, extra);
+        let a = metrics(&one, stem);
+        assert_eq!(a.len(), 4, "{stage}: 2 epochs of a 4-row and a 1-row step");
+        assert_same_steps(&format!("{stage}: 5 prompts, 2 ranks × 2 vs 1 × 4 (stand-in rows)"), &a, &metrics(&two, stem));
+    }
+}

@@ -149,8 +149,8 @@ impl DataParallel {
     /// since each rank holds a contiguous share), and where this rank's rows start. Two
     /// sums: the counts, then each rank's rows placed in a zero vector (adding zeros is
     /// exact, so every rank gets the very values a single process would hold).
-    pub fn all_gather_rows(&self, local: &Tensor) -> Result<(Tensor, usize)> {
-        let n = local.dims1()?;
+    pub fn all_gather_rows(&self, local: &Tensor, contribute: bool) -> Result<(Tensor, usize)> {
+        let n = if contribute { local.dims1()? } else { 0 };
         let device = local.device();
         let mut counts = vec![0f32; self.world];
         counts[self.rank] = n as f32;
@@ -163,11 +163,19 @@ impl DataParallel {
         if offset > 0 {
             parts.push(Tensor::zeros(offset, candle_core::DType::F32, device)?);
         }
-        parts.push(local);
+        if n > 0 {
+            parts.push(local);
+        }
         if total > offset + n {
             parts.push(Tensor::zeros(total - offset - n, candle_core::DType::F32, device)?);
         }
         Ok((self.all_reduce_sum(&Tensor::cat(&parts, 0)?)?, offset))
+    }
+
+    /// How this rank adds to the step's batch-wide figures (`stand_in`: it holds only a
+    /// weight-0 stand-in row, which must not count).
+    pub fn global_batch(&self, stand_in: bool) -> GlobalBatch<'_> {
+        GlobalBatch { parallel: self, stand_in }
     }
 
     /// Sums every gradient over the ranks: one all-reduce over all of them laid end to end
@@ -185,6 +193,27 @@ impl DataParallel {
             at += n;
         }
         Ok(())
+    }
+}
+
+/// A data-parallel step's view of its global batch, for figures taken over all its rows
+/// (GRPO's advantage normalisation, SPO's tracker, logged spreads).
+#[derive(Clone, Copy)]
+pub struct GlobalBatch<'a> {
+    pub parallel: &'a DataParallel,
+    pub stand_in: bool,
+}
+
+impl GlobalBatch<'_> {
+    /// Every rank's rows of a `[n]` vector in global order (a stand-in adds none).
+    pub fn gather_rows(&self, local: &Tensor) -> Result<Tensor> {
+        Ok(self.parallel.all_gather_rows(local, !self.stand_in)?.0)
+    }
+
+    /// Σ over the ranks (a stand-in adds zeros).
+    pub fn sum(&self, t: &Tensor) -> Result<Tensor> {
+        let t = if self.stand_in { t.zeros_like()? } else { t.clone() };
+        self.parallel.all_reduce_sum(&t)
     }
 }
 

@@ -31,9 +31,9 @@ pub trait Objective {
     // critic and old actor) hook into the loop here; the defaults do nothing.
 
     /// Called before [`loss`](Self::loss) with the run's 0-based micro-step (the same on a
-    /// resumed run as on an uninterrupted one) and, data parallel, where this rank's rows
-    /// start in the global batch (0 otherwise).
-    fn begin_step(&mut self, _micro_step: u64, _first_row: usize) -> Result<()> {
+    /// resumed run as on an uninterrupted one) and where the batch came from (data parallel:
+    /// where this rank's rows start in the global batch, and whether it is a stand-in).
+    fn begin_step(&mut self, _micro_step: u64, _batch: &mm_dataset::BatchInfo) -> Result<()> {
         Ok(())
     }
 

@@ -401,7 +401,7 @@ where
                 cosine_annealing_lr(optimizer.step, (iters / accumulation) * opts.epochs, opts.learning_rate)
             }
         };
-        objective.begin_step(micro_steps, info.first_row)?;
+        objective.begin_step(micro_steps, &info)?;
         let step_tokens = if info.stand_in { 0 } else { objective.tokens(&batch) };
         // A rank trains on its rows of the global batch (the loader reads only those), its
         // loss weighted by its share of the global batch's loss tokens: the all-reduced

@@ -35,7 +35,7 @@ pub fn group_advantages(rewards: &Tensor, num_generations: usize) -> Result<Grou
 pub fn group_advantages_over(
     rewards: &Tensor,
     num_generations: usize,
-    parallel: Option<&crate::distributed::DataParallel>,
+    parallel: Option<crate::distributed::GlobalBatch>,
 ) -> Result<GroupAdvantages> {
     let n = rewards.dims1().context("rewards must be one value per generation")?;
     ensure!(num_generations >= 2, "GRPO needs at least 2 generations per prompt (the std of one is undefined)");
@@ -47,7 +47,7 @@ pub fn group_advantages_over(
     let std_r = per_row(grouped_rewards.var_keepdim(D::Minus1)?.sqrt()?)?;
     let advantages_group = (&rewards - &mean_r)?.div(&(&std_r + 1e-4)?)?.clamp(-10f32, 10f32)?;
     let over = match parallel {
-        Some(p) => p.all_gather_rows(&advantages_group)?.0,
+        Some(g) => g.gather_rows(&advantages_group)?,
         None => advantages_group.clone(),
     };
     let mean_a = over.mean_keepdim(0)?;

@@ -98,7 +98,7 @@ impl ValueTracker {
         &mut self,
         rewards: &Tensor,
         logprobs: Option<(&Tensor, &Tensor)>,
-        parallel: Option<&crate::distributed::DataParallel>,
+        parallel: Option<crate::distributed::GlobalBatch>,
     ) -> Result<TrackerUpdate> {
         let b = rewards.dims1().context("tracker rewards must be one value per row")?;
         let (rho, mean_logprob, kl) = match logprobs {
@@ -108,8 +108,8 @@ impl ValueTracker {
                 let mask = mask.to_dtype(DType::F32)?;
                 let (sum, count) = ((lp.detach() * &mask)?.sum_all()?, mask.sum_all()?);
                 let (sum, count) = match parallel {
-                    Some(p) => {
-                        let both = p.all_reduce_sum(&Tensor::stack(&[sum, count], 0)?)?;
+                    Some(g) => {
+                        let both = g.sum(&Tensor::stack(&[sum, count], 0)?)?;
                         (both.get(0)?, both.get(1)?)
                     }
                     None => (sum, count),
@@ -130,7 +130,7 @@ impl ValueTracker {
         let normalize = |r: &Tensor| -> Result<Tensor> { Ok((r.to_dtype(DType::F32)? + SCALE)?.broadcast_div(&scale)?) };
         let normalized_rewards = normalize(rewards)?;
         let avg = match parallel {
-            Some(p) => normalize(&p.all_gather_rows(rewards)?.0)?,
+            Some(g) => normalize(&g.gather_rows(rewards)?)?,
             None => normalized_rewards.clone(),
         };
         let avg = avg.mean_all()?.to_scalar::<f32>()? as f64;

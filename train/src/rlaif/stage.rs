@@ -152,8 +152,10 @@ pub struct RlStage {
     /// Metric names of the reward sources (`reward/<name>`), made once.
     source_columns: Vec<&'static str>,
     step_seed: u64,
-    /// Data parallel: where this rank's prompts start in the global batch.
+    /// Data parallel: where this rank's prompts start in the global batch, and whether this
+    /// rank holds only a stand-in row this step.
     first_row: usize,
+    stand_in: bool,
     tracker: Option<ValueTracker>,
     ppo: Option<PpoParts>,
 }
@@ -195,7 +197,7 @@ impl RlStage {
             }
             _ => None,
         };
-        Ok(Self { cfg, tokenizer, eos, pad, reference, rewarder, source_columns, step_seed: 0, first_row: 0, tracker, ppo })
+        Ok(Self { cfg, tokenizer, eos, pad, reference, rewarder, source_columns, step_seed: 0, first_row: 0, stand_in: false, tracker, ppo })
     }
 
     /// The prompts' ids: each rendered prompt encoded without special tokens, keeping its last
@@ -275,17 +277,18 @@ impl RlStage {
 
         let (loss, kl, advantages) = match self.cfg.algorithm {
             Algorithm::Grpo => {
-                let adv = group_advantages_over(&rewards_t, n, crate::distributed::current())?.advantages;
+                let adv = group_advantages_over(&rewards_t, n, self.global_batch())?.advantages;
                 let out = grpo_loss(&lp, &ref_lp, &adv, &mask, self.cfg.beta, 1)?;
                 let kl = (out.per_token_kl.detach() * &mask)?.sum_all()?.div(&(mask.sum_all()? + 1e-8)?)?;
                 (out.loss, kl, adv)
             }
             Algorithm::Spo => {
+                let global = self.global_batch();
                 let tracker = self.tracker.as_mut().context("SPO without its value tracker")?;
                 let baselines = tracker.baselines(rows, device)?;
                 let adv = spo_advantages(&rewards_t, &baselines)?;
                 let out = spo_loss(&lp, &ref_lp, &adv.advantages, &mask, self.cfg.beta, 1)?;
-                let update = tracker.update_over(&rewards_t, Some((&lp.detach(), &mask)), crate::distributed::current())?;
+                let update = tracker.update_over(&rewards_t, Some((&lp.detach(), &mask)), global)?;
                 logged.push(("baseline", baselines.mean_all()?));
                 logged.push(("rho", scalar(update.rho, device)?));
                 (out.loss, out.kl, adv.advantages)
@@ -297,7 +300,7 @@ impl RlStage {
             ("reward", scalar(mean(&rewards), device)?),
             ("kl", kl),
             ("adv_mean", advantages.mean_all()?),
-            ("adv_std", std(&advantages)?),
+            ("adv_std", std(&advantages, self.global_batch())?),
             ("resp_len", scalar(mean(&lengths), device)?),
         ];
         parts.append(&mut logged);
@@ -355,7 +358,7 @@ impl RlStage {
             ("kl", out.kl.detach()),
             ("kl_ref", out.kl_ref.detach()),
             ("adv_mean", out.advantages.mean_all()?),
-            ("adv_std", std(&out.advantages)?),
+            ("adv_std", std(&out.advantages, self.global_batch())?),
             ("resp_len", scalar(mean(&lengths), device)?),
             ("policy_loss", out.policy_loss.detach()),
             ("value_loss", out.value_loss.detach()),
@@ -371,11 +374,11 @@ fn mean(v: &[f32]) -> f64 {
 
 /// The unbiased std of a [n] tensor (0 for one value); data parallel, of the global batch's
 /// rows (a weighted mean of the ranks' stds would not be it).
-fn std(t: &Tensor) -> Result<Tensor> {
+fn std(t: &Tensor, global: Option<crate::distributed::GlobalBatch>) -> Result<Tensor> {
     let gathered;
-    let t = match crate::distributed::current() {
-        Some(p) => {
-            gathered = p.all_gather_rows(t)?.0;
+    let t = match global {
+        Some(g) => {
+            gathered = g.gather_rows(t)?;
             &gathered
         }
         None => t,
@@ -384,6 +387,13 @@ fn std(t: &Tensor) -> Result<Tensor> {
         return Ok(t.zeros_like()?.sum_all()?);
     }
     Ok(t.var_keepdim(0)?.sqrt()?.squeeze(0)?)
+}
+
+impl RlStage {
+    /// Data parallel: this step's global batch (None in one process).
+    fn global_batch(&self) -> Option<crate::distributed::GlobalBatch<'static>> {
+        crate::distributed::current().map(|p| p.global_batch(self.stand_in))
+    }
 }
 
 impl Objective for RlStage {
@@ -402,11 +412,11 @@ impl Objective for RlStage {
         batch.prompts.len()
     }
 
-    fn begin_step(&mut self, micro_step: u64, first_row: usize) -> Result<()> {
+    fn begin_step(&mut self, micro_step: u64, batch: &mm_dataset::BatchInfo) -> Result<()> {
         // The same step seed on every rank; each row's stream follows its place in the global
         // batch (`sample_rollouts_at`), so N ranks sample what one process would.
         self.step_seed = row_seed(row_seed(self.cfg.seed, 0), micro_step as usize);
-        self.first_row = first_row;
+        (self.first_row, self.stand_in) = (batch.first_row, batch.stand_in);
         Ok(())
     }
 
