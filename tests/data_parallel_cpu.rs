@@ -80,9 +80,22 @@ fn train(stage: &str, common: &[&str], out: &Path, ranks: usize, batch: usize, e
     mm(&args);
 }
 
-fn rl_flags<'a>(data: &'a str, model: &'a str) -> Vec<&'a str> {
+/// A reward model one step away from random (`mm train reward --max-steps 1`): its scores
+/// vary with every reply, where the rule rewards give a random tiny model's replies all the
+/// same score, and so zero advantages that would leave the batch-wide figures untested.
+fn reward_model(dir: &Path, model: &str) -> String {
+    let rm = dir.join("rm");
+    let pairs = samples("dpo_sample.jsonl");
+    mm(&[
+        "train", "reward", "--data", pairs.to_str().unwrap(), "--from", model, "-o", rm.to_str().unwrap(), "--max-steps", "1",
+        "--batch-size", "2", "--max-seq-len", "64", "--quiet",
+    ]);
+    rm.to_str().unwrap().to_string()
+}
+
+fn rl_flags<'a>(data: &'a str, model: &'a str, rm: &'a str) -> Vec<&'a str> {
     vec![
-        "--data", data, "--from", model, "--reward", "rule:reasoning,length", "--max-gen-len", "10", "--lr", "1e-3",
+        "--data", data, "--from", model, "--reward", "rule:length", "--reward-model", rm, "--max-gen-len", "10", "--lr", "1e-3",
         "--accumulation-steps", "1", "--max-steps", "3", "--seed", "5",
     ]
 }
@@ -94,7 +107,8 @@ fn n_ranks_train_as_one_process_with_the_global_batch() {
     let sft = samples("sft_sample.jsonl");
     let rl = samples("rlaif_toy.jsonl");
     let lm = ["--data", sft.to_str().unwrap(), "--from", &model, "--max-seq-len", "512", "--lr", "1e-3", "--max-steps", "4"];
-    let rl_common = rl_flags(rl.to_str().unwrap(), &model);
+    let rm = reward_model(dir.path(), &model);
+    let rl_common = rl_flags(rl.to_str().unwrap(), &model, &rm);
     let runs: [(&str, &str, &[&str], &[&str]); 4] = [
         ("sft", "full_sft_64", &lm, &[]),
         ("grpo", "grpo_64", &rl_common, &["--num-generations", "3"]),
@@ -117,7 +131,8 @@ fn ranks_started_by_torchrun_variables_match_the_launcher() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
     let rl = samples("rlaif_toy.jsonl");
-    let common = rl_flags(rl.to_str().unwrap(), &model);
+    let rm = reward_model(dir.path(), &model);
+    let common = rl_flags(rl.to_str().unwrap(), &model, &rm);
     let launched = dir.path().join("launched");
     train("grpo", &common, &launched, 2, 2, &["--num-generations", "2"]);
 
@@ -161,7 +176,8 @@ fn resume_on_another_number_of_ranks() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny(dir.path());
     let rl = samples("rlaif_toy.jsonl");
-    let mut common = rl_flags(rl.to_str().unwrap(), &model);
+    let rm = reward_model(dir.path(), &model);
+    let mut common = rl_flags(rl.to_str().unwrap(), &model, &rm);
     let at = common.iter().position(|a| *a == "--max-steps").unwrap();
     common.drain(at..at + 2);
     let whole = dir.path().join("whole");
@@ -185,11 +201,15 @@ fn a_stand_in_row_counts_nowhere() {
     let text = std::fs::read_to_string(samples("rlaif_toy.jsonl")).unwrap();
     let five = dir.path().join("five.jsonl");
     std::fs::write(&five, text.lines().take(5).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-    let mut common = rl_flags(five.to_str().unwrap(), &model);
+    let rm = reward_model(dir.path(), &model);
+    let mut common = rl_flags(five.to_str().unwrap(), &model, &rm);
     let at = common.iter().position(|a| *a == "--max-steps").unwrap();
     common.drain(at..at + 2);
     common.extend(["--epochs", "2"]);
-    for (stage, stem, extra) in [("spo", "spo_64", &[][..]), ("grpo", "grpo_64", &["--num-generations", "2"][..])] {
+    // The stand-in is the global batch's first row again (same prompt, same seeds): means stay
+    // the same whether it counts or not, but GRPO's spread over 3 varied rewards per prompt
+    // does not, so a stand-in that counted would change the steps after it.
+    for (stage, stem, extra) in [("spo", "spo_64", &[][..]), ("grpo", "grpo_64", &["--num-generations", "3"][..])] {
         let one = dir.path().join(format!("{stage}-1"));
         let two = dir.path().join(format!("{stage}-2"));
         train(stage, &common, &one, 1, 4, extra);
