@@ -274,7 +274,9 @@ fn bad_invocations_say_what_is_wrong() {
     assert!(fail(&["train", "grpo", "--data", d, "--from", "nowhere", "--reward", "rule:nope"]).contains("unknown rule `nope`"));
     let e = fail(&["train", "grpo", "--data", d, "--from", "nowhere", "--reward", "rule:reasoning", "--num-generations", "1"]);
     assert!(e.contains("at least 2 samples"), "{e}");
-    assert!(fail(&["train", "spo", "--data", d, "--from", "m", "--reward", "rule:length", "--gpus", "2"]).contains("one GPU"));
+    // SPO and PPO run data parallel now (tests/data_parallel_cpu.rs); GPUs need an NCCL build.
+    let e = fail(&["train", "spo", "--data", d, "--from", "m", "--reward", "rule:length", "--gpus", "2"]);
+    assert!(e.contains("without NCCL") && e.contains("--device cpu"), "{e}");
     // A malformed data line is named by file and line.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jsonl");

@@ -115,7 +115,10 @@ impl TrainableModel {
         let tensors = self
             .params
             .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?.to_dtype(dtype)?)))
+            // `copy`: on the CPU in the weights' own dtype, the conversions return the Var's
+            // own storage, which the optimizer then changes in place; a checkpoint is a
+            // snapshot (PPO's old actor was silently the live actor).
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?.to_dtype(dtype)?.copy()?)))
             .collect::<Result<Vec<(String, Tensor)>>>()?;
         Checkpoint::new(self.config.clone(), tensors, self.tokenizer.clone(), provenance)
     }
