@@ -134,6 +134,13 @@ fn spo_learns_the_reasoning_format() {
     learns("spo", "spo_64", &["--batch-size", "4", "--accumulation-steps", "1", "--lr", "3e-4"]);
 }
 
+/// The same run with bf16 compute over f32 master weights (`--dtype bf16`): the policy, the
+/// reference and the rollouts in bf16 must still learn.
+#[test]
+fn spo_learns_in_bf16() {
+    learns("spo", "spo_64", &["--batch-size", "4", "--accumulation-steps", "1", "--lr", "3e-4", "--dtype", "bf16"]);
+}
+
 #[test]
 fn ppo_learns_the_reasoning_format() {
     learns("ppo", "ppo_actor_64", &["--batch-size", "8", "--lr", "3e-4", "--critic-lr", "1e-3"]);
