@@ -109,8 +109,12 @@ fn n_ranks_train_as_one_process_with_the_global_batch() {
     let lm = ["--data", sft.to_str().unwrap(), "--from", &model, "--max-seq-len", "512", "--lr", "1e-3", "--max-steps", "4"];
     let rm = reward_model(dir.path(), &model);
     let rl_common = rl_flags(rl.to_str().unwrap(), &model, &rm);
-    let runs: [(&str, &str, &[&str], &[&str]); 4] = [
+    let pairs = samples("dpo_sample.jsonl");
+    let dpo = ["--data", pairs.to_str().unwrap(), "--from", &model, "--max-seq-len", "512", "--lr", "1e-4", "--max-steps", "4"];
+    let runs: [(&str, &str, &[&str], &[&str]); 5] = [
         ("sft", "full_sft_64", &lm, &[]),
+        // DPO's loss is a mean over pairs: ranks must weigh their share by pairs, not tokens.
+        ("dpo", "dpo_64", &dpo, &["--accumulation-steps", "1"]),
         ("grpo", "grpo_64", &rl_common, &["--num-generations", "3"]),
         ("spo", "spo_64", &rl_common, &[]),
         ("ppo", "ppo_actor_64", &rl_common, &["--critic-lr", "1e-3", "--update-old-actor-freq", "2"]),

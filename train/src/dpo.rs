@@ -99,4 +99,9 @@ impl Objective for Dpo {
     fn tokens(&self, batch: &DpoBatch) -> usize {
         [&batch.chosen, &batch.rejected].iter().map(|b| b.loss_mask.iter().filter(|&&m| m > 0.0).count()).sum()
     }
+
+    /// The loss is a mean over pairs (each pair's log-probs are already per-sequence figures).
+    fn loss_denominator(&self, batch: &DpoBatch) -> usize {
+        batch.chosen.rows
+    }
 }

@@ -23,9 +23,15 @@ pub trait Objective {
     type Batch;
     /// The loss of one micro-batch under `model` (built for this step, in train mode).
     fn loss(&mut self, model: &MiniMind, batch: &Self::Batch, device: &Device) -> Result<LossParts>;
-    /// Tokens the batch trains on (for tokens/s; data parallel: each rank's loss is weighted
-    /// by its share of the global batch's count).
+    /// Tokens the batch trains on (for tokens/s).
     fn tokens(&self, batch: &Self::Batch) -> usize;
+
+    /// What the loss is a mean over (its denominator: loss tokens by default; DPO's pairs, the
+    /// RL stages' prompts). Data-parallel ranks weigh their loss by their share of the global
+    /// batch's count, so the summed gradient is that of the global batch's mean.
+    fn loss_denominator(&self, batch: &Self::Batch) -> usize {
+        self.tokens(batch)
+    }
 
     // Stages with state of their own (the RL stages: rollout seeds, SPO's value tracker, PPO's
     // critic and old actor) hook into the loop here; the defaults do nothing.

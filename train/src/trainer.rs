@@ -404,14 +404,17 @@ where
         objective.begin_step(micro_steps, &info)?;
         let step_tokens = if info.stand_in { 0 } else { objective.tokens(&batch) };
         // A rank trains on its rows of the global batch (the loader reads only those), its
-        // loss weighted by its share of the global batch's loss tokens: the all-reduced
-        // gradient is then that of the global mean loss. Counts and share stay on the device.
+        // loss weighted by its share of what the global batch's loss averages over (loss
+        // tokens, pairs, prompts): the all-reduced gradient is then that of the global mean
+        // loss. Counts and share stay on the device.
         let (share, global_tokens) = match parallel {
             None => (None, None),
             Some(p) => {
-                let local = mm_model::device::upload(&[step_tokens as f32], &[1], &model.device)?;
+                let weight = if info.stand_in { 0 } else { objective.loss_denominator(&batch) };
+                let local = mm_model::device::upload(&[step_tokens as f32, weight as f32], &[2], &model.device)?;
                 let global = p.all_reduce_sum(&local)?;
-                (Some((&local / global.maximum(1f64)?)?), Some(global))
+                let share = (local.narrow(0, 1, 1)? / global.narrow(0, 1, 1)?.maximum(1f64)?)?;
+                (Some(share), Some(global.narrow(0, 0, 1)?))
             }
         };
         let run_model = model.model_for(compute)?;
