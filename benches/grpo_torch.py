@@ -1,6 +1,6 @@
-"""Upstream GRPO timed on a GPU, the peer of `mm train grpo --device cuda` (benches/grpo_cuda.sh).
+"""Upstream GRPO timed on a GPU or the CPU, the peer of `mm train grpo` (benches/grpo.sh).
 
-usage: MINIMIND_DIR=<minimind@5959396 with model/ trainer/ dataset/> python grpo_torch_cuda.py \
+usage: MINIMIND_DIR=<minimind@5959396 with model/ trainer/ dataset/> python grpo_torch.py \
          DATA.jsonl WEIGHTS_OUT.pth [--steps 8] [--batch-size 2] [--num-generations 8] [--max-gen-len 256]
 
 Runs upstream's own `grpo_train_epoch` (trainer/train_grpo.py): `generate` with sampling,
