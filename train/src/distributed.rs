@@ -146,10 +146,10 @@ impl DataParallel {
     }
 
     /// The ranks' `[n_r]` vectors laid end to end in rank order (the global batch's rows,
-    /// since each rank holds a contiguous share), and where this rank's rows start. Two
-    /// sums: the counts, then each rank's rows placed in a zero vector (adding zeros is
-    /// exact, so every rank gets the very values a single process would hold).
-    pub fn all_gather_rows(&self, local: &Tensor, contribute: bool) -> Result<(Tensor, usize)> {
+    /// since each rank holds a contiguous share); a rank that does not `contribute` adds
+    /// none. Two sums: the counts, then each rank's rows placed in a zero vector (adding
+    /// zeros is exact, so every rank gets the very values a single process would hold).
+    pub fn all_gather_rows(&self, local: &Tensor, contribute: bool) -> Result<Tensor> {
         let n = if contribute { local.dims1()? } else { 0 };
         let device = local.device();
         let mut counts = vec![0f32; self.world];
@@ -169,7 +169,7 @@ impl DataParallel {
         if total > offset + n {
             parts.push(Tensor::zeros(total - offset - n, candle_core::DType::F32, device)?);
         }
-        Ok((self.all_reduce_sum(&Tensor::cat(&parts, 0)?)?, offset))
+        self.all_reduce_sum(&Tensor::cat(&parts, 0)?)
     }
 
     /// How this rank adds to the step's batch-wide figures (`stand_in`: it holds only a
@@ -207,7 +207,7 @@ pub struct GlobalBatch<'a> {
 impl GlobalBatch<'_> {
     /// Every rank's rows of a `[n]` vector in global order (a stand-in adds none).
     pub fn gather_rows(&self, local: &Tensor) -> Result<Tensor> {
-        Ok(self.parallel.all_gather_rows(local, !self.stand_in)?.0)
+        self.parallel.all_gather_rows(local, !self.stand_in)
     }
 
     /// Σ over the ranks (a stand-in adds zeros).

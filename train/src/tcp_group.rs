@@ -35,10 +35,6 @@ impl TcpGroup {
         Ok(Self { rank, world, streams })
     }
 
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
     /// Σ over the ranks of `values`, element-wise; every rank passes the same length.
     pub fn all_reduce_sum(&self, values: &mut [f32]) -> Result<()> {
         if self.rank == 0 {

@@ -268,6 +268,17 @@ fn save(
     resume::write(&paths.resume, model, optimizer, &saved_accumulation, &state, extra)
 }
 
+/// A run's metrics file, opened for appending (a resumed run appends; readers drop the lines
+/// it supersedes). A fresh run first removes an old one, only if it is a metrics file, never
+/// anything else at the path.
+pub fn open_metrics(path: &Path, resuming: bool) -> Result<std::fs::File> {
+    if !resuming && std::fs::symlink_metadata(path).is_ok() {
+        mm_converters::output_guard::check_file_target(path, FileKind::JsonLines)?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))
+}
+
 /// The largest finite f16, the dtype weights are saved in.
 const F16_MAX: f64 = 65504.0;
 
@@ -342,10 +353,6 @@ where
             // main rank carries it, so the next all-reduce adds it exactly once.
             accumulated.iter_mut().for_each(|g| *g = None);
         }
-    } else if main && std::fs::symlink_metadata(&paths.metrics).is_ok() {
-        // A fresh run starts a fresh metrics file: the old one goes only if it is one of ours.
-        mm_converters::output_guard::check_file_target(&paths.metrics, FileKind::JsonLines)?;
-        std::fs::remove_file(&paths.metrics).with_context(|| format!("cannot remove {}", paths.metrics.display()))?;
     }
 
     let iters = loader.steps_per_epoch();
@@ -371,13 +378,7 @@ where
     bar.set_position(micro_steps.min(total_steps));
 
     let mut metrics: Box<dyn Write> = if main {
-        Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&paths.metrics)
-                .with_context(|| format!("cannot open {}", paths.metrics.display()))?,
-        )
+        Box::new(open_metrics(&paths.metrics, resume_from.is_some())?)
     } else {
         Box::new(std::io::sink())
     };

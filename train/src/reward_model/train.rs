@@ -367,17 +367,11 @@ pub fn train(
     Ok(RewardTrainReport { steps: at.step, train_pairs: train_idx.len(), losses: at.losses, epoch_accuracy: at.epoch_accuracy, held_out })
 }
 
-/// The metrics file, opened for appending: a fresh run first removes an old one (only if it is
-/// a metrics file, never anything else at the path).
+/// The run's metrics file ([`crate::trainer::open_metrics`]), if it keeps one.
 fn open_metrics(opts: &RewardTrainOptions) -> Result<Option<std::fs::File>> {
     let Some(path) = &opts.metrics else { return Ok(None) };
     let resuming = opts.checkpoint.as_ref().is_some_and(|c| c.resume);
-    if !resuming && std::fs::symlink_metadata(path).is_ok() {
-        mm_converters::output_guard::check_file_target(path, mm_converters::output_guard::FileKind::JsonLines)?;
-        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
-    }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Some(file))
+    crate::trainer::open_metrics(path, resuming).map(Some)
 }
 
 /// One whole line per write, so a killed run leaves whole lines.
