@@ -10,7 +10,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{json, Map, Value as Json_};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -18,7 +17,7 @@ use tokio_stream::{StreamExt, StreamMap};
 
 use mm_chat::output::{parse_output, Delta, OutputStream, ToolCall};
 use mm_chat::RenderRequest;
-use crate::completions::{submit, usage};
+use crate::completions::{response_body, submit, usage};
 use crate::engine::{Event, FinishReason};
 use crate::error::ApiError;
 use crate::logprobs::TokenLogprob;
@@ -270,16 +269,7 @@ async fn whole_response(state: Shared, receivers: Vec<mpsc::UnboundedReceiver<Ev
         };
         choices.push(choice);
     }
-    state.metrics.tokens(prompt_tokens, completion_tokens);
-    Ok(Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": state.model_name,
-        "choices": choices,
-        "usage": usage(prompt_tokens, completion_tokens),
-    }))
-    .into_response())
+    Ok(response_body(&state, &id, "chat.completion", choices, prompt_tokens, completion_tokens))
 }
 
 /// Per-choice state while streaming.

@@ -29,6 +29,20 @@ pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Json_ {
     json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
 }
 
+/// A whole (not streamed) response of either endpoint, its tokens counted in the metrics.
+pub fn response_body(state: &Shared, id: &str, object: &str, choices: Vec<Json_>, prompt_tokens: usize, completion_tokens: usize) -> Response {
+    state.metrics.tokens(prompt_tokens, completion_tokens);
+    Json(json!({
+        "id": id,
+        "object": object,
+        "created": unix_now(),
+        "model": state.model_name,
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response()
+}
+
 /// Queues `sampling.n` sequences for one prompt (seeds `seed`, `seed + 1`, …).
 pub fn submit(
     state: &Shared,
@@ -183,16 +197,7 @@ pub async fn handle(State(state): State<Shared>, body: Result<Bytes, BytesReject
             }));
         }
     }
-    state.metrics.tokens(prompt_tokens, completion_tokens);
-    Ok(Json(json!({
-        "id": id,
-        "object": "text_completion",
-        "created": unix_now(),
-        "model": state.model_name,
-        "choices": choices,
-        "usage": usage(prompt_tokens, completion_tokens),
-    }))
-    .into_response())
+    Ok(response_body(&state, &id, "text_completion", choices, prompt_tokens, completion_tokens))
 }
 
 fn finish_name(reason: Option<FinishReason>) -> &'static str {
