@@ -6,7 +6,7 @@
 # mm: `mm bench train --device cuda` (binary from scripts/build-cuda.sh: dist/cuda/mm or .gz),
 # MiniMind2-small and MiniMind2 (104M), batch 32 x 512, bf16 compute over f32 master weights;
 # PyTorch: benches/train_torch_cuda.py (upstream's model and per-step loop, bf16 autocast), as
-# upstream ships it (empty_cache every step) and without that.
+# upstream ships it (empty_cache every step), without that, and without it under torch.compile.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -17,4 +17,5 @@ for preset in small base; do
   "$MM" bench train --device cuda --preset "$preset" --batch-size 32 --seq-len 512 --steps 20 --dtype bf16
   "$PYTHON" benches/train_torch_cuda.py "$preset"
   "$PYTHON" benches/train_torch_cuda.py "$preset" --no-empty-cache
+  "$PYTHON" benches/train_torch_cuda.py "$preset" --no-empty-cache --compile
 done

@@ -4,7 +4,7 @@
 //! (`mm-converters`), deployment targets (`mm-export`) and data loaders (`mm-dataset`).
 
 pub use mm_chat as chat;
-pub use mm_model::{device, fused, generate, loaded, model};
+pub use mm_model::{cuda_graph, device, fused, generate, loaded, model};
 pub use mm_eval as eval;
 pub use mm_serve as serve;
 pub use mm_train as train;

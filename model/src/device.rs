@@ -58,6 +58,19 @@ pub fn peak_memory(device: &Device) -> Result<Option<PeakMemory>> {
     Ok(None)
 }
 
+/// Gives the stream-ordered pool's unused reservations back to the driver (CUDA; nothing
+/// elsewhere): after a warm-up whose tensors a recorded CUDA graph now allocates from its own
+/// memory, the pool would otherwise keep a second copy of the step's memory reserved.
+pub fn release_unused_memory(device: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        device.synchronize()?;
+        pool::trim(device)?;
+    }
+    let _ = device;
+    Ok(())
+}
+
 /// Starts a new peak-memory window (the high-water marks drop to what is in use now).
 pub fn reset_peak_memory(device: &Device) -> Result<()> {
     #[cfg(feature = "cuda")]
@@ -117,6 +130,12 @@ mod pool {
         check("cuMemPoolSetAttribute", unsafe {
             sys::cuMemPoolSetAttribute(pool, attr.raw(), &mut v as *mut u64 as *mut std::ffi::c_void)
         })
+    }
+
+    pub fn trim(device: &Device) -> Result<()> {
+        let pool = default_pool(device)?;
+        // SAFETY: a plain driver call on a valid pool.
+        check("cuMemPoolTrimTo", unsafe { sys::cuMemPoolTrimTo(pool, 0) })
     }
 
     pub fn attribute(device: &Device, attr: Attribute) -> Result<u64> {

@@ -3,6 +3,7 @@
 //! to talk (`loaded`: weights, tokenizer, chat template) and device helpers (`device`).
 //! Re-exported by the `mm` crate under the same module names.
 
+pub mod cuda_graph;
 pub mod device;
 pub mod fused;
 pub mod generate;

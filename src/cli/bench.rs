@@ -84,6 +84,10 @@ struct TrainBenchArgs {
     /// Also time forward, backward, clipping and AdamW apart (synchronising after each).
     #[arg(long)]
     phases: bool,
+    /// On CUDA, queue each step's kernels one by one instead of replaying the step recorded
+    /// once as a CUDA graph (what `mm train` does).
+    #[arg(long)]
+    no_graph: bool,
 }
 
 fn bench_train(preset: &str, t: &TrainBenchArgs, device: &str, threads: Option<usize>) -> Result<()> {
@@ -101,6 +105,7 @@ fn bench_train(preset: &str, t: &TrainBenchArgs, device: &str, threads: Option<u
         dtype,
         device: super::device_arg(device)?,
         phases: t.phases,
+        graph: !t.no_graph,
     })
 }
 

@@ -27,6 +27,9 @@ pub struct AdamW {
     pub step: u64,
     pub exp_avg: Vec<Tensor>,
     pub exp_avg_sq: Vec<Tensor>,
+    /// On CUDA, the current step's constants in device memory (the fused kernel reads them
+    /// there, so a recorded CUDA graph replays any step): written by [`begin_step`](Self::begin_step).
+    constants: Option<Tensor>,
 }
 
 impl AdamW {
@@ -37,7 +40,7 @@ impl AdamW {
             exp_avg.push(p.as_tensor().zeros_like()?);
             exp_avg_sq.push(p.as_tensor().zeros_like()?);
         }
-        Ok(Self { config, step: 0, exp_avg, exp_avg_sq })
+        Ok(Self { config, step: 0, exp_avg, exp_avg_sq, constants: None })
     }
 
     /// One update of every parameter with its gradient (`None`: no gradient, left as is, as
@@ -54,14 +57,8 @@ impl AdamW {
         ensure!(params.len() == self.exp_avg.len() && grads.len() == params.len(), "optimizer state does not fit the parameters");
         let fused = params.first().is_some_and(|p| mm_model::model::fused_kernels(p.device()));
         if fused {
-            self.step += 1;
-            let c = self.config;
-            let hyper = mm_model::fused::AdamWStep { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, step: self.step };
-            for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-                let Some(g) = g else { continue };
-                mm_model::fused::adamw_step_(p.as_tensor(), &self.exp_avg[i], &self.exp_avg_sq[i], &g.to_dtype(candle_core::DType::F32)?, &hyper, grad_scale)?;
-            }
-            return Ok(());
+            self.begin_step(lr)?;
+            return self.apply(params, grads, grad_scale);
         }
         let scaled: Vec<Option<Tensor>>;
         let grads = match grad_scale {
@@ -72,6 +69,33 @@ impl AdamW {
             }
         };
         self.step_composite(params, grads, lr)
+    }
+
+    /// The host half of a fused (CUDA) step: counts the step and writes its constants (learning
+    /// rate, bias corrections) to the device. [`apply`](Self::apply) is the device half.
+    pub fn begin_step(&mut self, lr: f64) -> Result<()> {
+        let device = self.exp_avg.first().map(|t| t.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        self.step += 1;
+        let c = self.config;
+        let hyper = mm_model::fused::AdamWStep { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, step: self.step };
+        match &self.constants {
+            Some(buffer) => mm_model::fused::set_adamw_constants(buffer, &hyper)?,
+            None => self.constants = Some(mm_model::fused::adamw_constants(&hyper, &device)?),
+        }
+        Ok(())
+    }
+
+    /// The device half of a fused step: one kernel per parameter with the constants the last
+    /// [`begin_step`](Self::begin_step) wrote; it reads nothing from the host, so a CUDA graph
+    /// can record it once and replay it every step.
+    pub fn apply(&self, params: &[&Var], grads: &[Option<Tensor>], grad_scale: Option<&Tensor>) -> Result<()> {
+        ensure!(params.len() == self.exp_avg.len() && grads.len() == params.len(), "optimizer state does not fit the parameters");
+        let Some(constants) = &self.constants else { anyhow::bail!("AdamW::apply before begin_step") };
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let Some(g) = g else { continue };
+            mm_model::fused::adamw_step_with_(p.as_tensor(), &self.exp_avg[i], &self.exp_avg_sq[i], &g.to_dtype(candle_core::DType::F32)?, constants, grad_scale)?;
+        }
+        Ok(())
     }
 
     fn step_composite(&mut self, params: &[&Var], grads: &[Option<Tensor>], lr: f64) -> Result<()> {

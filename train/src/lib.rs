@@ -8,6 +8,7 @@ pub mod dpo;
 pub mod encoder;
 pub mod fixture_step;
 pub mod fused_ce;
+pub mod graph_step;
 pub mod lora;
 pub mod loss;
 pub mod objective;

@@ -33,6 +33,19 @@ pub trait Objective {
         self.tokens(batch)
     }
 
+    /// The batch uploaded as the device tensors [`loss_from_inputs`](Self::loss_from_inputs)
+    /// takes, for a stage whose whole step can be recorded as a CUDA graph and replayed over
+    /// other batches (fixed shapes, nothing read back to the host). None (the default): the
+    /// stage runs eagerly.
+    fn device_inputs(&self, _batch: &Self::Batch, _device: &Device) -> Result<Option<Vec<Tensor>>> {
+        Ok(None)
+    }
+
+    /// [`loss`](Self::loss) from what [`device_inputs`](Self::device_inputs) uploaded.
+    fn loss_from_inputs(&mut self, _model: &MiniMind, _inputs: &[Tensor]) -> Result<LossParts> {
+        anyhow::bail!("this stage does not compute its loss from device inputs")
+    }
+
     // Stages with state of their own (the RL stages: rollout seeds, SPO's value tracker, PPO's
     // critic and old actor) hook into the loop here; the defaults do nothing.
 
@@ -94,25 +107,41 @@ pub fn batch_tensors(batch: &LmBatch, device: &Device) -> Result<(Tensor, Tensor
 /// Upstream's pretrain / full-SFT loss: masked mean cross-entropy plus the MoE aux loss.
 pub struct LanguageModeling;
 
+/// [`LanguageModeling`]'s loss of a batch already on the device (X, Y, loss mask as
+/// [`batch_tensors`] makes them).
+pub fn language_modeling_loss(model: &MiniMind, x: &Tensor, y: &Tensor, mask: &Tensor) -> Result<LossParts> {
+    let out = model.forward(x, None, None, Mode::Training)?;
+    let ce = masked_mean(&per_token_ce(&out.logits, y)?, mask)?;
+    let mut logged = vec![("ce", ce.detach())];
+    let loss = match out.aux_loss {
+        Some(aux) => {
+            logged.push(("aux", aux.detach()));
+            ce.broadcast_add(&aux.to_dtype(ce.dtype())?)?
+        }
+        None => ce,
+    };
+    Ok(LossParts { loss, logged })
+}
+
 impl Objective for LanguageModeling {
     type Batch = LmBatch;
 
     fn loss(&mut self, model: &MiniMind, batch: &LmBatch, device: &Device) -> Result<LossParts> {
         let (x, y, mask) = batch_tensors(batch, device)?;
-        let out = model.forward(&x, None, None, Mode::Training)?;
-        let ce = masked_mean(&per_token_ce(&out.logits, &y)?, &mask)?;
-        let mut logged = vec![("ce", ce.detach())];
-        let loss = match out.aux_loss {
-            Some(aux) => {
-                logged.push(("aux", aux.detach()));
-                ce.broadcast_add(&aux.to_dtype(ce.dtype())?)?
-            }
-            None => ce,
-        };
-        Ok(LossParts { loss, logged })
+        language_modeling_loss(model, &x, &y, &mask)
     }
 
     fn tokens(&self, batch: &LmBatch) -> usize {
         batch.loss_mask.iter().filter(|&&m| m > 0.0).count()
+    }
+
+    fn device_inputs(&self, batch: &LmBatch, device: &Device) -> Result<Option<Vec<Tensor>>> {
+        let (x, y, mask) = batch_tensors(batch, device)?;
+        Ok(Some(vec![x, y, mask]))
+    }
+
+    fn loss_from_inputs(&mut self, model: &MiniMind, inputs: &[Tensor]) -> Result<LossParts> {
+        let [x, y, mask] = inputs else { anyhow::bail!("language modeling takes X, Y and the loss mask") };
+        language_modeling_loss(model, x, y, mask)
     }
 }

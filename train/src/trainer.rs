@@ -18,6 +18,7 @@ use mm_converters::output_guard::FileKind;
 use mm_converters::Provenance;
 use crate::adamw::{AdamW, AdamWConfig};
 use crate::distributed;
+use crate::graph_step::GraphedSteps;
 use crate::objective::{Objective, ObjectiveState, StepUpdate};
 use crate::params::TrainableModel;
 use crate::resume::{self, Resume, ResumeState};
@@ -355,6 +356,11 @@ where
         }
     }
 
+    // On one CUDA device, stages that hand their batch over as device tensors replay their
+    // step as recorded CUDA graphs (graph_step.rs).
+    let mut graph_allowed = crate::graph_step::allowed(model, parallel.is_some());
+    let mut graphed: Option<GraphedSteps> = None;
+
     let iters = loader.steps_per_epoch();
     // The next batches are read and tokenised on a thread while this one trains.
     let mut loader = Prefetch::new(loader, 2);
@@ -418,56 +424,74 @@ where
                 (Some(share), Some(global.narrow(0, 0, 1)?))
             }
         };
-        let run_model = model.model_for(compute)?;
-        let mut parts = match objective.loss(&run_model, &batch, &model.device) {
-            Ok(parts) => parts,
-            // The step's inputs failed (a reward scorer timing out or answering garbage, a
-            // rollout error) before anything was changed: keep the steps completed since the
-            // last save, so `--resume` loses nothing. (Data-parallel ranks cannot agree to
-            // save here; they keep the last periodic save.)
-            Err(e) if parallel.is_none() && micro_steps > saved_at => {
-                drop(run_model);
-                if !pending.is_empty() {
-                    flush_metrics(&mut pending, window_start.elapsed().as_secs_f64(), &mut metrics)?;
+        let graph_inputs = if graph_allowed { objective.device_inputs(&batch, &model.device)? } else { None };
+        graph_allowed = graph_inputs.is_some();
+        let (parts, update) = if let Some(inputs) = graph_inputs {
+            let g = match &mut graphed {
+                Some(g) => g,
+                None => graphed.insert(GraphedSteps::new(model, &accumulated)?),
+            };
+            let parts = g.micro_step(model, objective, inputs, compute, accumulation)?;
+            micro_steps += 1;
+            let mut update = None;
+            if (step + 1) % accumulation == 0 {
+                g.update(model, &mut optimizer, lr, opts.grad_clip)?;
+                update = Some(StepUpdate { lr, peak_lr: opts.learning_rate });
+            }
+            (parts, update)
+        } else {
+            let run_model = model.model_for(compute)?;
+            let mut parts = match objective.loss(&run_model, &batch, &model.device) {
+                Ok(parts) => parts,
+                // The step's inputs failed (a reward scorer timing out or answering garbage, a
+                // rollout error) before anything was changed: keep the steps completed since the
+                // last save, so `--resume` loses nothing. (Data-parallel ranks cannot agree to
+                // save here; they keep the last periodic save.)
+                Err(e) if parallel.is_none() && micro_steps > saved_at => {
+                    drop(run_model);
+                    if !pending.is_empty() {
+                        flush_metrics(&mut pending, window_start.elapsed().as_secs_f64(), &mut metrics)?;
+                    }
+                    let run = SavePoint { micro_steps, loader: completed_at.clone(), parallel, main };
+                    let extra = objective.state()?;
+                    save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights, extra.as_ref())?;
+                    return Err(e.context(format!(
+                        "step {} failed; the {micro_steps} steps before it are saved in {} (`--resume` continues from there)",
+                        micro_steps + 1,
+                        paths.resume.display()
+                    )));
                 }
-                let run = SavePoint { micro_steps, loader: completed_at.clone(), parallel, main };
-                let extra = objective.state()?;
-                save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights, extra.as_ref())?;
-                return Err(e.context(format!(
-                    "step {} failed; the {micro_steps} steps before it are saved in {} (`--resume` continues from there)",
-                    micro_steps + 1,
-                    paths.resume.display()
-                )));
+                Err(e) => {
+                    return Err(e.context(format!("step {} failed; the last save (step {saved_at}) is intact", micro_steps + 1)));
+                }
+            };
+            if let (Some(p), Some(share)) = (parallel, &share) {
+                parts.loss = parts.loss.broadcast_mul(&share.to_dtype(parts.loss.dtype())?.reshape(())?)?;
+                parts.logged = reduce_logged(p, &parts.loss, std::mem::take(&mut parts.logged), share)?;
             }
-            Err(e) => {
-                return Err(e.context(format!("step {} failed; the last save (step {saved_at}) is intact", micro_steps + 1)));
-            }
-        };
-        if let (Some(p), Some(share)) = (parallel, &share) {
-            parts.loss = parts.loss.broadcast_mul(&share.to_dtype(parts.loss.dtype())?.reshape(())?)?;
-            parts.logged = reduce_logged(p, &parts.loss, std::mem::take(&mut parts.logged), share)?;
-        }
-        let scaled = (parts.loss.to_dtype(DType::F32)? / accumulation as f64)?;
-        let vars = model.trainable_vars();
-        let store = scaled.backward()?;
-        accumulate(&mut accumulated, vars.iter().map(|p| store.get(p.as_tensor()).cloned()).collect())?;
-        objective.collect_gradients(&store)?;
-        drop(store);
-        drop(run_model);
-        micro_steps += 1;
-
-        let mut update = None;
-        if (step + 1) % accumulation == 0 {
-            if let Some(p) = parallel {
-                p.all_reduce_grads(&mut accumulated)?;
-            }
-            // The clip coefficient stays on the device; AdamW multiplies it in.
-            let (_, clip) = clip_coefficient_on_device(&accumulated, opts.grad_clip)?;
+            let scaled = (parts.loss.to_dtype(DType::F32)? / accumulation as f64)?;
             let vars = model.trainable_vars();
-            optimizer.step_scaled(&vars, &accumulated, lr, Some(&clip))?;
-            accumulated.iter_mut().for_each(|g| *g = None);
-            update = Some(StepUpdate { lr, peak_lr: opts.learning_rate });
-        }
+            let store = scaled.backward()?;
+            accumulate(&mut accumulated, vars.iter().map(|p| store.get(p.as_tensor()).cloned()).collect())?;
+            objective.collect_gradients(&store)?;
+            drop(store);
+            drop(run_model);
+            micro_steps += 1;
+
+            let mut update = None;
+            if (step + 1) % accumulation == 0 {
+                if let Some(p) = parallel {
+                    p.all_reduce_grads(&mut accumulated)?;
+                }
+                // The clip coefficient stays on the device; AdamW multiplies it in.
+                let (_, clip) = clip_coefficient_on_device(&accumulated, opts.grad_clip)?;
+                let vars = model.trainable_vars();
+                optimizer.step_scaled(&vars, &accumulated, lr, Some(&clip))?;
+                accumulated.iter_mut().for_each(|g| *g = None);
+                update = Some(StepUpdate { lr, peak_lr: opts.learning_rate });
+            }
+            (parts, update)
+        };
         objective.after_step(model, update.as_ref(), step)?;
 
         bar.set_position(micro_steps);
@@ -527,6 +551,9 @@ where
             }
         }
         if save_now {
+            if let Some(g) = &graphed {
+                accumulated = g.accumulated()?;
+            }
             let run = SavePoint { micro_steps, loader: loader.state(), parallel, main };
             let extra = objective.state()?;
             save(model, &optimizer, &accumulated, &run, opts, &paths, &mut metrics, save_weights, extra.as_ref())?;
@@ -537,6 +564,9 @@ where
     }
     // Skipped rows can end an epoch before its planned last step: save what was trained.
     if micro_steps > saved_at {
+        if let Some(g) = &graphed {
+            accumulated = g.accumulated()?;
+        }
         if main && !pending.is_empty() {
             losses.extend(flush_metrics(&mut pending, window_start.elapsed().as_secs_f64(), &mut metrics)?.iter().map(|m| (m.step, m.loss)));
             if let Some((step, loss)) = losses.iter().find(|(_, l)| !l.is_finite()) {

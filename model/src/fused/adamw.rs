@@ -12,7 +12,9 @@
 //! Each line rounds as candle's composite form does (constants rounded from f64 to f32 as its
 //! `affine` does), so the CPU path is bit-identical to train/src/adamw.rs. On CUDA it is one
 //! kernel per parameter that reads p, m, v, g once and writes p, m, v once; the gradient scale
-//! stays on the device, so clipping needs no host sync.
+//! stays on the device, so clipping needs no host sync. The kernel reads the step's constants
+//! from device memory ([`adamw_constants`]), so a CUDA graph that recorded the launches replays
+//! every later step after the host rewrites them.
 
 use candle_core::{bail, DType, Result, Tensor};
 
@@ -56,6 +58,15 @@ impl Constants {
         }
     }
 
+    fn to_array(self) -> [f32; 7] {
+        [self.decay, self.one_minus_beta1, self.beta2, self.one_minus_beta2, self.inv_bc2_sqrt, self.eps, self.neg_step_size]
+    }
+
+    fn from_array(k: [f32; 7]) -> Self {
+        let [decay, one_minus_beta1, beta2, one_minus_beta2, inv_bc2_sqrt, eps, neg_step_size] = k;
+        Self { decay, one_minus_beta1, beta2, one_minus_beta2, inv_bc2_sqrt, eps, neg_step_size }
+    }
+
     /// (p, m, v) after one step with gradient g (already scaled).
     fn update(&self, p: f32, m: f32, v: f32, g: f32) -> (f32, f32, f32) {
         let decayed = p * self.decay;
@@ -64,6 +75,18 @@ impl Constants {
         let denom = v.sqrt() * self.inv_bc2_sqrt + self.eps;
         (decayed + (m * self.neg_step_size) / denom, m, v)
     }
+}
+
+/// The step's constants as the kernel reads them: 7 f32 on `device`.
+/// On CUDA the copy is queued from page-locked memory (an upload from ordinary memory would
+/// wait for the GPU to finish everything queued before it).
+pub fn adamw_constants(hyper: &AdamWStep, device: &candle_core::Device) -> Result<Tensor> {
+    crate::device::upload(&Constants::new(hyper).to_array(), &[7], device).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
+}
+
+/// Writes the step's constants into `buffer` (7 f32 made by [`adamw_constants`]) in place.
+pub fn set_adamw_constants(buffer: &Tensor, hyper: &AdamWStep) -> Result<()> {
+    buffer.slice_set(&adamw_constants(hyper, buffer.device())?, 0, 0)
 }
 
 /// One AdamW step of `param` with `grad`, updating `param`, `exp_avg` and `exp_avg_sq` in
@@ -79,6 +102,42 @@ pub fn adamw_step_(
     hyper: &AdamWStep,
     grad_scale: Option<&Tensor>,
 ) -> Result<()> {
+    check(param, exp_avg, exp_avg_sq, grad, grad_scale)?;
+    if param.device().is_cuda() {
+        return adamw_step_with_(param, exp_avg, exp_avg_sq, grad, &adamw_constants(hyper, param.device())?, grad_scale);
+    }
+    let k = Constants::new(hyper);
+    let grad = grad.contiguous()?;
+    step_cpu(param, exp_avg, exp_avg_sq, &grad, &k, grad_scale)
+}
+
+/// [`adamw_step_`] with the constants given as [`adamw_constants`] made them (on the
+/// parameter's device): what a recorded CUDA graph replays.
+pub fn adamw_step_with_(
+    param: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    grad: &Tensor,
+    constants: &Tensor,
+    grad_scale: Option<&Tensor>,
+) -> Result<()> {
+    if constants.dtype() != DType::F32 || constants.elem_count() != 7 || !constants.device().same_device(param.device()) {
+        bail!("adamw_step_with_: the constants must be 7 f32 on the parameter's device, got {:?} {:?}", constants.dims(), constants.dtype());
+    }
+    check(param, exp_avg, exp_avg_sq, grad, grad_scale)?;
+    let grad = grad.contiguous()?;
+    if param.device().is_cuda() {
+        #[cfg(feature = "cuda")]
+        {
+            let op = gpu::FusedAdamW { constants: constants.clone(), grad, grad_scale: grad_scale.map(|s| s.flatten_all()).transpose()? };
+            return param.inplace_op3(exp_avg, exp_avg_sq, &op);
+        }
+    }
+    let k: [f32; 7] = constants.to_vec1::<f32>()?.try_into().map_err(|_| candle_core::Error::Msg("7 constants".into()))?;
+    step_cpu(param, exp_avg, exp_avg_sq, &grad, &Constants::from_array(k), grad_scale)
+}
+
+fn check(param: &Tensor, exp_avg: &Tensor, exp_avg_sq: &Tensor, grad: &Tensor, grad_scale: Option<&Tensor>) -> Result<()> {
     for (what, t) in [("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq), ("grad", grad)] {
         if t.dtype() != DType::F32 || t.dims() != param.dims() || !t.device().same_device(param.device()) {
             bail!("adamw_step_: {what} is {:?} {:?}; expected f32 {:?} on the parameter's device", t.dims(), t.dtype(), param.dims());
@@ -94,16 +153,7 @@ pub fn adamw_step_(
             bail!("adamw_step_: grad_scale must be one f32 on the parameter's device, got {:?} {:?}", s.dims(), s.dtype());
         }
     }
-    let k = Constants::new(hyper);
-    let grad = grad.contiguous()?;
-    if param.device().is_cuda() {
-        #[cfg(feature = "cuda")]
-        {
-            let op = gpu::FusedAdamW { k, grad, grad_scale: grad_scale.map(|s| s.flatten_all()).transpose()? };
-            return param.inplace_op3(exp_avg, exp_avg_sq, &op);
-        }
-    }
-    step_cpu(param, exp_avg, exp_avg_sq, &grad, &k, grad_scale)
+    Ok(())
 }
 
 /// Any device without the kernel: read everything, compute in f32 with the same per-element
@@ -133,13 +183,12 @@ mod gpu {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{bail, CpuStorage, CudaStorage, InplaceOp3, Layout, Result, Storage, Tensor};
 
-    use super::Constants;
     use crate::fused::cuda::{config, elementwise_grid, view, ADAMW};
 
     /// Applied to the parameter with the two moments as sources; the gradient and its scale
     /// ride in the op and are read from their storage inside `cuda_fwd`.
     pub(super) struct FusedAdamW {
-        pub(super) k: Constants,
+        pub(super) constants: Tensor,
         pub(super) grad: Tensor,
         pub(super) grad_scale: Option<Tensor>,
     }
@@ -198,13 +247,12 @@ mod gpu {
                 }
                 None => (0, None),
             };
+            let (ks, kl) = self.constants.storage_and_layout();
+            let k = view(f32::as_cuda_slice(cuda_storage(&ks, "constants")?)?, kl, "constants")?;
             let func = ADAMW.get_named(&dev, "adamw_step")?;
             let n64 = n as u64;
-            let k = &self.k;
             let mut b = stream.launch_builder(&func);
-            b.arg(&mut p).arg(&m_ptr).arg(&v_ptr).arg(&grad).arg(&scale_ptr).arg(&n64);
-            b.arg(&k.decay).arg(&k.one_minus_beta1).arg(&k.beta2).arg(&k.one_minus_beta2);
-            b.arg(&k.inv_bc2_sqrt).arg(&k.eps).arg(&k.neg_step_size);
+            b.arg(&mut p).arg(&m_ptr).arg(&v_ptr).arg(&grad).arg(&scale_ptr).arg(&n64).arg(&k);
             // SAFETY: the argument list matches adamw_step's signature (device pointers are
             // passed as u64); m and v are live for the launch and not aliased by p.
             unsafe { b.launch(config(elementwise_grid(n), 256, 0)?) }.w()?;

@@ -14,7 +14,9 @@
 //! * [`embedding`]`(weight [v, h], ids)`: rows; a deterministic dweight (no atomics).
 //! * [`adamw_step_`]: one in-place AdamW step of a parameter and its moments (f32), with
 //!   [`sum_of_squares`] for gradient clipping without a host sync.
+//! * [`accumulate_`]: `acc += g` in place (gradient buffers that outlive a step).
 
+mod accumulate;
 mod adamw;
 mod causal_softmax;
 pub mod compare;
@@ -30,7 +32,8 @@ mod rope;
 pub mod selftest;
 mod swiglu;
 
-pub use adamw::{adamw_step_, AdamWStep};
+pub use accumulate::accumulate_;
+pub use adamw::{adamw_constants, adamw_step_, adamw_step_with_, set_adamw_constants, AdamWStep};
 pub use causal_softmax::causal_softmax;
 pub use cross_entropy::cross_entropy;
 pub use embedding::embedding;

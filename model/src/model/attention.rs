@@ -188,16 +188,21 @@ impl Attention {
     /// (GQA heads repeated here); returns [b, heads, t, d].
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, path: AttentionPath) -> Result<Tensor> {
         let n_rep = self.n_heads / self.n_kv_heads;
-        let k = repeat_kv(k, n_rep)?;
-        let v = repeat_kv(v, n_rep)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         if path == AttentionPath::FusedCausal {
             // Scores in the compute dtype; scale, causal mask and softmax in f32 in one kernel.
-            // cuBLAS takes kᵀ as a transposed view: no copy.
-            let scores = q.matmul(&k.t()?)?;
+            // The n_rep query heads of a KV head (h = kv·n_rep + r, adjacent in q) go in as one
+            // block of n_rep·t rows against that head's keys and values, so k and v are neither
+            // repeated nor, in the backward, summed back; cuBLAS takes kᵀ as a transposed view.
+            let (b, h, t, d) = q.dims4()?;
+            let kvh = self.n_kv_heads;
+            let grouped = q.contiguous()?.reshape((b, kvh, n_rep * t, d))?;
+            let scores = grouped.matmul(&k.t()?)?.reshape((b, h, t, t))?;
             let probs = crate::fused::causal_softmax(&scores, scale as f32)?;
-            return probs.matmul(&v);
+            return probs.reshape((b, kvh, n_rep * t, t))?.matmul(v)?.reshape((b, h, t, d));
         }
+        let k = repeat_kv(k, n_rep)?;
+        let v = repeat_kv(v, n_rep)?;
         let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
@@ -244,4 +249,45 @@ pub fn attention_bias(t: usize, past: usize, padding: Option<&Tensor>, device: &
         (None, Some(p)) => Some(p),
         (Some(c), Some(p)) => Some(c.broadcast_add(&p)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused::compare::random;
+    use candle_core::{Device, Var};
+
+    /// The fused training path (query heads grouped per KV head, no repeated k/v) against the
+    /// composite one (repeat_kv, additive causal mask), forward and gradients, in f32 on the
+    /// CPU (the fused ops' CPU forms).
+    #[test]
+    fn grouped_fused_attention_matches_the_composite_form() {
+        let (b, h, kvh, t, d) = (2, 4, 2, 5, 8);
+        let attn = Attention {
+            q_proj: Linear::new(Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap()),
+            k_proj: Linear::new(Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap()),
+            v_proj: Linear::new(Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap()),
+            o_proj: Linear::new(Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap()),
+            n_heads: h,
+            n_kv_heads: kvh,
+            head_dim: d,
+        };
+        let q = Var::from_tensor(&random(&[b, h, t, d], 1.0, 81)).unwrap();
+        let k = Var::from_tensor(&random(&[b, kvh, t, d], 1.0, 82)).unwrap();
+        let v = Var::from_tensor(&random(&[b, kvh, t, d], 1.0, 83)).unwrap();
+        let weights = random(&[b, h, t, d], 1.0, 84);
+        let mask = attention_bias(t, 0, None, &Device::Cpu).unwrap();
+        let run = |path| {
+            let out = attn.attend(q.as_tensor(), k.as_tensor(), v.as_tensor(), mask.as_ref().filter(|_| path == AttentionPath::Composite), path).unwrap();
+            let grads = (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = |x: &Var| grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (out.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g(&q), g(&k), g(&v))
+        };
+        let fused = run(AttentionPath::FusedCausal);
+        let composite = run(AttentionPath::Composite);
+        for (what, a, b) in [("out", &fused.0, &composite.0), ("dq", &fused.1, &composite.1), ("dk", &fused.2, &composite.2), ("dv", &fused.3, &composite.3)] {
+            let worst = a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{what}: max |diff| {worst}");
+        }
+    }
 }
