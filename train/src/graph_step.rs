@@ -14,7 +14,9 @@
 //!
 //! Used for stages that can hand their batch over as device tensors
 //! ([`Objective::device_inputs`]) on one CUDA device with a dense model (an MoE router picks
-//! experts on the host). `MM_CUDA_GRAPH=0` turns it off.
+//! experts on the host). `MM_CUDA_GRAPH=0` turns it off. `MM_CUDA_GRAPH=buffers` takes this
+//! path on any device without recording (every step runs its closures eagerly): the tests use
+//! it on the CPU to check the buffers, updates and resume state against the eager loop.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -27,10 +29,9 @@ use crate::step::clip_coefficient_on_device;
 
 /// Whether this run may record its step (before looking at the stage's batches).
 pub fn allowed(model: &TrainableModel, data_parallel: bool) -> bool {
-    model.device.is_cuda()
-        && !data_parallel
-        && !model.config.use_moe
-        && std::env::var("MM_CUDA_GRAPH").map_or(true, |v| v != "0")
+    let setting = std::env::var("MM_CUDA_GRAPH").unwrap_or_default();
+    let device_ok = model.device.is_cuda() || setting == "buffers";
+    device_ok && setting != "0" && !data_parallel && !model.config.use_moe
 }
 
 pub struct GraphedSteps {
@@ -81,8 +82,8 @@ impl GraphedSteps {
                 dst.slice_set(src, 0, 0)?;
             }
             graph.launch()?;
-        } else if self.micro.is_some() {
-            // Another shape (a short last batch): eagerly, into the same buffers.
+        } else if self.micro.is_some() || !self.device.is_cuda() {
+            // Another shape (a short last batch), or no CUDA: eagerly, into the same buffers.
             run_micro(model, objective, &inputs, compute, accumulation, &self.grads, &self.loss, &mut self.logged)?;
         } else {
             // The first step runs eagerly (loading kernels, leaving candle's small uploads
@@ -119,6 +120,7 @@ impl GraphedSteps {
         };
         match &self.update {
             Some(graph) => graph.launch()?,
+            None if !self.device.is_cuda() => run(optimizer)?,
             None => {
                 {
                     let _cache = UploadCache::hold(&self.device)?;
