@@ -126,19 +126,36 @@ mod gpu {
     use super::side;
     use crate::fused::cuda::{config, row_threads, u32_arg, view, GpuFloat, CAUSAL_SOFTMAX};
 
+    /// The register-resident kernels' block size for rows of `t` columns starting at the given
+    /// element offsets (16-byte vectors of T per thread), or None where they do not apply.
+    fn vector_threads<T>(t: usize, starts: &[usize]) -> Option<u32> {
+        let per_thread = 16 / std::mem::size_of::<T>();
+        let fits = t % (32 * per_thread) == 0 && t / per_thread <= 1024 && starts.iter().all(|s| s % per_thread == 0);
+        fits.then_some((t / per_thread) as u32)
+    }
+
+    /// The kernel `root` or its `_vec` form, and the block size to launch it with.
+    fn pick<T: GpuFloat>(dev: &candle_core::CudaDevice, root: &str, t: usize, starts: &[usize]) -> Result<(candle_core::cuda_backend::cudarc::driver::CudaFunction, u32)> {
+        Ok(match vector_threads::<T>(t, starts) {
+            Some(threads) => (CAUSAL_SOFTMAX.get::<T>(dev, &format!("{root}_vec"))?, threads),
+            None => (CAUSAL_SOFTMAX.get::<T>(dev, root)?, row_threads(t, 4)),
+        })
+    }
+
     pub(super) fn forward<T: GpuFloat>(ss: &CudaStorage, l: &Layout, scale: f32) -> Result<(CudaStorage, Shape)> {
         let dev = &ss.device;
         let s = view(T::as_cuda_slice(ss)?, l, "scores")?;
         let (n, t) = (l.shape().elem_count(), side(l));
         // SAFETY: the kernel writes every element of every row.
         let mut p = unsafe { dev.alloc::<T>(n)? };
-        let func = CAUSAL_SOFTMAX.get::<T>(dev, "causal_softmax_fwd")?;
+        let (func, threads) = pick::<T>(dev, "causal_softmax_fwd", t, &[l.start_offset()])?;
         let stream = dev.cuda_stream();
         let t32 = u32_arg(t, "positions")?;
         let mut b = stream.launch_builder(&func);
         b.arg(&s).arg(&mut p).arg(&t32).arg(&scale);
-        // SAFETY: the argument list matches causal_softmax_fwd's signature.
-        unsafe { b.launch(config(n / t, row_threads(t, 4), 0)?) }.w()?;
+        // SAFETY: the argument list matches causal_softmax_fwd[_vec]'s signature; the _vec form
+        // gets one thread per 16 bytes of a row, aligned (vector_threads).
+        unsafe { b.launch(config(n / t, threads, 0)?) }.w()?;
         drop(b);
         Ok((CudaStorage::wrap_cuda_slice(p, dev.clone()), l.shape().clone()))
     }
@@ -156,13 +173,13 @@ mod gpu {
         let (n, t) = (l.shape().elem_count(), side(l));
         // SAFETY: the kernel writes every element of every row.
         let mut ds = unsafe { dev.alloc::<T>(n)? };
-        let func = CAUSAL_SOFTMAX.get::<T>(dev, "causal_softmax_bwd")?;
+        let (func, threads) = pick::<T>(dev, "causal_softmax_bwd", t, &[l.start_offset(), gl.start_offset()])?;
         let stream = dev.cuda_stream();
         let t32 = u32_arg(t, "positions")?;
         let mut b = stream.launch_builder(&func);
         b.arg(&s).arg(&dp).arg(&mut ds).arg(&t32).arg(&scale);
-        // SAFETY: the argument list matches causal_softmax_bwd's signature.
-        unsafe { b.launch(config(n / t, row_threads(t, 4), 0)?) }.w()?;
+        // SAFETY: as in `forward`, for causal_softmax_bwd[_vec].
+        unsafe { b.launch(config(n / t, threads, 0)?) }.w()?;
         drop(b);
         Ok((CudaStorage::wrap_cuda_slice(ds, dev.clone()), l.shape().clone()))
     }

@@ -137,7 +137,7 @@ fn cases(small_only: bool) -> Result<Vec<Case>> {
                 timed,
             });
         }
-        let softmax_shapes: &[(&[usize], bool)] = &[(&[1, 1, 1, 1], false), (&[1, 2, 37, 37], false), (&[4, 8, 512, 512], true)];
+        let softmax_shapes: &[(&[usize], bool)] = &[(&[1, 1, 1, 1], false), (&[1, 2, 37, 37], false), (&[1, 2, 256, 256], false), (&[4, 8, 512, 512], true)];
         for &(dims, timed) in softmax_shapes {
             if small_only && timed {
                 continue;

@@ -51,6 +51,98 @@ __device__ void causal_softmax_bwd(const T* s, const T* dp, T* ds, uint32_t t, f
   }
 }
 
+// The same two functions with the row held in registers: thread k owns columns
+// [k*V, k*V + V), V = 16 bytes of T, loaded and stored as one 16-byte vector, so each row is
+// read once and written once and exp is taken once per column (the loops above re-read the
+// row from cache and recompute exp per pass). The host picks these when t is a multiple of
+// 32*V, t/V <= 1024 threads, and the rows start 16-byte aligned. Every per-column expression
+// is the one above; only the order of the block sums differs.
+template <typename T, int V>
+__device__ __forceinline__ void load_chunk(const T* src, float* out) {
+  alignas(16) T v[V];
+  *reinterpret_cast<uint4*>(v) = *reinterpret_cast<const uint4*>(src);
+#pragma unroll
+  for (int k = 0; k < V; ++k) out[k] = to_f32(v[k]);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_chunk(T* dst, const float* in) {
+  alignas(16) T v[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) v[k] = from_f32<T>(in[k]);
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
+}
+
+template <typename T, int V>
+__device__ void causal_softmax_fwd_vec(const T* s, T* p, uint32_t t, float scale) {
+  const size_t row = blockIdx.x;
+  const uint32_t i = row % t;
+  const uint32_t j0 = threadIdx.x * V;
+  float z[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) z[k] = 0.f;
+  float m = -INFINITY;
+  if (j0 <= i) {  // columns past the diagonal are never read
+    load_chunk<T, V>(s + row * t + j0, z);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      z[k] = z[k] * scale;
+      if (j0 + k <= i) m = fmaxf(m, z[k]);
+    }
+  }
+  m = block_max(m);
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    z[k] = j0 + k <= i ? expf(z[k] - m) : 0.f;
+    sum += z[k];
+  }
+  sum = block_sum(sum);
+#pragma unroll
+  for (int k = 0; k < V; ++k) z[k] = j0 + k <= i ? z[k] / sum : 0.f;
+  store_chunk<T, V>(p + row * t + j0, z);
+}
+
+template <typename T, int V>
+__device__ void causal_softmax_bwd_vec(const T* s, const T* dp, T* ds, uint32_t t, float scale) {
+  const size_t row = blockIdx.x;
+  const uint32_t i = row % t;
+  const uint32_t j0 = threadIdx.x * V;
+  float z[V], g[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) z[k] = g[k] = 0.f;
+  float m = -INFINITY;
+  if (j0 <= i) {
+    load_chunk<T, V>(s + row * t + j0, z);
+    load_chunk<T, V>(dp + row * t + j0, g);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      z[k] = z[k] * scale;
+      if (j0 + k <= i) m = fmaxf(m, z[k]);
+    }
+  }
+  m = block_max(m);
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    z[k] = j0 + k <= i ? expf(z[k] - m) : 0.f;
+    sum += z[k];
+  }
+  sum = block_sum(sum);
+  float dot = 0.f;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    if (j0 + k <= i) {
+      z[k] = z[k] / sum;  // p
+      dot += g[k] * z[k];
+    }
+  }
+  dot = block_sum(dot);
+#pragma unroll
+  for (int k = 0; k < V; ++k) z[k] = j0 + k <= i ? scale * (z[k] * (g[k] - dot)) : 0.f;
+  store_chunk<T, V>(ds + row * t + j0, z);
+}
+
 #define CAUSAL_SOFTMAX_ENTRIES(T, S)                                                                   \
   extern "C" __global__ void causal_softmax_fwd_##S(const T* s, T* p, uint32_t t, float scale) {      \
     causal_softmax_fwd<T>(s, p, t, scale);                                                            \
@@ -58,6 +150,13 @@ __device__ void causal_softmax_bwd(const T* s, const T* dp, T* ds, uint32_t t, f
   extern "C" __global__ void causal_softmax_bwd_##S(const T* s, const T* dp, T* ds, uint32_t t,       \
                                                     float scale) {                                    \
     causal_softmax_bwd<T>(s, dp, ds, t, scale);                                                       \
+  }                                                                                                   \
+  extern "C" __global__ void causal_softmax_fwd_vec_##S(const T* s, T* p, uint32_t t, float scale) {  \
+    causal_softmax_fwd_vec<T, 16 / sizeof(T)>(s, p, t, scale);                                        \
+  }                                                                                                   \
+  extern "C" __global__ void causal_softmax_bwd_vec_##S(const T* s, const T* dp, T* ds, uint32_t t,   \
+                                                        float scale) {                                \
+    causal_softmax_bwd_vec<T, 16 / sizeof(T)>(s, dp, ds, t, scale);                                   \
   }
 
 FOR_EACH_DTYPE(CAUSAL_SOFTMAX_ENTRIES)
