@@ -28,6 +28,7 @@ ptx_module!(CROSS_ENTROPY, "cross_entropy");
 ptx_module!(ADAMW, "adamw");
 ptx_module!(GRAD_NORM, "grad_norm");
 ptx_module!(EMBEDDING, "embedding");
+ptx_module!(SWAP_MIDDLE, "swap_middle");
 
 impl Module {
     /// The kernel `<root>_<dtype>` (the .cu files instantiate each kernel for f32 and bf16).

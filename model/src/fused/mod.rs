@@ -11,6 +11,7 @@
 //! * [`causal_softmax`]`(scores [.., t, t], scale)`: dscores; the causal mask built in.
 //! * [`rope`]`(x [b, h, t, d], cos, sin [t, d/2])`: dx; bit-identical to `rope_slow`.
 //! * [`swiglu`]`(gate, up)`: `silu(gate) * up`; dgate and dup.
+//! * [`swap_middle`]`(x [a, b, c, d])`: `[a, c, b, d]` contiguous (attention's head transposes).
 //! * [`embedding`]`(weight [v, h], ids)`: rows; a deterministic dweight (no atomics).
 //! * [`adamw_step_`]: one in-place AdamW step of a parameter and its moments (f32), with
 //!   [`sum_of_squares`] for gradient clipping without a host sync.
@@ -30,6 +31,7 @@ pub mod reference;
 mod rms_norm;
 mod rope;
 pub mod selftest;
+mod swap_middle;
 mod swiglu;
 
 pub use accumulate::accumulate_;
@@ -41,4 +43,5 @@ pub use float::FusedFloat;
 pub use grad_norm::{clip_coefficient, sum_of_squares};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
+pub use swap_middle::swap_middle;
 pub use swiglu::swiglu;

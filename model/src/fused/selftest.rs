@@ -92,6 +92,13 @@ fn ce_composite(a: &[Tensor]) -> candle_core::Result<Tensor> {
     reference::cross_entropy(&a[0], &a[1])
 }
 
+fn swap_fused(a: &[Tensor]) -> candle_core::Result<Tensor> {
+    fused::swap_middle(&a[0])
+}
+fn swap_composite(a: &[Tensor]) -> candle_core::Result<Tensor> {
+    a[0].transpose(1, 2)?.contiguous()
+}
+
 fn shape_label(dims: &[usize], dtype: DType) -> String {
     format!("{dims:?} {}", dtype.as_str())
 }
@@ -167,6 +174,23 @@ fn cases(small_only: bool) -> Result<Vec<Case>> {
                 grad_inputs: &[0, 1],
                 fused: swiglu_fused,
                 composite: swiglu_composite,
+                timed,
+            });
+        }
+        // [b, t, h, d]: rows of 3 (odd: element copies), 64 and 96 (16-byte words) values.
+        let swap_shapes: &[(&[usize], bool)] = &[(&[2, 5, 3, 3], false), (&[2, 7, 3, 64], false), (&[32, 512, 8, 64], true), (&[32, 512, 8, 96], true)];
+        for &(dims, timed) in swap_shapes {
+            if small_only && timed {
+                continue;
+            }
+            out.push(Case {
+                op: "swap_middle",
+                label: shape_label(dims, dtype),
+                inputs: vec![cast(random(dims, 1.0, 9))?],
+                outputs: &["y", "dx"],
+                grad_inputs: &[0],
+                fused: swap_fused,
+                composite: swap_composite,
                 timed,
             });
         }

@@ -124,9 +124,19 @@ impl Attention {
         cache: Option<&mut LayerCache>,
         path: AttentionPath,
     ) -> Result<Tensor> {
-        let q = self.q_proj.forward(x)?.reshape((b, t, self.n_heads, self.head_dim))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, self.n_kv_heads, self.head_dim))?.transpose(1, 2)?;
+        // [b·t, heads·d] rows → [b, heads, t, d]. On the fused training path a contiguous copy
+        // (fused::swap_middle), whose backward is one coalesced copy too; elsewhere a view.
+        let heads = |rows: Tensor, n: usize| -> Result<Tensor> {
+            let rows = rows.reshape((b, t, n, self.head_dim))?;
+            if path == AttentionPath::FusedCausal {
+                crate::fused::swap_middle(&rows)
+            } else {
+                rows.transpose(1, 2)
+            }
+        };
+        let q = heads(self.q_proj.forward(x)?, self.n_heads)?;
+        let k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
         let q = rotate(&q, cos, sin, path)?;
         let mut k = rotate(&k, cos, sin, path)?;
         let mut v = v.contiguous()?;
@@ -134,7 +144,8 @@ impl Attention {
             (k, v) = cache.append(k, v)?;
         }
         let out = self.attend(&q, &k, &v, mask, path)?;
-        let out = out.transpose(1, 2)?.reshape((b * t, self.n_heads * self.head_dim))?;
+        let out = if path == AttentionPath::FusedCausal { crate::fused::swap_middle(&out)? } else { out.transpose(1, 2)? };
+        let out = out.reshape((b * t, self.n_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 
@@ -287,6 +298,43 @@ mod tests {
         let composite = run(AttentionPath::Composite);
         for (what, a, b) in [("out", &fused.0, &composite.0), ("dq", &fused.1, &composite.1), ("dk", &fused.2, &composite.2), ("dv", &fused.3, &composite.3)] {
             let worst = a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{what}: max |diff| {worst}");
+        }
+    }
+
+    /// The whole layer (projections, head transposes, RoPE, attention, output projection) on
+    /// the fused training path against the composite one, forward and gradients.
+    #[test]
+    fn fused_attention_layer_matches_the_composite_form() {
+        let (b, t, h, kvh, d) = (2, 6, 4, 2, 8);
+        let hidden = h * d;
+        let w = |rows: usize, seed: u64| Var::from_tensor(&random(&[rows, hidden], 0.2, seed)).unwrap();
+        let (wq, wk, wv, wo) = (w(h * d, 101), w(kvh * d, 102), w(kvh * d, 103), w(hidden, 104));
+        let attn = Attention {
+            q_proj: Linear::new(wq.as_tensor().clone()),
+            k_proj: Linear::new(wk.as_tensor().clone()),
+            v_proj: Linear::new(wv.as_tensor().clone()),
+            o_proj: Linear::new(wo.as_tensor().clone()),
+            n_heads: h,
+            n_kv_heads: kvh,
+            head_dim: d,
+        };
+        let x = Var::from_tensor(&random(&[b * t, hidden], 1.0, 105)).unwrap();
+        let (cos, sin) = (random(&[t, d / 2], 1.0, 106), random(&[t, d / 2], 1.0, 107));
+        let weights = random(&[b * t, hidden], 1.0, 108);
+        let mask = attention_bias(t, 0, None, &Device::Cpu).unwrap();
+        let run = |path| {
+            let m = mask.as_ref().filter(|_| path == AttentionPath::Composite);
+            let out = attn.forward(x.as_tensor(), (b, t), &cos, &sin, m, None, path).unwrap();
+            let grads = (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut all = vec![flat(&out)];
+            all.extend([&x, &wq, &wk, &wv, &wo].iter().map(|v| flat(grads.get(v.as_tensor()).unwrap())));
+            all
+        };
+        let (fused, composite) = (run(AttentionPath::FusedCausal), run(AttentionPath::Composite));
+        for (what, (a, c)) in ["out", "dx", "dwq", "dwk", "dwv", "dwo"].iter().zip(fused.iter().zip(&composite)) {
+            let worst = a.iter().zip(c).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-5, "{what}: max |diff| {worst}");
         }
     }
