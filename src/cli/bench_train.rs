@@ -115,75 +115,45 @@ pub fn run(b: &TrainBench) -> Result<()> {
     Ok(())
 }
 
-/// The step recorded once as two CUDA graphs (forward + backward into gradient buffers; clip +
-/// AdamW + zeroing the buffers), replayed every step: the trainer's CUDA path.
+/// The step as `mm train` runs it on one GPU: recorded as CUDA graphs on the first step and
+/// replayed (train/src/graph_step.rs), the batch uploaded and copied into the recorded step's
+/// buffers each step.
 fn run_graph(b: &TrainBench, model: &TrainableModel, optimizer: &mut AdamW, batch: &LmBatch, n: usize) -> Result<()> {
-    use mm::cuda_graph::{graph_memory_peak, Graph, UploadCache};
-    use mm::train::objective::{batch_tensors, language_modeling_loss};
-    let vars = model.trainable_vars();
-    let buffers: Vec<candle_core::Tensor> = vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<_>>()?;
-    let (x, y, mask) = batch_tensors(batch, &b.device)?;
-    let loss_out = candle_core::Tensor::zeros(1, DType::F32, &b.device)?;
-    let micro = || -> Result<()> {
-        let run_model = model.model_for(b.dtype)?;
-        let parts = language_modeling_loss(&run_model, &x, &y, &mask)?;
-        let loss = parts.loss.to_dtype(DType::F32)?;
-        let grads = gradients(&loss, &vars)?;
-        for (buf, g) in buffers.iter().zip(&grads) {
-            if let Some(g) = g {
-                mm::fused::accumulate_(buf, g)?;
-            }
-        }
-        loss_out.slice_set(&loss.detach().reshape(1)?, 0, 0)?;
-        Ok(())
+    use mm::cuda_graph::graph_memory_peak;
+    use mm::train::graph_step::GraphedSteps;
+    let mut steps = GraphedSteps::new(model, &vec![None; model.trainable.len()])?;
+    let mut objective = LanguageModeling;
+    let mut step = |optimizer: &mut AdamW| -> Result<candle_core::Tensor> {
+        let inputs = objective.device_inputs(batch, &b.device)?.expect("language modeling hands its batch over");
+        let parts = steps.micro_step(model, &mut objective, inputs, b.dtype, 1)?;
+        steps.update(model, optimizer, 5e-4, 1.0)?;
+        Ok(parts.loss)
     };
-    let as_grads: Vec<Option<candle_core::Tensor>> = buffers.iter().cloned().map(Some).collect();
-    let update = |optimizer: &AdamW| -> Result<()> {
-        let (_, clip) = clip_coefficient_on_device(&as_grads, 1.0)?;
-        optimizer.apply(&vars, &as_grads, Some(&clip))?;
-        for buf in &buffers {
-            buf.zero_set()?;
-        }
-        Ok(())
-    };
-    {
-        // Warm-up, eager: loads the kernels and leaves candle's small uploads on the device.
-        let _cache = UploadCache::hold(&b.device)?;
-        optimizer.begin_step(5e-4)?;
-        micro()?;
-        update(optimizer)?;
-    }
-    b.device.synchronize()?;
-    let micro_graph = Graph::record(&b.device, micro)?;
-    let update_graph = Graph::record(&b.device, || update(optimizer))?;
-    // One replay before timing: the graphs' own first allocations.
-    optimizer.begin_step(5e-4)?;
-    micro_graph.launch()?;
-    update_graph.launch()?;
+    // The first step runs eagerly and records the graphs; the second is their first replay.
+    step(optimizer)?;
+    step(optimizer)?;
     b.device.synchronize()?;
     mm::device::reset_peak_memory(&b.device)?;
     let mut times = Vec::new();
     let mut losses = Vec::new();
     for _ in 0..b.steps {
         let start = Instant::now();
-        optimizer.begin_step(5e-4)?;
-        micro_graph.launch()?;
-        update_graph.launch()?;
+        let loss = step(optimizer)?;
         b.device.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
-        losses.push(loss_out.to_vec1::<f32>()?[0]);
+        losses.push(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
     }
     let peak = mm::device::peak_memory(&b.device)?;
     let graph_peak = graph_memory_peak(&b.device)?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    println!("step        median {:.4} s over {} steps (after 1 warm-up), replayed as a CUDA graph", median, times.len());
+    println!("step        median {:.4} s over {} steps (after 2 warm-up), replayed as CUDA graphs", median, times.len());
     println!("throughput  {:.1} tokens/s", n as f64 / median);
     println!("loss        first {:.4}, last {:.4}", losses[0], losses[losses.len() - 1]);
     if let (Some(p), Some((gu, gr))) = (peak, graph_peak) {
         let gib = |v: u64| v as f64 / (1u64 << 30) as f64;
         println!(
-            "memory      peak {:.2} GiB in tensors + {:.2} GiB in the graph's allocations ({:.2} + {:.2} GiB reserved)",
+            "memory      peak {:.2} GiB in tensors + {:.2} GiB in the graphs' allocations ({:.2} + {:.2} GiB reserved)",
             gib(p.used),
             gib(gu),
             gib(p.reserved),
