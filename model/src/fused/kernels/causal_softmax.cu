@@ -73,22 +73,16 @@ __device__ __forceinline__ void store_chunk(T* dst, const float* in) {
   *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
 }
 
-template <typename T, int V>
-__device__ void causal_softmax_fwd_vec(const T* s, T* p, uint32_t t, float scale) {
-  const size_t row = blockIdx.x;
-  const uint32_t i = row % t;
-  const uint32_t j0 = threadIdx.x * V;
-  float z[V];
-#pragma unroll
-  for (int k = 0; k < V; ++k) z[k] = 0.f;
+// z holds the thread's columns j0.. of a row (0 past the diagonal i, which are never read):
+// scales them, and replaces the unmasked ones by exp(z - row max), the others by 0. Returns
+// the row's sum of those exps.
+template <int V>
+__device__ __forceinline__ float exps_vec(float* z, uint32_t j0, uint32_t i, float scale) {
   float m = -INFINITY;
-  if (j0 <= i) {  // columns past the diagonal are never read
-    load_chunk<T, V>(s + row * t + j0, z);
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      z[k] = z[k] * scale;
-      if (j0 + k <= i) m = fmaxf(m, z[k]);
-    }
+  for (int k = 0; k < V; ++k) {
+    z[k] = z[k] * scale;
+    if (j0 + k <= i) m = fmaxf(m, z[k]);
   }
   m = block_max(m);
   float sum = 0.f;
@@ -97,7 +91,19 @@ __device__ void causal_softmax_fwd_vec(const T* s, T* p, uint32_t t, float scale
     z[k] = j0 + k <= i ? expf(z[k] - m) : 0.f;
     sum += z[k];
   }
-  sum = block_sum(sum);
+  return block_sum(sum);
+}
+
+template <typename T, int V>
+__device__ void causal_softmax_fwd_vec(const T* s, T* p, uint32_t t, float scale) {
+  const size_t row = blockIdx.x;
+  const uint32_t i = row % t;
+  const uint32_t j0 = threadIdx.x * V;
+  float z[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) z[k] = 0.f;
+  if (j0 <= i) load_chunk<T, V>(s + row * t + j0, z);  // columns past the diagonal are never read
+  const float sum = exps_vec<V>(z, j0, i, scale);
 #pragma unroll
   for (int k = 0; k < V; ++k) z[k] = j0 + k <= i ? z[k] / sum : 0.f;
   store_chunk<T, V>(p + row * t + j0, z);
@@ -111,24 +117,11 @@ __device__ void causal_softmax_bwd_vec(const T* s, const T* dp, T* ds, uint32_t 
   float z[V], g[V];
 #pragma unroll
   for (int k = 0; k < V; ++k) z[k] = g[k] = 0.f;
-  float m = -INFINITY;
   if (j0 <= i) {
     load_chunk<T, V>(s + row * t + j0, z);
     load_chunk<T, V>(dp + row * t + j0, g);
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      z[k] = z[k] * scale;
-      if (j0 + k <= i) m = fmaxf(m, z[k]);
-    }
   }
-  m = block_max(m);
-  float sum = 0.f;
-#pragma unroll
-  for (int k = 0; k < V; ++k) {
-    z[k] = j0 + k <= i ? expf(z[k] - m) : 0.f;
-    sum += z[k];
-  }
-  sum = block_sum(sum);
+  const float sum = exps_vec<V>(z, j0, i, scale);
   float dot = 0.f;
 #pragma unroll
   for (int k = 0; k < V; ++k) {
