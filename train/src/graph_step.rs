@@ -14,11 +14,12 @@
 //!
 //! Used for stages that can hand their batch over as device tensors
 //! ([`Objective::device_inputs`]) on one CUDA device with a dense model (an MoE router picks
-//! experts on the host). `MM_CUDA_GRAPH=0` turns it off. `MM_CUDA_GRAPH=buffers` takes this
+//! experts on the host). `MM_CUDA_GRAPH=0` turns it off; a step that cannot be recorded (an op
+//! reading from the host) leaves a note and the run goes on eagerly. `MM_CUDA_GRAPH=buffers` takes this
 //! path on any device without recording (every step runs its closures eagerly): the tests use
 //! it on the CPU to check the buffers, updates and resume state against the eager loop.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use mm_model::cuda_graph::{Graph, UploadCache};
 
@@ -45,6 +46,9 @@ pub struct GraphedSteps {
     /// The recorded micro-step and the input buffers it reads.
     micro: Option<(Vec<Tensor>, Graph)>,
     update: Option<Graph>,
+    /// A recording failed (an op that reads from the host, say): every step runs eagerly over
+    /// the same buffers from then on.
+    eager: bool,
 }
 
 impl GraphedSteps {
@@ -61,7 +65,7 @@ impl GraphedSteps {
             grads.push(buf);
         }
         let holding = accumulated.iter().any(Option::is_some);
-        Ok(Self { loss: Tensor::zeros(1, DType::F32, &device)?, device, grads, holding, logged: Vec::new(), micro: None, update: None })
+        Ok(Self { loss: Tensor::zeros(1, DType::F32, &device)?, device, grads, holding, logged: Vec::new(), micro: None, update: None, eager: false })
     }
 
     /// One micro-step over `inputs` (from [`Objective::device_inputs`]), its loss divided by
@@ -82,7 +86,7 @@ impl GraphedSteps {
                 dst.slice_set(src, 0, 0)?;
             }
             graph.launch()?;
-        } else if self.micro.is_some() || !self.device.is_cuda() {
+        } else if self.micro.is_some() || self.eager || !self.device.is_cuda() {
             // Another shape (a short last batch), or no CUDA: eagerly, into the same buffers.
             run_micro(model, objective, &inputs, compute, accumulation, &self.grads, &self.loss, &mut self.logged)?;
         } else {
@@ -93,10 +97,13 @@ impl GraphedSteps {
                 run_micro(model, objective, &inputs, compute, accumulation, &self.grads, &self.loss, &mut self.logged)?;
             }
             let (grads, loss, logged) = (&self.grads, &self.loss, &mut self.logged);
-            let graph = Graph::record(&self.device, || run_micro(model, objective, &inputs, compute, accumulation, grads, loss, logged))
-                .context("recording the training step as a CUDA graph failed (MM_CUDA_GRAPH=0 trains without one)")?;
-            self.micro = Some((inputs, graph));
-            mm_model::device::release_unused_memory(&self.device)?;
+            match Graph::record(&self.device, || run_micro(model, objective, &inputs, compute, accumulation, grads, loss, logged)) {
+                Ok(graph) => {
+                    self.micro = Some((inputs, graph));
+                    mm_model::device::release_unused_memory(&self.device)?;
+                }
+                Err(e) => self.fall_back("training step", e),
+            }
         }
         self.holding = true;
         Ok(LossParts {
@@ -120,19 +127,29 @@ impl GraphedSteps {
         };
         match &self.update {
             Some(graph) => graph.launch()?,
-            None if !self.device.is_cuda() => run(optimizer)?,
+            None if self.eager || !self.device.is_cuda() => run(optimizer)?,
             None => {
                 {
                     let _cache = UploadCache::hold(&self.device)?;
                     run(optimizer)?;
                 }
-                let graph = Graph::record(&self.device, || run(optimizer))
-                    .context("recording the optimizer step as a CUDA graph failed (MM_CUDA_GRAPH=0 trains without one)")?;
-                self.update = Some(graph);
+                match Graph::record(&self.device, || run(optimizer)) {
+                    Ok(graph) => self.update = Some(graph),
+                    Err(e) => self.fall_back("optimizer step", e),
+                }
             }
         }
         self.holding = false;
         Ok(())
+    }
+
+    /// After a failed recording (nothing of it ran; the eager step before it did): say so once
+    /// and train on without graphs.
+    fn fall_back(&mut self, what: &str, e: anyhow::Error) {
+        eprintln!("note: the {what} could not be recorded as a CUDA graph, so training goes on without graphs: {e:#}");
+        self.eager = true;
+        self.micro = None;
+        self.update = None;
     }
 
     /// The half-accumulated gradient as the eager loop keeps it (for a resume checkpoint):
