@@ -77,28 +77,8 @@ pub fn run(b: &TrainBench) -> Result<()> {
         Ok(())
     };
     let mut phases = [0.0f64; 4];
-    step(false, &mut phases)?; // warm-up: kernel loading, the memory pool's first reservations
-    b.device.synchronize()?;
-    mm::device::reset_peak_memory(&b.device)?;
-    let mut times = Vec::new();
-    for _ in 0..b.steps {
-        let start = Instant::now();
-        step(false, &mut phases)?;
-        b.device.synchronize()?; // CUDA queues the step; time it to the end
-        times.push(start.elapsed().as_secs_f64());
-    }
-    let peak = mm::device::peak_memory(&b.device)?;
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!("step        median {:.4} s over {} steps (after 1 warm-up)", median, times.len());
-    println!("throughput  {:.1} tokens/s", n as f64 / median);
-    if let Some(p) = peak {
-        println!(
-            "memory      peak {:.2} GiB in tensors, {:.2} GiB reserved by the pool",
-            p.used as f64 / (1u64 << 30) as f64,
-            p.reserved as f64 / (1u64 << 30) as f64
-        );
-    }
+    // One warm-up step: kernel loading, the memory pool's first reservations.
+    time_steps(b, n, 1, "", || step(false, &mut phases))?;
     if b.phases {
         // Each phase waited for separately: their sum exceeds the step time above, which
         // lets the CPU run ahead of the GPU.
@@ -119,46 +99,54 @@ pub fn run(b: &TrainBench) -> Result<()> {
 /// replayed (train/src/graph_step.rs), the batch uploaded and copied into the recorded step's
 /// buffers each step.
 fn run_graph(b: &TrainBench, model: &TrainableModel, optimizer: &mut AdamW, batch: &LmBatch, n: usize) -> Result<()> {
-    use mm::cuda_graph::graph_memory_peak;
     use mm::train::graph_step::GraphedSteps;
     let mut steps = GraphedSteps::new(model, &vec![None; model.trainable.len()])?;
     let mut objective = LanguageModeling;
-    let mut step = |optimizer: &mut AdamW| -> Result<candle_core::Tensor> {
-        let inputs = objective.device_inputs(batch, &b.device)?.expect("language modeling hands its batch over");
-        let parts = steps.micro_step(model, &mut objective, inputs, b.dtype, 1)?;
-        steps.update(model, optimizer, 5e-4, 1.0)?;
-        Ok(parts.loss)
-    };
+    let mut losses = Vec::new();
     // The first step runs eagerly and records the graphs; the second is their first replay.
-    step(optimizer)?;
-    step(optimizer)?;
+    time_steps(b, n, 2, ", replayed as CUDA graphs", || {
+        let inputs = objective.device_inputs(batch, &b.device)?.expect("language modeling hands its batch over");
+        losses.push(steps.micro_step(model, &mut objective, inputs, b.dtype, 1)?.loss);
+        steps.update(model, optimizer, 5e-4, 1.0)
+    })?;
+    let read = |t: &candle_core::Tensor| t.to_dtype(DType::F32)?.to_scalar::<f32>();
+    if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
+        println!("loss        first {:.4}, last {:.4}", read(first)?, read(last)?);
+    }
+    Ok(())
+}
+
+/// Runs `step` `warm_up` times, then times `b.steps` calls (each waited for: CUDA queues the
+/// step) and prints the median step, tokens/s and the peak memory since the warm-up (the
+/// stream-ordered pool's, and the CUDA graphs' allocations where there are any).
+fn time_steps(b: &TrainBench, n: usize, warm_up: usize, how: &str, mut step: impl FnMut() -> Result<()>) -> Result<()> {
+    for _ in 0..warm_up {
+        step()?;
+    }
     b.device.synchronize()?;
     mm::device::reset_peak_memory(&b.device)?;
     let mut times = Vec::new();
-    let mut losses = Vec::new();
     for _ in 0..b.steps {
         let start = Instant::now();
-        let loss = step(optimizer)?;
+        step()?;
         b.device.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
-        losses.push(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
     }
-    let peak = mm::device::peak_memory(&b.device)?;
-    let graph_peak = graph_memory_peak(&b.device)?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    println!("step        median {:.4} s over {} steps (after 2 warm-up), replayed as CUDA graphs", median, times.len());
+    println!("step        median {median:.4} s over {} steps (after {warm_up} warm-up){how}", times.len());
     println!("throughput  {:.1} tokens/s", n as f64 / median);
-    println!("loss        first {:.4}, last {:.4}", losses[0], losses[losses.len() - 1]);
-    if let (Some(p), Some((gu, gr))) = (peak, graph_peak) {
-        let gib = |v: u64| v as f64 / (1u64 << 30) as f64;
-        println!(
+    let gib = |v: u64| v as f64 / (1u64 << 30) as f64;
+    match (mm::device::peak_memory(&b.device)?, mm::cuda_graph::graph_memory_peak(&b.device)?) {
+        (Some(p), Some((used, reserved))) if used > 0 => println!(
             "memory      peak {:.2} GiB in tensors + {:.2} GiB in the graphs' allocations ({:.2} + {:.2} GiB reserved)",
             gib(p.used),
-            gib(gu),
+            gib(used),
             gib(p.reserved),
-            gib(gr)
-        );
+            gib(reserved)
+        ),
+        (Some(p), _) => println!("memory      peak {:.2} GiB in tensors, {:.2} GiB reserved by the pool", gib(p.used), gib(p.reserved)),
+        _ => {}
     }
     Ok(())
 }

@@ -102,10 +102,11 @@ pub fn adamw_step_(
     hyper: &AdamWStep,
     grad_scale: Option<&Tensor>,
 ) -> Result<()> {
-    check(param, exp_avg, exp_avg_sq, grad, grad_scale)?;
     if param.device().is_cuda() {
+        // The kernel reads its constants from the device; adamw_step_with_ checks the operands.
         return adamw_step_with_(param, exp_avg, exp_avg_sq, grad, &adamw_constants(hyper, param.device())?, grad_scale);
     }
+    check(param, exp_avg, exp_avg_sq, grad, grad_scale)?;
     let k = Constants::new(hyper);
     let grad = grad.contiguous()?;
     step_cpu(param, exp_avg, exp_avg_sq, &grad, &k, grad_scale)

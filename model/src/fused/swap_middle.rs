@@ -22,9 +22,10 @@ pub fn swap_middle(x: &Tensor) -> Result<Tensor> {
 
 struct SwapMiddle;
 
-fn swapped(l: &Layout) -> Result<(usize, usize, usize, usize, Shape)> {
+/// The input's (A, B, C, D) and the output shape [A, C, B, D].
+fn swapped(l: &Layout) -> Result<((usize, usize, usize, usize), Shape)> {
     let (a, b, c, d) = l.shape().dims4()?;
-    Ok((a, b, c, d, Shape::from((a, c, b, d))))
+    Ok(((a, b, c, d), Shape::from((a, c, b, d))))
 }
 
 impl CustomOp1 for SwapMiddle {
@@ -33,7 +34,7 @@ impl CustomOp1 for SwapMiddle {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (a, b, c, d, shape) = swapped(l)?;
+        let (dims, shape) = swapped(l)?;
         fn copy<T: Copy>(x: &[T], (a, b, c, d): (usize, usize, usize, usize)) -> Vec<T> {
             let mut y = Vec::with_capacity(x.len());
             for ia in 0..a {
@@ -47,7 +48,6 @@ impl CustomOp1 for SwapMiddle {
             y
         }
         let Some((start, end)) = l.contiguous_offsets() else { bail!("swap_middle: input not contiguous") };
-        let dims = (a, b, c, d);
         let out = match s {
             CpuStorage::F32(x) => CpuStorage::F32(copy(&x[start..end], dims)),
             CpuStorage::BF16(x) => CpuStorage::BF16(copy(&x[start..end], dims)),
@@ -77,7 +77,7 @@ mod gpu {
     use crate::fused::cuda::{config, elementwise_grid, u32_arg, SWAP_MIDDLE};
 
     pub(super) fn swap(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (a, b, c, d, shape) = super::swapped(l)?;
+        let ((_, b, c, d), shape) = super::swapped(l)?;
         let Some((start, end)) = l.contiguous_offsets() else { bail!("swap_middle: input not contiguous") };
         let dev = s.device.clone();
         let stream = dev.cuda_stream();
@@ -95,7 +95,6 @@ mod gpu {
         };
         let n_words = u32_arg((end - start) * elem / word, "words")?;
         let (b32, c32, dw) = (u32_arg(b, "axis 1")?, u32_arg(c, "axis 2")?, u32_arg(row_b / word, "row words")?);
-        let _ = a;
         let func = SWAP_MIDDLE.get_named(&dev, kernel)?;
         // The kernels move raw words: the storages are passed as their device addresses.
         macro_rules! launch {
