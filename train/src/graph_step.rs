@@ -46,9 +46,9 @@ pub struct GraphedSteps {
     /// The recorded micro-step and the input buffers it reads.
     micro: Option<(Vec<Tensor>, Graph)>,
     update: Option<Graph>,
-    /// A recording failed (an op that reads from the host, say): every step runs eagerly over
-    /// the same buffers from then on.
-    eager: bool,
+    /// Whether steps are recorded: on CUDA, until a recording fails (an op that reads from the
+    /// host, say); otherwise every step runs eagerly over the same buffers.
+    record: bool,
 }
 
 impl GraphedSteps {
@@ -65,7 +65,7 @@ impl GraphedSteps {
             grads.push(buf);
         }
         let holding = accumulated.iter().any(Option::is_some);
-        Ok(Self { loss: Tensor::zeros(1, DType::F32, &device)?, device, grads, holding, logged: Vec::new(), micro: None, update: None, eager: false })
+        Ok(Self { loss: Tensor::zeros(1, DType::F32, &device)?, record: device.is_cuda(), device, grads, holding, logged: Vec::new(), micro: None, update: None })
     }
 
     /// One micro-step over `inputs` (from [`Objective::device_inputs`]), its loss divided by
@@ -86,7 +86,7 @@ impl GraphedSteps {
                 dst.slice_set(src, 0, 0)?;
             }
             graph.launch()?;
-        } else if self.micro.is_some() || self.eager || !self.device.is_cuda() {
+        } else if self.micro.is_some() || !self.record {
             // Another shape (a short last batch), or no CUDA: eagerly, into the same buffers.
             run_micro(model, objective, &inputs, compute, accumulation, &self.grads, &self.loss, &mut self.logged)?;
         } else {
@@ -127,7 +127,7 @@ impl GraphedSteps {
         };
         match &self.update {
             Some(graph) => graph.launch()?,
-            None if self.eager || !self.device.is_cuda() => run(optimizer)?,
+            None if !self.record => run(optimizer)?,
             None => {
                 {
                     let _cache = UploadCache::hold(&self.device)?;
@@ -147,7 +147,7 @@ impl GraphedSteps {
     /// and train on without graphs.
     fn fall_back(&mut self, what: &str, e: anyhow::Error) {
         eprintln!("note: the {what} could not be recorded as a CUDA graph, so training goes on without graphs: {e:#}");
-        self.eager = true;
+        self.record = false;
         self.micro = None;
         self.update = None;
     }
