@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use mm::converters::{MiniMindConfig, TokenizerFiles};
 use mm::generate::{generate, FinishReason, Sampler, SamplingParams};
 use mm::model::MiniMind;
-use mm::train::rollout::{sample_rollouts, upstream_params, Rollouts};
+use mm::train::rollout::{sample_rollouts, sample_rollouts_in_one_batch, upstream_params, Rollouts};
 
 fn model(cpu_engine: bool) -> MiniMind {
     let cfg = MiniMindConfig { num_attention_heads: 4, num_key_value_heads: 2, ..MiniMindConfig::with_hidden(64, 2) };
@@ -94,6 +94,28 @@ fn rows_do_not_depend_on_the_batch_with_candles_ops() {
     // Prompt 0's rows have the same seeds alone; its batch is the other prompts' rows or none.
     let alone = sample_rollouts(&m, &prompts()[..1], 3, &params(10), eos).unwrap();
     assert_eq!(alone.rows, all.rows[..3]);
+}
+
+/// The GPU's layout (one left-padded batch, ended rows fed pads) gives each row what the
+/// per-row path gives: the same tokens, greedy and sampled, EOS and length ends alike.
+#[test]
+fn one_padded_batch_gives_the_per_row_rollouts() {
+    let m = model(false);
+    let eos = frequent_token(&m);
+    let greedy = SamplingParams { temperature: 0.0, ..params(12) };
+    for p in [params(12), greedy] {
+        let per_row = sample_rollouts(&m, &prompts(), 4, &p, eos).unwrap();
+        let batched = sample_rollouts_in_one_batch(&m, &prompts(), 4, &p, eos, 0).unwrap();
+        check_layout(&batched, eos, 12, 0);
+        assert_eq!(batched, per_row, "temperature {}", p.temperature);
+    }
+    let p = params(12);
+    let stops = sample_rollouts_in_one_batch(&m, &prompts(), 4, &p, eos, 0).unwrap().rows.iter().filter(|x| x.finish == FinishReason::Stop).count();
+    assert!(stops > 0 && stops < 12, "want rows ending both ways, got {stops} EOS of 12");
+    // A rank holding prompts 1.. of a batch samples the rows one process would.
+    let whole = sample_rollouts_in_one_batch(&m, &prompts(), 4, &p, eos, 0).unwrap();
+    let tail = sample_rollouts_in_one_batch(&m, &prompts()[1..], 4, &p, eos, 1).unwrap();
+    assert_eq!(tail.rows.iter().map(|r| &r.completion).collect::<Vec<_>>(), whole.rows[4..].iter().map(|r| &r.completion).collect::<Vec<_>>());
 }
 
 #[test]

@@ -92,11 +92,16 @@ impl Sampler {
         }
         let t = self.params.temperature as f32;
         scores.iter_mut().for_each(|s| *s /= t);
+        // Highest score first, ties by lower id: the order a stable sort by score gives. With
+        // top-k only the k best are sorted, after a linear selection (a full sort of the
+        // vocabulary per token was most of a batched rollout step's host time).
+        let by_score = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
         let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        if self.params.top_k > 0 {
-            order.truncate(self.params.top_k.max(1));
+        if self.params.top_k > 0 && self.params.top_k < order.len() {
+            order.select_nth_unstable_by(self.params.top_k - 1, by_score);
+            order.truncate(self.params.top_k);
         }
+        order.sort_unstable_by(by_score);
         // Softmax over the survivors, then the smallest head whose mass reaches top_p.
         let max = scores[order[0]];
         let weights: Vec<f64> = order.iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
 
 use mm_model::generate::{FinishReason, Sampler, SamplingParams, Sequence};
-use mm_model::model::{KvCache, MiniMind};
+use mm_model::model::{KvCache, MiniMind, Mode};
 
 /// Upstream's rollout sampling: temperature 0.8 and HF `generate`'s other defaults (top-k 50,
 /// top-p 1.0, no repetition penalty), `max_gen_len` new tokens.
@@ -178,6 +178,10 @@ pub fn sample_rollouts_at(
     ensure!((eos as usize) < model.config.vocab_size, "eos id {eos} is outside the vocabulary ({})", model.config.vocab_size);
     params.validate()?;
     let context = model.config.max_position_embeddings;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if !model.device().is_cpu() && longest + params.max_new_tokens <= context {
+        return sample_rollouts_in_one_batch(model, prompts, n_per_prompt, params, eos, first_prompt);
+    }
     let mut done: Vec<Option<Rollout>> = vec![None; prompts.len() * n_per_prompt];
     let mut live: Vec<Live> = Vec::with_capacity(done.len());
     for (i, prompt) in prompts.iter().enumerate() {
@@ -227,6 +231,73 @@ pub fn sample_rollouts_at(
         live = still;
     }
     // Every row ends: each step adds a token to each live row and rows are capped.
+    let rows = done.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| anyhow!("a rollout row never finished"))?;
+    Ok(Rollouts { rows, per_prompt: n_per_prompt })
+}
+
+/// [`sample_rollouts_at`] on a GPU: every row of the call decodes in one batch over one KV
+/// cache, the prompts left-padded to the longest with their pads masked (upstream's layout:
+/// RoPE positions count the pads, which shifts all of a row's positions alike), and a row
+/// that has ended fed a pad until the last one ends, as HF `generate` does. One batched
+/// forward per token: the per-row attention of the general path launches each of its kernels
+/// once per row, and on a GPU those launches, not the arithmetic, set the pace. The rows'
+/// samplers and seeds are the general path's; their logits differ from it by rounding only.
+/// Public so that tests can run it on the CPU too.
+pub fn sample_rollouts_in_one_batch(
+    model: &MiniMind,
+    prompts: &[Vec<u32>],
+    n_per_prompt: usize,
+    params: &SamplingParams,
+    eos: u32,
+    first_prompt: usize,
+) -> Result<Rollouts> {
+    // The id fed at masked positions and after a row's end; no output is read there.
+    const PAD: u32 = 0;
+    let device = model.device();
+    let context = model.config.max_position_embeddings;
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let rows = prompts.len() * n_per_prompt;
+    let mut states = Vec::with_capacity(rows);
+    let (mut ids, mut mask) = (Vec::with_capacity(rows * width), Vec::with_capacity(rows * width));
+    for (i, prompt) in prompts.iter().enumerate() {
+        for j in 0..n_per_prompt {
+            let p = SamplingParams {
+                seed: row_seed(params.seed, (first_prompt + i) * n_per_prompt + j),
+                stop_ids: vec![eos],
+                ..params.clone()
+            };
+            let seq = Sequence::new(prompt, &p, context).map_err(|e| e.context(format!("prompt {i}")))?;
+            states.push(Some((Sampler::new(p)?, seq)));
+            ids.extend(std::iter::repeat_n(PAD, width - prompt.len()).chain(prompt.iter().copied()));
+            mask.extend(std::iter::repeat_n(0f32, width - prompt.len()).chain(std::iter::repeat_n(1.0, prompt.len())));
+        }
+    }
+    let mut cache = KvCache::new(&model.config);
+    let mut input = Tensor::from_vec(ids, (rows, width), device)?;
+    let mut done: Vec<Option<Rollout>> = vec![None; rows];
+    let mut last = vec![PAD; rows];
+    loop {
+        let padding = Tensor::from_vec(mask.clone(), (rows, mask.len() / rows), device)?;
+        let (hidden, _) = model.forward_hidden(&input, Some(&mut cache), Some(&padding), Mode::Inference)?;
+        let t = hidden.dim(1)?;
+        let logits: Vec<Vec<f32>> = model.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?)?.to_dtype(DType::F32)?.to_vec2()?;
+        for (row, row_logits) in logits.iter().enumerate() {
+            let Some((sampler, seq)) = &mut states[row] else { continue };
+            let (token, finish) = seq.push(sampler, row_logits);
+            last[row] = token;
+            if let Some(finish) = finish {
+                let (sampler, seq) = states[row].take().expect("matched above");
+                done[row] = Some(finished(row, n_per_prompt, sampler.params().seed, seq, finish));
+                last[row] = PAD;
+            }
+        }
+        if states.iter().all(Option::is_none) {
+            break;
+        }
+        // Each row's new position is real to itself (an ended row's output is not read).
+        mask = mask.chunks(mask.len() / rows).flat_map(|m| m.iter().copied().chain([1.0])).collect();
+        input = Tensor::from_vec(last.clone(), (rows, 1), device)?;
+    }
     let rows = done.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| anyhow!("a rollout row never finished"))?;
     Ok(Rollouts { rows, per_prompt: n_per_prompt })
 }

@@ -173,26 +173,11 @@ impl Attention {
         let mut outs = Vec::with_capacity(n);
         for (i, cache) in caches.iter_mut().enumerate() {
             let (k, v) = cache.append(k.narrow(2, i, 1)?.contiguous()?, v.narrow(2, i, 1)?.contiguous()?)?;
-            outs.push(self.attend_one(&q.narrow(2, i, 1)?, &k, &v)?);
+            outs.push(self.attend(&q.narrow(2, i, 1)?, &k, &v, None, path)?);
         }
         // [1, heads, n, head_dim] → rows [n, heads·head_dim].
         let out = Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((n, self.n_heads * self.head_dim))?;
         self.o_proj.forward_batch_invariant(&out)
-    }
-
-    /// Attention of one query position q [1, heads, 1, d] over k/v [1, kv_heads, total, d].
-    /// Each KV head's query heads go in as one block of rows, so the keys and values are
-    /// neither repeated per head nor transposed into copies (the single-sequence path does
-    /// both); the result differs from it by summation order only.
-    fn attend_one(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let n_rep = self.n_heads / self.n_kv_heads;
-        // Head h = kv·n_rep + r (repeat_kv's order): [1, kv_heads, n_rep, d].
-        let q = q.contiguous()?.reshape((1, self.n_kv_heads, n_rep, self.head_dim))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let dtype = scores.dtype();
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
-        probs.to_dtype(dtype)?.matmul(v)?.reshape((1, self.n_heads, 1, self.head_dim))
     }
 
     /// softmax(q kᵀ / √d + mask) v for q [b, heads, t, d] and k/v [b, kv_heads, total, d]
@@ -211,6 +196,19 @@ impl Attention {
             let scores = grouped.matmul(&k.t()?)?.reshape((b, h, t, t))?;
             let probs = crate::fused::causal_softmax(&scores, scale as f32)?;
             return probs.reshape((b, kvh, n_rep * t, t))?.matmul(v)?.reshape((b, h, t, d));
+        }
+        if path == AttentionPath::Inference && q.dim(2)? == 1 {
+            // A decode step: each KV head's query heads as one block of rows, against the
+            // cache's views, so the whole past is not repeated and copied per head each token.
+            let (b, h, _, d) = q.dims4()?;
+            let grouped = q.contiguous()?.reshape((b, self.n_kv_heads, n_rep, d))?;
+            let mut scores = (grouped.matmul(&k.t()?)? * scale)?;
+            if let Some(mask) = mask {
+                scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+            }
+            let dtype = scores.dtype();
+            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
+            return probs.to_dtype(dtype)?.matmul(v)?.reshape((b, h, 1, d));
         }
         let k = repeat_kv(k, n_rep)?;
         let v = repeat_kv(v, n_rep)?;
