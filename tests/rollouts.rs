@@ -144,8 +144,12 @@ fn left_padded_sequences_are_upstreams_outputs() {
 fn bad_requests_are_errors() {
     let m = model(true);
     let p = params(4);
+    // Both layouts refuse alike; the message is the per-row path's.
     let err = |prompts: &[Vec<u32>], n: usize, p: &SamplingParams, eos: u32| {
-        format!("{:#}", sample_rollouts(&m, prompts, n, p, eos).unwrap_err())
+        let batched = format!("{:#}", sample_rollouts_in_one_batch(&m, prompts, n, p, eos, 0).unwrap_err());
+        let per_row = format!("{:#}", sample_rollouts(&m, prompts, n, p, eos).unwrap_err());
+        assert_eq!(batched, per_row);
+        per_row
     };
     assert!(err(&[vec![1, 2], vec![]], 2, &p, 2).contains("prompt 1: empty prompt"));
     assert!(err(&prompts(), 0, &p, 2).contains("at least one sample"));
@@ -156,6 +160,7 @@ fn bad_requests_are_errors() {
     assert!(err(&prompts(), 1, &SamplingParams { top_p: 0.0, ..p.clone() }, 2).contains("top_p"));
     // No prompts, no rows.
     assert!(sample_rollouts(&m, &[], 3, &p, 2).unwrap().rows.is_empty());
+    assert!(sample_rollouts_in_one_batch(&m, &[], 3, &p, 2, 0).unwrap().rows.is_empty());
 }
 
 #[test]
@@ -165,6 +170,10 @@ fn rollouts_are_capped_by_the_context() {
     // 11 prompt tokens leave 5 positions although 12 were asked for.
     let r = sample_rollouts(&m, &prompts()[2..], 2, &params(12), 6399).unwrap();
     assert!(r.rows.iter().all(|x| x.completion.len() <= 5));
+    // One padded batch cannot give the shorter prompts more room than the longest has.
+    let err = sample_rollouts_in_one_batch(&m, &prompts(), 2, &params(12), 6399, 0).unwrap_err();
+    assert!(format!("{err:#}").contains("do not fit the model's 16-position context"), "{err:#}");
+    assert_eq!(sample_rollouts_in_one_batch(&m, &prompts(), 2, &params(5), 6399, 0).unwrap().rows.len(), 6);
 }
 
 /// The toy reasoning-format task (dataset/samples/README.md): the SFT replies mix formats in

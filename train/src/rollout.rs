@@ -173,10 +173,7 @@ pub fn sample_rollouts_at(
     eos: u32,
     first_prompt: usize,
 ) -> Result<Rollouts> {
-    ensure!(n_per_prompt > 0, "rollouts need at least one sample per prompt");
-    ensure!(params.max_new_tokens > 0, "rollouts need max_new_tokens > 0");
-    ensure!((eos as usize) < model.config.vocab_size, "eos id {eos} is outside the vocabulary ({})", model.config.vocab_size);
-    params.validate()?;
+    check_request(model, n_per_prompt, params, eos)?;
     let context = model.config.max_position_embeddings;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if !model.device().is_cpu() && longest + params.max_new_tokens <= context {
@@ -185,11 +182,7 @@ pub fn sample_rollouts_at(
     let mut done: Vec<Option<Rollout>> = vec![None; prompts.len() * n_per_prompt];
     let mut live: Vec<Live> = Vec::with_capacity(done.len());
     for (i, prompt) in prompts.iter().enumerate() {
-        let row_params = |j: usize| SamplingParams {
-            seed: row_seed(params.seed, (first_prompt + i) * n_per_prompt + j),
-            stop_ids: vec![eos],
-            ..params.clone()
-        };
+        let row_params = |j: usize| params_of_row(params, eos, (first_prompt + i) * n_per_prompt + j);
         // Every row of the prompt has the same limits; the first one checks the prompt.
         let seq = Sequence::new(prompt, &row_params(0), context).map_err(|e| e.context(format!("prompt {i}")))?;
         let mut cache = KvCache::new(&model.config);
@@ -253,6 +246,10 @@ pub fn sample_rollouts_in_one_batch(
 ) -> Result<Rollouts> {
     // The id fed at masked positions and after a row's end; no output is read there.
     const PAD: u32 = 0;
+    check_request(model, n_per_prompt, params, eos)?;
+    if prompts.is_empty() {
+        return Ok(Rollouts { rows: Vec::new(), per_prompt: n_per_prompt });
+    }
     let device = model.device();
     let context = model.config.max_position_embeddings;
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -261,17 +258,19 @@ pub fn sample_rollouts_in_one_batch(
     let (mut ids, mut mask) = (Vec::with_capacity(rows * width), Vec::with_capacity(rows * width));
     for (i, prompt) in prompts.iter().enumerate() {
         for j in 0..n_per_prompt {
-            let p = SamplingParams {
-                seed: row_seed(params.seed, (first_prompt + i) * n_per_prompt + j),
-                stop_ids: vec![eos],
-                ..params.clone()
-            };
+            let p = params_of_row(params, eos, (first_prompt + i) * n_per_prompt + j);
             let seq = Sequence::new(prompt, &p, context).map_err(|e| e.context(format!("prompt {i}")))?;
             states.push(Some((Sampler::new(p)?, seq)));
             ids.extend(std::iter::repeat_n(PAD, width - prompt.len()).chain(prompt.iter().copied()));
             mask.extend(std::iter::repeat_n(0f32, width - prompt.len()).chain(std::iter::repeat_n(1.0, prompt.len())));
         }
     }
+    // Every row's positions run to the longest prompt plus its own new tokens.
+    ensure!(
+        width + params.max_new_tokens <= context,
+        "{width} prompt positions and {} new tokens do not fit the model's {context}-position context in one padded batch",
+        params.max_new_tokens
+    );
     let mut cache = KvCache::new(&model.config);
     let mut input = Tensor::from_vec(ids, (rows, width), device)?;
     let mut done: Vec<Option<Rollout>> = vec![None; rows];
@@ -300,6 +299,20 @@ pub fn sample_rollouts_in_one_batch(
     }
     let rows = done.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| anyhow!("a rollout row never finished"))?;
     Ok(Rollouts { rows, per_prompt: n_per_prompt })
+}
+
+/// The checks both layouts make before sampling anything.
+fn check_request(model: &MiniMind, n_per_prompt: usize, params: &SamplingParams, eos: u32) -> Result<()> {
+    ensure!(n_per_prompt > 0, "rollouts need at least one sample per prompt");
+    ensure!(params.max_new_tokens > 0, "rollouts need max_new_tokens > 0");
+    ensure!((eos as usize) < model.config.vocab_size, "eos id {eos} is outside the vocabulary ({})", model.config.vocab_size);
+    params.validate()
+}
+
+/// Row `row`'s sampling settings (row `i * n + j` of the whole batch): its own seed, and EOS
+/// the only stop.
+fn params_of_row(params: &SamplingParams, eos: u32, row: usize) -> SamplingParams {
+    SamplingParams { seed: row_seed(params.seed, row), stop_ids: vec![eos], ..params.clone() }
 }
 
 fn finished(row: usize, n: usize, seed: u64, seq: Sequence, finish: FinishReason) -> Rollout {
