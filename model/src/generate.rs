@@ -270,6 +270,23 @@ mod tests {
     }
 
     #[test]
+    fn top_k_keeps_the_k_best_with_ties_to_the_lower_id() {
+        // Three tied best scores; k = 2 keeps ids 1 and 2 (a stable sort's order), never 3.
+        let logits = [1.0, 2.0, 2.0, 2.0, 0.5, -1.0, 2.0];
+        let mut s = sampler(1.0, 2, 1.0, 1.0);
+        let picks: Vec<u32> = (0..300).map(|_| s.sample(&logits, &[])).collect();
+        assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
+        assert!(picks.iter().all(|&p| p == 1 || p == 2), "{picks:?}");
+        // With top_p tiny, the first of the order: the lowest tied id.
+        let mut s = sampler(1.0, 4, 0.01, 1.0);
+        assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
+        // k beyond the vocabulary keeps everything.
+        let mut s = sampler(1.0, 100, 1.0, 1.0);
+        let picks: std::collections::HashSet<u32> = (0..2000).map(|_| s.sample(&logits, &[])).collect();
+        assert_eq!(picks.len(), logits.len());
+    }
+
+    #[test]
     fn sequence_stops_at_a_stop_id_or_the_limit() {
         let params = SamplingParams { stop_ids: vec![1], ..SamplingParams::greedy(3) };
         let mut s = Sampler::new(params.clone()).unwrap();
