@@ -29,8 +29,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// By default mimalloc gives memory freed for 10 ms back to the kernel, and the next step's
 /// tensors of the same sizes fault it back in as fresh pages the kernel must zero: on the CPU
 /// that zeroing was a third of an RLAIF step (`perf`: `clear_page_erms` under
-/// `do_huge_pmd_anonymous_page`). Keeping it (-1: never purge) costs no more peak memory, since
-/// each step reuses what the last one freed. `MIMALLOC_PURGE_DELAY` in the environment still wins.
+/// `do_huge_pmd_anonymous_page`). Keeping it (-1: never purge) lets each step reuse what the last
+/// one freed, for about 12 % more peak memory in a CPU GRPO run (2.13 → 2.38 GB, BENCHMARKS.md).
+/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() && std::env::var_os("MIMALLOC_RESET_DELAY").is_none() {
         // SAFETY: sets one integer option; mimalloc reads options on every use and any value is valid.

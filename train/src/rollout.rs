@@ -255,16 +255,24 @@ pub fn sample_rollouts_in_one_batch(
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let rows = prompts.len() * n_per_prompt;
     let mut states = Vec::with_capacity(rows);
-    let (mut ids, mut mask) = (Vec::with_capacity(rows * width), Vec::with_capacity(rows * width));
+    // Each row's left pads: the only masked positions, whatever the step.
+    let mut pads = Vec::with_capacity(rows);
+    let mut ids = Vec::with_capacity(rows * width);
     for (i, prompt) in prompts.iter().enumerate() {
         for j in 0..n_per_prompt {
             let p = params_of_row(params, eos, (first_prompt + i) * n_per_prompt + j);
             let seq = Sequence::new(prompt, &p, context).map_err(|e| e.context(format!("prompt {i}")))?;
             states.push(Some((Sampler::new(p)?, seq)));
+            pads.push(width - prompt.len());
             ids.extend(std::iter::repeat_n(PAD, width - prompt.len()).chain(prompt.iter().copied()));
-            mask.extend(std::iter::repeat_n(0f32, width - prompt.len()).chain(std::iter::repeat_n(1.0, prompt.len())));
         }
     }
+    // The padding mask [rows, len] for `len` positions so far: 0 on a row's pads, 1 after them
+    // (an ended row's positions count as real; its output is not read).
+    let padding = |len: usize| {
+        let mask: Vec<f32> = pads.iter().flat_map(|&p| (0..len).map(move |pos| if pos < p { 0.0 } else { 1.0 })).collect();
+        Tensor::from_vec(mask, (rows, len), device)
+    };
     // Every row's positions run to the longest prompt plus its own new tokens.
     ensure!(
         width + params.max_new_tokens <= context,
@@ -276,8 +284,8 @@ pub fn sample_rollouts_in_one_batch(
     let mut done: Vec<Option<Rollout>> = vec![None; rows];
     let mut last = vec![PAD; rows];
     loop {
-        let padding = Tensor::from_vec(mask.clone(), (rows, mask.len() / rows), device)?;
-        let (hidden, _) = model.forward_hidden(&input, Some(&mut cache), Some(&padding), Mode::Inference)?;
+        let len = cache.len() + input.dim(1)?;
+        let (hidden, _) = model.forward_hidden(&input, Some(&mut cache), Some(&padding(len)?), Mode::Inference)?;
         let t = hidden.dim(1)?;
         let logits: Vec<Vec<f32>> = model.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?)?.to_dtype(DType::F32)?.to_vec2()?;
         for (row, row_logits) in logits.iter().enumerate() {
@@ -293,8 +301,6 @@ pub fn sample_rollouts_in_one_batch(
         if states.iter().all(Option::is_none) {
             break;
         }
-        // Each row's new position is real to itself (an ended row's output is not read).
-        mask = mask.chunks(mask.len() / rows).flat_map(|m| m.iter().copied().chain([1.0])).collect();
         input = Tensor::from_vec(last.clone(), (rows, 1), device)?;
     }
     let rows = done.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| anyhow!("a rollout row never finished"))?;
